@@ -1,0 +1,40 @@
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from tiny import tiny_ddim_pipeline, tiny_sd_pipeline  # noqa: E402
+
+from trustgain import KeyRing  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def _isolated_home(tmp_path_factory, monkeypatch):
+    """Every test gets its own TRUSTGAIN_HOME and no passphrase from the environment."""
+    monkeypatch.setenv("TRUSTGAIN_HOME", str(tmp_path_factory.mktemp("home")))
+    monkeypatch.delenv("TRUSTGAIN_PASSPHRASE", raising=False)
+    monkeypatch.delenv("TRUSTGAIN_DEBUG", raising=False)
+
+
+@pytest.fixture(scope="session")
+def keyring() -> KeyRing:
+    return KeyRing.generate()
+
+
+@pytest.fixture(scope="session")
+def other_keyring() -> KeyRing:
+    return KeyRing.generate()
+
+
+@pytest.fixture(scope="session")
+def sd_pipe():
+    return tiny_sd_pipeline()
+
+
+@pytest.fixture(scope="session")
+def ddim_pipe():
+    return tiny_ddim_pipeline()

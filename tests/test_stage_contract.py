@@ -1,0 +1,57 @@
+"""The contract every registered stage must keep."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from trustgain import GenerationRequest, Item, Phase, RunContext, StageResult, known_stages
+from trustgain.digest import canonical_json, item_sha256
+from trustgain.generators import DiffusersGenerator
+from trustgain.stage import build_stage, stage_class, stage_settings
+
+
+def _item(phase: Phase) -> Item:
+    request = GenerationRequest(prompt="a  handwritten\u200b seven", seed=1, height=16, width=16)
+    if phase <= Phase.GENERATE:
+        return Item(request=request)
+    rng = np.random.default_rng(0)
+    images = tuple(Image.fromarray(rng.integers(0, 255, (16, 16, 3), dtype=np.uint8))
+                   for _ in range(2))
+    return Item(request=request, outputs=images)
+
+
+@pytest.mark.parametrize("name", known_stages())
+def test_stage_contract(name, sd_pipe, keyring):
+    cls = stage_class(name)
+    assert cls.name == name
+    assert isinstance(cls.phase, Phase)
+    assert isinstance(cls.version, str) and cls.version
+    assert isinstance(cls.requires, frozenset)
+
+    stage = build_stage(name)
+    assert build_stage(name, **stage_settings(stage)) == stage  # settings round-trip
+    canonical_json(stage_settings(stage))
+
+    generator = DiffusersGenerator(sd_pipe)
+    assert all(generator.supports(c) for c in cls.requires)
+    item = _item(cls.phase)
+    pixels_before = [o.tobytes() for o in item.outputs]
+    digest_before = item_sha256(item)
+    snapshot = copy.copy(item)
+
+    ctx = RunContext(run_id="0" * 32, stage=name, generator=generator, _keyring=keyring)
+    result = stage(item, ctx)
+
+    assert isinstance(result, StageResult) and isinstance(result.item, Item)
+    assert item_sha256(item) == digest_before, "stage mutated its input item"
+    assert [o.tobytes() for o in item.outputs] == pixels_before
+    assert snapshot == item
+    params = canonical_json(dict(result.params)).decode()  # JSON the record can sign
+    assert result.applied or result.reason
+    for purpose in ("", "latents", "mark", "protect"):
+        secret = keyring.derive(name, purpose).material.hex()
+        assert secret not in params, "stage recorded key material"

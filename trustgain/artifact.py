@@ -1,0 +1,118 @@
+"""The result of a trusted generation: outputs, encoded files with the record, the record."""
+
+from __future__ import annotations
+
+import io
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+
+from trustgain.digest import output_sha256, pixels_sha256, sha256_hex
+from trustgain.errors import ConfigError
+from trustgain.fileio import write_atomic
+from trustgain.provenance import embed
+from trustgain.provenance.record import SignedRecord
+from trustgain.provenance.verify import sidecar_path
+
+FORMATS = {"png": "image/png", "jpeg": "image/jpeg"}
+_SUFFIXES = {"image/png": (".png",), "image/jpeg": (".jpg", ".jpeg")}
+
+
+@dataclass(frozen=True)
+class EncodedFile:
+    """One output as a file, with its signed record embedded."""
+
+    media_type: str
+    data: bytes
+
+
+@dataclass(frozen=True)
+class Artifact:
+    outputs: tuple[Any, ...]
+    record: SignedRecord
+    files: tuple[EncodedFile, ...] = ()
+
+    @property
+    def images(self) -> list[Image.Image]:
+        return [o for o in self.outputs if isinstance(o, Image.Image)]
+
+    def save(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        index: int = 0,
+        overwrite: bool = False,
+        sidecar: bool = True,
+    ) -> Path:
+        """Write output ``index`` with its embedded record, and the record beside it."""
+        if not self.files:
+            raise ConfigError("this artifact has no encodable outputs (output_type was not 'pil')")
+        if not 0 <= index < len(self.files):
+            raise ConfigError(
+                f"index {index} out of range; the artifact has {len(self.files)} files"
+            )
+        file = self.files[index]
+        path = Path(path)
+        if path.suffix.lower() not in _SUFFIXES[file.media_type]:
+            raise ConfigError(
+                f"{path.name}: a {file.media_type} output needs a "
+                f"{' or '.join(_SUFFIXES[file.media_type])} file name"
+            )
+        side = sidecar_path(path)
+        if sidecar and side.exists() and not overwrite:
+            write_atomic(side, b"", overwrite=False)  # raises OutputExistsError
+        write_atomic(path, file.data, overwrite=overwrite)
+        if sidecar:
+            text = self.record.to_json(index, indent=2) + "\n"
+            write_atomic(side, text.encode("utf-8"), overwrite=overwrite)
+        return path
+
+
+def encode_outputs(
+    outputs: Sequence[Any], output_format: str, jpeg_quality: int
+) -> tuple[list[bytes | None], list[dict[str, Any]]]:
+    """Encode image outputs and compute what the record binds for every output.
+
+    Images get ``file_sha256`` (the encoded bytes, before the record is embedded) and
+    ``pixels_sha256`` (the decoded pixels of those bytes); other outputs a ``sha256``.
+    """
+    if output_format not in FORMATS:
+        raise ConfigError(f"unknown output format '{output_format}'; known: {', '.join(FORMATS)}")
+    files: list[bytes | None] = []
+    entries: list[dict[str, Any]] = []
+    for i, output in enumerate(outputs):
+        if not isinstance(output, Image.Image):
+            files.append(None)
+            entries.append({"index": i, "sha256": output_sha256(output)})
+            continue
+        buf = io.BytesIO()
+        if output_format == "png":
+            output.save(buf, format="PNG")
+        else:
+            output.convert("RGB").save(buf, format="JPEG", quality=jpeg_quality)
+        data = buf.getvalue()
+        with Image.open(io.BytesIO(data)) as decoded:
+            decoded.load()
+            pixels = pixels_sha256(decoded)
+        files.append(data)
+        entries.append(
+            {
+                "index": i,
+                "media_type": FORMATS[output_format],
+                "file_sha256": sha256_hex(data),
+                "pixels_sha256": pixels,
+            }
+        )
+    return files, entries
+
+
+def attach_record(files: Sequence[bytes | None], signed: SignedRecord) -> tuple[EncodedFile, ...]:
+    out = []
+    for i, data in enumerate(files):
+        if data is not None:
+            out.append(EncodedFile(embed.media_type(data), embed.embed(data, signed.to_json(i))))
+    return tuple(out)

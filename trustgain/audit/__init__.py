@@ -1,0 +1,1 @@
+"""Read-only checks on outputs (AUDIT phase)."""

@@ -1,0 +1,1 @@
+"""Prompt engineering stages (PREPARE phase)."""

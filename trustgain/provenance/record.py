@@ -1,0 +1,141 @@
+"""The provenance record: canonical JSON, signed with Ed25519.
+
+A :class:`SignedRecord` is the record (a JSON object) plus the signature over its RFC 8785
+bytes. The signer is named by key id inside the record, so the id is covered by the
+signature. Prompts are not stored, only the request digest.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any
+
+from trustgain.digest import canonical_json
+from trustgain.errors import Reason, VerificationError
+from trustgain.keys import KeyRing
+from trustgain.types import StageRecord
+
+FORMAT = "trustgain.provenance"
+FORMAT_VERSION = 1
+REQUIRED = (
+    "format",
+    "version",
+    "record_id",
+    "created",
+    "trustgain_version",
+    "generator",
+    "request_sha256",
+    "stages",
+    "outputs",
+    "signer",
+)
+
+
+def build_record(
+    *,
+    record_id: str,
+    created: datetime,
+    generator: Mapping[str, Any],
+    request_sha256: str,
+    stages: Sequence[StageRecord],
+    outputs: Sequence[Mapping[str, Any]],
+    signer_key_id: str,
+    generation_seconds: float | None = None,
+) -> dict[str, Any]:
+    from trustgain import __version__
+
+    if created.tzinfo is None:
+        raise ValueError("created must be timezone-aware")
+    return {
+        "format": FORMAT,
+        "version": FORMAT_VERSION,
+        "record_id": record_id,
+        "created": created.astimezone(timezone.utc).isoformat(timespec="seconds"),
+        "trustgain_version": __version__,
+        "generator": dict(generator),
+        "request_sha256": request_sha256,
+        "stages": [s.to_dict() for s in stages],
+        "generation_seconds": None if generation_seconds is None else round(generation_seconds, 6),
+        "outputs": [dict(o) for o in outputs],
+        "signer": {"algorithm": "Ed25519", "key_id": signer_key_id},
+    }
+
+
+@dataclass(frozen=True)
+class SignedRecord:
+    record: Mapping[str, Any]
+    signature: bytes
+
+    @classmethod
+    def sign(cls, record: Mapping[str, Any], keyring: KeyRing) -> SignedRecord:
+        if record.get("signer", {}).get("key_id") != keyring.key_id:
+            raise ValueError("record names another signer than this keyring")
+        return cls(record=record, signature=keyring.sign(canonical_json(dict(record))))
+
+    @property
+    def record_id(self) -> str:
+        return str(self.record["record_id"])
+
+    @property
+    def key_id(self) -> str:
+        return str(self.record["signer"]["key_id"])
+
+    def envelope(self, output_index: int | None = None) -> dict[str, Any]:
+        env: dict[str, Any] = {
+            "record": dict(self.record),
+            "signature": base64.b64encode(self.signature).decode("ascii"),
+        }
+        if output_index is not None:
+            env["output_index"] = output_index
+        return env
+
+    def to_json(self, output_index: int | None = None, *, indent: int | None = None) -> str:
+        return json.dumps(self.envelope(output_index), indent=indent, ensure_ascii=False)
+
+    @classmethod
+    def from_envelope(cls, text: str | bytes) -> tuple[SignedRecord, int | None]:
+        """Parse an envelope; anything off is ``malformed_record``."""
+        try:
+            env = json.loads(text)
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise _malformed(f"record is not JSON ({exc.msg})") from None
+        if not isinstance(env, dict) or not isinstance(env.get("record"), dict):
+            raise _malformed("envelope has no record object")
+        record = env["record"]
+        missing = [k for k in REQUIRED if k not in record]
+        if missing:
+            raise _malformed(f"record lacks {', '.join(missing)}")
+        if record["format"] != FORMAT or record["version"] != FORMAT_VERSION:
+            raise _malformed(f"record format {record['format']!r} v{record['version']!r} unknown")
+        signer = record["signer"]
+        if (
+            not isinstance(signer, dict)
+            or signer.get("algorithm") != "Ed25519"
+            or not isinstance(signer.get("key_id"), str)
+        ):
+            raise _malformed("record has no Ed25519 signer")
+        if not isinstance(record["outputs"], list) or not all(
+            isinstance(o, dict) for o in record["outputs"]
+        ):
+            raise _malformed("record outputs are not a list of objects")
+        try:
+            signature = base64.b64decode(env.get("signature", ""), validate=True)
+        except (TypeError, ValueError, binascii.Error):
+            raise _malformed("signature is not base64") from None
+        index = env.get("output_index")
+        if index is not None and (
+            not isinstance(index, int)
+            or isinstance(index, bool)
+            or not 0 <= index < len(record["outputs"])
+        ):
+            raise _malformed("output_index does not name an output of the record")
+        return cls(record=record, signature=signature), index
+
+
+def _malformed(message: str) -> VerificationError:
+    return VerificationError(Reason.MALFORMED_RECORD, message)

@@ -1,0 +1,133 @@
+"""Verification: signature by a trusted key, then the file's content against the record.
+
+Fails closed: a record is valid only when it parses, names a trusted key, carries that key's
+signature over its canonical bytes, and one of its outputs matches the file, either byte for
+byte outside the embedded record, or pixel for pixel after a lossless re-encode. Anything
+else raises :class:`VerificationError` with one :class:`Reason`.
+
+Not protected against: someone who holds a trusted signing key; a record stripped from a
+file (that file then has no provenance, which is reported as ``missing_record``).
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from PIL import Image, UnidentifiedImageError
+
+from trustgain.digest import canonical_json, pixels_sha256, sha256_hex
+from trustgain.errors import InputError, Reason, VerificationError
+from trustgain.fileio import trustgain_home
+from trustgain.keys import KeyFileError, PublicKey, public_key_path
+from trustgain.provenance import embed
+from trustgain.provenance.record import SignedRecord
+
+SIDECAR_SUFFIX = ".trustgain.json"
+
+
+@dataclass(frozen=True)
+class Verified:
+    """A record that verified, and how the file matched it."""
+
+    record: Mapping[str, Any]
+    key_id: str
+    output_index: int
+    binding: str  # "file": exact bytes outside the record; "pixels": lossless re-encode
+    source: str  # "embedded" or "sidecar"
+
+
+def sidecar_path(path: str | os.PathLike[str]) -> Path:
+    p = Path(path)
+    return p.with_name(p.name + SIDECAR_SUFFIX)
+
+
+def default_trusted_keys() -> list[PublicKey]:
+    """The local keyring's public key and every PEM in ``$TRUSTGAIN_HOME/trusted/``."""
+    home = trustgain_home()
+    candidates = [public_key_path(home / "keyring.json"), *sorted((home / "trusted").glob("*.pem"))]
+    keys = []
+    for path in candidates:
+        if path.is_file():
+            try:
+                keys.append(PublicKey.load(path))
+            except KeyFileError:
+                continue  # an unreadable trust entry trusts nothing; verification stays closed
+    return keys
+
+
+def verify_signature(signed: SignedRecord, trusted: Iterable[PublicKey]) -> PublicKey:
+    by_id = {k.key_id: k for k in trusted}
+    key = by_id.get(signed.key_id)
+    if key is None:
+        raise VerificationError(
+            Reason.UNKNOWN_KEY, f"record is signed by {signed.key_id}, which is not trusted"
+        )
+    if not key.verify(signed.signature, canonical_json(dict(signed.record))):
+        raise VerificationError(Reason.BAD_SIGNATURE, "signature does not match the record")
+    return key
+
+
+def verify_bytes(
+    data: bytes, *, trusted: Iterable[PublicKey], sidecar_text: str | None = None
+) -> Verified:
+    """Verify an image's bytes against its embedded record, or the sidecar's when none."""
+    embed.media_type(data)
+    text, source = embed.extract(data), "embedded"
+    if text is None:
+        text, source = sidecar_text, "sidecar"
+    if text is None:
+        raise VerificationError(
+            Reason.MISSING_RECORD, "no provenance record in the file or beside it"
+        )
+    signed, index = SignedRecord.from_envelope(text)
+    key = verify_signature(signed, trusted)
+    outputs = signed.record["outputs"]
+    candidates = [index] if index is not None else list(range(len(outputs)))
+    file_digest = sha256_hex(embed.strip(data))
+    for i in candidates:
+        if outputs[i].get("file_sha256") == file_digest:
+            return Verified(signed.record, key.key_id, i, "file", source)
+    pixels = _pixels_digest(data)
+    for i in candidates:
+        if pixels is not None and outputs[i].get("pixels_sha256") == pixels:
+            return Verified(signed.record, key.key_id, i, "pixels", source)
+    raise VerificationError(
+        Reason.CONTENT_HASH_MISMATCH, "the file's content does not match the signed record"
+    )
+
+
+def verify_file(
+    path: str | os.PathLike[str],
+    *,
+    trusted: Iterable[PublicKey] | None = None,
+    sidecar: str | os.PathLike[str] | None = None,
+) -> Verified:
+    """Verify ``path``; ``trusted`` defaults to :func:`default_trusted_keys`."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise InputError(f"cannot read {path}: {exc.strerror}") from None
+    side = Path(sidecar) if sidecar is not None else sidecar_path(path)
+    sidecar_text = None
+    if side.is_file():
+        try:
+            sidecar_text = side.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError):
+            sidecar_text = "\0"  # unreadable sidecar: parsed as malformed, never ignored
+    keys = list(trusted) if trusted is not None else default_trusted_keys()
+    return verify_bytes(data, trusted=keys, sidecar_text=sidecar_text)
+
+
+def _pixels_digest(data: bytes) -> str | None:
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            image.load()
+            return pixels_sha256(image)
+    except (OSError, UnidentifiedImageError, Image.DecompressionBombError):
+        return None

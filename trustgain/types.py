@@ -1,0 +1,154 @@
+"""Frozen data passed between stages: the request, the item in flight, and stage records."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
+from types import MappingProxyType
+from typing import Any
+
+import torch
+
+from trustgain.errors import ConfigError
+
+#: A step hook receives (step index, timestep, the tensors it asked for) and returns the
+#: tensors it changes (or None). The pipeline folds all hooks into one diffusers
+#: ``callback_on_step_end``.
+StepFn = Callable[[int, int, Mapping[str, torch.Tensor]], Mapping[str, torch.Tensor] | None]
+
+
+def _frozen(mapping: Mapping[str, Any] | None) -> Mapping[str, Any]:
+    return MappingProxyType(dict(mapping or {}))
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    """What the caller asked for, with diffusers' argument names.
+
+    ``extra`` holds further keyword arguments for the wrapped pipeline (JSON-serialisable
+    values only, since the request digest covers them).
+    """
+
+    prompt: str | None = None
+    negative_prompt: str | None = None
+    num_inference_steps: int | None = None
+    guidance_scale: float | None = None
+    seed: int | None = None
+    height: int | None = None
+    width: int | None = None
+    num_images_per_prompt: int = 1
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "extra", _frozen(self.extra))
+        if self.num_images_per_prompt < 1:
+            raise ConfigError("num_images_per_prompt must be at least 1")
+        if self.num_inference_steps is not None and self.num_inference_steps < 1:
+            raise ConfigError("num_inference_steps must be at least 1")
+        if self.seed is not None and not 0 <= self.seed < 2**63:
+            raise ConfigError("seed must be in [0, 2**63)")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "prompt": self.prompt,
+            "negative_prompt": self.negative_prompt,
+            "num_inference_steps": self.num_inference_steps,
+            "guidance_scale": self.guidance_scale,
+            "seed": self.seed,
+            "height": self.height,
+            "width": self.width,
+            "num_images_per_prompt": self.num_images_per_prompt,
+            "extra": dict(self.extra),
+        }
+
+    def replace(self, **changes: Any) -> GenerationRequest:
+        return replace(self, **changes)
+
+
+@dataclass(frozen=True)
+class StepHook:
+    """A per-step function attached through diffusers' ``callback_on_step_end``.
+
+    ``tensor_inputs`` names the tensors it reads (checked against the pipeline's
+    ``_callback_tensor_inputs`` before anything runs), as diffusers' callbacks declare them.
+    """
+
+    stage: str
+    fn: StepFn
+    tensor_inputs: tuple[str, ...] = ("latents",)
+    #: Called once after generation; what it returns is added to the stage's record as
+    #: ``observed`` (e.g. statistics the hook gathered while the generator ran).
+    report: Callable[[], Mapping[str, Any]] | None = None
+
+
+@dataclass(frozen=True)
+class Item:
+    """The job in flight. Stages never change an item; they return a new one.
+
+    - ``request``: the (possibly rewritten) generation request.
+    - ``latents``: initial latents for the generator (``latents=``), set by GENERATE stages.
+    - ``step_hooks``: per-step hooks for the generator, set by GENERATE stages.
+    - ``outputs``: what the generator produced (PIL images, arrays, or text), then transformed
+      by PROTECT stages.
+    - ``notes``: small facts stages pass on to later stages (e.g. a scheduling decision).
+    """
+
+    request: GenerationRequest
+    latents: torch.Tensor | None = None
+    step_hooks: tuple[StepHook, ...] = ()
+    outputs: tuple[Any, ...] = ()
+    notes: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "notes", _frozen(self.notes))
+        object.__setattr__(self, "outputs", tuple(self.outputs))
+        object.__setattr__(self, "step_hooks", tuple(self.step_hooks))
+
+    def replace(self, **changes: Any) -> Item:
+        return replace(self, **changes)
+
+    def with_note(self, key: str, value: Any) -> Item:
+        return replace(self, notes={**self.notes, key: value})
+
+
+@dataclass(frozen=True)
+class StageResult:
+    """What a stage returns: the new item and the parameters it actually used.
+
+    ``params`` goes into the signed provenance record, so it must be JSON-serialisable and
+    must never hold a secret (use key ids). ``applied=False`` with a ``reason`` records a stage
+    that deliberately did nothing; a trust stage never skips quietly.
+    """
+
+    item: Item
+    params: Mapping[str, Any] = field(default_factory=dict)
+    applied: bool = True
+    reason: str | None = None
+
+
+@dataclass(frozen=True)
+class StageRecord:
+    """One stage's entry in the provenance record."""
+
+    name: str
+    version: str
+    phase: str
+    params: Mapping[str, Any]
+    applied: bool
+    reason: str | None
+    digest_in: str
+    digest_out: str
+    seconds: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "version": self.version,
+            "phase": self.phase,
+            "params": dict(self.params),
+            "applied": self.applied,
+            "reason": self.reason,
+            "digest_in": self.digest_in,
+            "digest_out": self.digest_out,
+            "seconds": round(self.seconds, 6),
+        }
