@@ -7,9 +7,9 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from tiny import tiny_ddim_pipeline, tiny_sd_pipeline  # noqa: E402
+from tiny import tiny_ddim_pipeline, tiny_sd_pipeline
 
-from trustgain import KeyRing  # noqa: E402
+from trustgain import KeyRing
 
 
 @pytest.fixture(autouse=True)

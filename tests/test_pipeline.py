@@ -21,34 +21,47 @@ def _same_images(a, b) -> bool:
 
 @pytest.mark.parametrize("output_type", ["pil", "np"])
 def test_wrap_without_stages_is_bit_identical_sd(sd_pipe, keyring, output_type):
-    bare = sd_pipe("a red cat", generator=torch.Generator().manual_seed(7), output_type=output_type,
-                   num_images_per_prompt=2, **SD).images
-    art = wrap(sd_pipe, keyring=keyring)("a red cat", seed=7, output_type=output_type,
-                                         num_images_per_prompt=2, **SD)
+    bare = sd_pipe(
+        "a red cat",
+        generator=torch.Generator().manual_seed(7),
+        output_type=output_type,
+        num_images_per_prompt=2,
+        **SD,
+    ).images
+    art = wrap(sd_pipe, keyring=keyring)(
+        "a red cat", seed=7, output_type=output_type, num_images_per_prompt=2, **SD
+    )
     if output_type == "pil":
         assert _same_images(art.images, bare)
     else:
         assert np.array_equal(np.stack(art.outputs), bare)
-    different = wrap(sd_pipe, keyring=keyring)("a red cat", seed=8, output_type=output_type,
-                                               num_images_per_prompt=2, **SD)
+    different = wrap(sd_pipe, keyring=keyring)(
+        "a red cat", seed=8, output_type=output_type, num_images_per_prompt=2, **SD
+    )
     assert not np.array_equal(np.asarray(different.outputs[0]), np.asarray(art.outputs[0]))
 
 
 def test_wrap_without_stages_is_bit_identical_ddim(ddim_pipe, keyring):
-    bare = ddim_pipe(generator=torch.Generator().manual_seed(3), num_inference_steps=4,
-                     output_type="np").images
+    bare = ddim_pipe(
+        generator=torch.Generator().manual_seed(3), num_inference_steps=4, output_type="np"
+    ).images
     art = wrap(ddim_pipe, keyring=keyring)(seed=3, num_inference_steps=4, output_type="np")
     assert np.array_equal(np.stack(art.outputs), bare)
     assert art.record.record["generator"]["class"] == "DDIMPipeline"
 
 
 def test_wrapping_does_not_change_the_pipeline(sd_pipe, keyring):
-    before = dict(sd_pipe.config), sd_pipe._progress_bar_config.copy() if hasattr(
-        sd_pipe, "_progress_bar_config") else None
+    before = (
+        dict(sd_pipe.config),
+        sd_pipe._progress_bar_config.copy() if hasattr(sd_pipe, "_progress_bar_config") else None,
+    )
     wrap(sd_pipe, ["generate.keyed_latents", "generate.latent_trace"], keyring=keyring)(
-        "x", seed=1, **SD)
-    after = dict(sd_pipe.config), sd_pipe._progress_bar_config.copy() if hasattr(
-        sd_pipe, "_progress_bar_config") else None
+        "x", seed=1, **SD
+    )
+    after = (
+        dict(sd_pipe.config),
+        sd_pipe._progress_bar_config.copy() if hasattr(sd_pipe, "_progress_bar_config") else None,
+    )
     assert before == after
 
 
@@ -60,13 +73,19 @@ def test_keyed_latents_reach_the_pipeline_and_replay(sd_pipe, keyring):
     # A key holder redraws the latents from the record and regenerates the same output.
     key = keyring.derive("generate.keyed_latents", "latents")
     latents = keyed_latents(key, bytes.fromhex(params["nonce"]), tuple(params["shape"]))
-    replay = sd_pipe("a digit", latents=latents, generator=torch.Generator().manual_seed(5),
-                     output_type="np", **SD).images
+    replay = sd_pipe(
+        "a digit",
+        latents=latents,
+        generator=torch.Generator().manual_seed(5),
+        output_type="np",
+        **SD,
+    ).images
     assert np.array_equal(np.stack(art.outputs), replay)
     # Another key cannot: its latents differ.
     other = KeyRing.generate().derive("generate.keyed_latents", "latents")
-    assert not torch.equal(latents, keyed_latents(other, bytes.fromhex(params["nonce"]),
-                                                  tuple(params["shape"])))
+    assert not torch.equal(
+        latents, keyed_latents(other, bytes.fromhex(params["nonce"]), tuple(params["shape"]))
+    )
 
 
 def test_latent_trace_observes_every_step(sd_pipe, keyring):
@@ -78,8 +97,12 @@ def test_latent_trace_observes_every_step(sd_pipe, keyring):
 
 
 def test_full_record_verifies(sd_pipe, keyring):
-    stages = ["prompt.normalize", "generate.keyed_latents", "generate.latent_trace",
-              "audit.outputs"]
+    stages = [
+        "prompt.normalize",
+        "generate.keyed_latents",
+        "generate.latent_trace",
+        "audit.outputs",
+    ]
     art = wrap(sd_pipe, stages, keyring=keyring)("  a\u200b zebracorn  ", seed=1, **SD)
     record = art.record.record
     assert [s["name"] for s in record["stages"]] == stages
@@ -103,7 +126,7 @@ def test_stage_failure_is_wrapped_with_its_name(sd_pipe, keyring):
         def __call__(self, item, ctx):
             raise RuntimeError("boom")
 
-    with pytest.raises(StageError, match="stage 'test.broken' failed: RuntimeError: boom"):
+    with pytest.raises(StageError, match=r"stage 'test\.broken' failed: RuntimeError: boom"):
         wrap(sd_pipe, [Broken()], keyring=keyring)("x", seed=0, **SD)
 
 
@@ -120,8 +143,11 @@ def test_audit_rejects_blank_outputs(sd_pipe, keyring):
 
 
 def test_config_round_trip(sd_pipe, keyring, tmp_path):
-    stages = [trustgain.build_stage("prompt.normalize", max_chars=50), "generate.latent_trace",
-              trustgain.build_stage("audit.outputs", min_std=1.0)]
+    stages = [
+        trustgain.build_stage("prompt.normalize", max_chars=50),
+        "generate.latent_trace",
+        trustgain.build_stage("audit.outputs", min_std=1.0),
+    ]
     pipe = wrap(sd_pipe, stages, keyring=keyring, output_format="jpeg", jpeg_quality=80)
     path = pipe.save_config(tmp_path / "trustgain.json")
     loaded = TrustPipeline.from_config(pipe.generator, path, keyring=keyring)
@@ -135,8 +161,9 @@ def test_request_validation():
     with pytest.raises(trustgain.errors.ConfigError):
         GenerationRequest(prompt="x", num_images_per_prompt=0)
     with pytest.raises(trustgain.errors.ConfigError, match="managed by trustgain"):
-        from trustgain.generators import DiffusersGenerator
         from tiny import tiny_ddim_pipeline
+
+        from trustgain.generators import DiffusersGenerator
 
         DiffusersGenerator(tiny_ddim_pipeline()).kwargs(GenerationRequest(extra={"latents": 1}))
 

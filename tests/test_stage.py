@@ -20,18 +20,22 @@ def test_unknown_stage_lists_known_ones():
 
 
 def test_unknown_setting_lists_valid_ones():
-    with pytest.raises(ConfigError, match="no setting 'colour'; settings: max_chars, form|"
-                                          "settings: form, max_chars"):
+    with pytest.raises(
+        ConfigError,
+        match=r"no setting 'colour'; settings: form, max_chars",
+    ):
         build_stage("prompt.normalize", colour=1)
     with pytest.raises(ConfigError, match="form must be one of"):
         build_stage("prompt.normalize", form="NFD")
 
 
 def test_phases_must_not_go_backwards():
-    with pytest.raises(StageOrderError, match="'prompt.normalize' \\(PREPARE\\) cannot run after"):
+    with pytest.raises(StageOrderError, match=r"'prompt\.normalize' \(PREPARE\) cannot run after"):
         resolve_stages(["audit.outputs", "prompt.normalize"])
     assert [s.name for s in resolve_stages(["prompt.normalize", "audit.outputs"])] == [
-        "prompt.normalize", "audit.outputs"]
+        "prompt.normalize",
+        "audit.outputs",
+    ]
 
 
 def test_duplicates_and_non_stages_are_refused():
@@ -58,10 +62,12 @@ def test_register_user_stage():
     assert "test.tag" in known_stages()
     assert build_stage("test.tag", label="y").label == "y"
     with pytest.raises(ConfigError, match="already registered"):
-        register_stage(type("Other", (), {"name": "test.tag", "phase": Phase.AUDIT,
-                                          "version": "1"}))
+        register_stage(
+            type("Other", (), {"name": "test.tag", "phase": Phase.AUDIT, "version": "1"})
+        )
     with pytest.raises(ConfigError, match="already registered"):
-        register_stage(type("Clash", (), {"name": "audit.outputs", "phase": Phase.AUDIT,
-                                          "version": "1"}))
+        register_stage(
+            type("Clash", (), {"name": "audit.outputs", "phase": Phase.AUDIT, "version": "1"})
+        )
     with pytest.raises(ConfigError, match="not a Phase"):
         register_stage(type("Bad", (), {"name": "test.bad", "phase": 3, "version": "1"}))

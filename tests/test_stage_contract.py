@@ -19,8 +19,9 @@ def _item(phase: Phase) -> Item:
     if phase <= Phase.GENERATE:
         return Item(request=request)
     rng = np.random.default_rng(0)
-    images = tuple(Image.fromarray(rng.integers(0, 255, (16, 16, 3), dtype=np.uint8))
-                   for _ in range(2))
+    images = tuple(
+        Image.fromarray(rng.integers(0, 255, (16, 16, 3), dtype=np.uint8)) for _ in range(2)
+    )
     return Item(request=request, outputs=images)
 
 

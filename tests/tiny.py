@@ -62,7 +62,9 @@ def tiny_sd_pipeline(seed: int = 0) -> StableDiffusionPipeline:
             pad_token_id=1,
         )
     )
-    scheduler = DDIMScheduler(beta_schedule="scaled_linear", clip_sample=False, set_alpha_to_one=False)
+    scheduler = DDIMScheduler(
+        beta_schedule="scaled_linear", clip_sample=False, set_alpha_to_one=False
+    )
     pipe = StableDiffusionPipeline(
         unet=unet,
         vae=vae,

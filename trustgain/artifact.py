@@ -17,6 +17,7 @@ from trustgain.fileio import write_atomic
 from trustgain.provenance import embed
 from trustgain.provenance.record import SignedRecord
 from trustgain.provenance.verify import sidecar_path
+from trustgain.types import GenerationRequest
 
 FORMATS = {"png": "image/png", "jpeg": "image/jpeg"}
 _SUFFIXES = {"image/png": (".png",), "image/jpeg": (".jpg", ".jpeg")}
@@ -35,6 +36,8 @@ class Artifact:
     outputs: tuple[Any, ...]
     record: SignedRecord
     files: tuple[EncodedFile, ...] = ()
+    #: The request as finally run (after PREPARE/SCHEDULE stages, with the seed drawn).
+    request: GenerationRequest | None = None
 
     @property
     def images(self) -> list[Image.Image]:

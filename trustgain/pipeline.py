@@ -19,7 +19,7 @@ from trustgain.generators.diffusers import DiffusersGenerator
 from trustgain.keys import KeyRing
 from trustgain.provenance.record import SignedRecord, build_record
 from trustgain.stage import Phase, RunContext, Stage, resolve_stages
-from trustgain.types import GenerationRequest, Item, StageRecord, StageResult
+from trustgain.types import MAX_SEED, GenerationRequest, Item, StageRecord, StageResult
 
 Clock = Callable[[], datetime]
 
@@ -118,7 +118,7 @@ class TrustPipeline:
 
     def run(self, request: GenerationRequest) -> Artifact:
         if request.seed is None:  # recorded, so every output can be replayed
-            request = request.replace(seed=secrets.randbits(63))
+            request = request.replace(seed=secrets.randbelow(MAX_SEED + 1))
         run_id = uuid.uuid4().hex
         request_digest = sha256_hex(canonical_json(request.to_dict()))
         item = Item(request=request)
@@ -198,7 +198,12 @@ class TrustPipeline:
             generation_seconds=generation_seconds,
         )
         signed = SignedRecord.sign(record, self._keyring)
-        return Artifact(outputs=item.outputs, record=signed, files=attach_record(files, signed))
+        return Artifact(
+            outputs=item.outputs,
+            record=signed,
+            files=attach_record(files, signed),
+            request=item.request,
+        )
 
 
 def _add_observations(records: list[StageRecord], item: Item) -> list[StageRecord]:

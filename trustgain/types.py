@@ -17,6 +17,10 @@ from trustgain.errors import ConfigError
 StepFn = Callable[[int, int, Mapping[str, torch.Tensor]], Mapping[str, torch.Tensor] | None]
 
 
+#: Largest seed: records are RFC 8785 JSON, whose integers are exact up to 2**53 - 1.
+MAX_SEED = 2**53 - 1
+
+
 def _frozen(mapping: Mapping[str, Any] | None) -> Mapping[str, Any]:
     return MappingProxyType(dict(mapping or {}))
 
@@ -45,8 +49,8 @@ class GenerationRequest:
             raise ConfigError("num_images_per_prompt must be at least 1")
         if self.num_inference_steps is not None and self.num_inference_steps < 1:
             raise ConfigError("num_inference_steps must be at least 1")
-        if self.seed is not None and not 0 <= self.seed < 2**63:
-            raise ConfigError("seed must be in [0, 2**63)")
+        if self.seed is not None and not 0 <= self.seed <= MAX_SEED:
+            raise ConfigError(f"seed must be in [0, {MAX_SEED}] (exact in JSON records)")
 
     def to_dict(self) -> dict[str, Any]:
         return {

@@ -1,0 +1,5 @@
+import sys
+
+from trustgain.cli.main import main
+
+sys.exit(main())

@@ -1,0 +1,1 @@
+"""The ``trustgain`` command: thin commands over library calls."""

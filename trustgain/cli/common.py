@@ -1,0 +1,73 @@
+"""What every command shares: the error funnel, output, passphrases, progress bars."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Iterable, Iterator
+from typing import Any, TypeVar
+
+import click
+from tqdm import tqdm
+
+from trustgain.keys import KeyRing, default_keyring_path, is_encrypted
+
+T = TypeVar("T")
+
+json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON for machines.")
+progress_option = click.option(
+    "--no-progress",
+    is_flag=True,
+    envvar="TRUSTGAIN_NO_PROGRESS",
+    help="No progress bars (also TRUSTGAIN_NO_PROGRESS=1).",
+)
+keyring_option = click.option(
+    "--keyring",
+    "keyring_path",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Key file [default: $TRUSTGAIN_HOME/keyring.json, TRUSTGAIN_HOME=~/.trustgain].",
+)
+
+
+def emit(data: Any, as_json: bool, human: str) -> None:
+    """Results to stdout: JSON for machines, a line for humans."""
+    click.echo(json.dumps(data, indent=2) if as_json else human)
+
+
+def note(message: str) -> None:
+    """Notes and warnings to stderr, so stdout stays parseable."""
+    click.echo(message, err=True)
+
+
+def progress(
+    items: Iterable[T], *, total: int | None = None, desc: str = "", disable: bool = False
+) -> Iterator[T]:
+    """One progress helper for every long command (stderr, off with --no-progress)."""
+    yield from tqdm(
+        items,
+        total=total,
+        desc=desc,
+        disable=disable,
+        file=sys.stderr,
+        leave=False,
+        dynamic_ncols=True,
+    )
+
+
+def passphrase_for_reading(path: str | os.PathLike[str]) -> str | None:
+    """TRUSTGAIN_PASSPHRASE, else a hidden prompt on a terminal, for encrypted files only."""
+    if not os.path.isfile(path) or not is_encrypted(path):
+        return None
+    env = os.environ.get("TRUSTGAIN_PASSPHRASE")
+    if env:
+        return env
+    if sys.stdin.isatty():
+        return click.prompt(f"Passphrase for {path}", hide_input=True)
+    return None  # KeyRing.load then says the file is passphrase-protected, with a hint
+
+
+def load_keyring(path: str | None) -> KeyRing:
+    path = path or str(default_keyring_path())
+    return KeyRing.load(path, passphrase=passphrase_for_reading(path))

@@ -1,0 +1,66 @@
+"""The ``trustgain`` entry point and its one error funnel."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import click
+
+from trustgain import __version__
+from trustgain.cli.generate import generate
+from trustgain.cli.keys import keys
+from trustgain.cli.stages import stages
+from trustgain.cli.verify import verify
+from trustgain.errors import TrustgainError
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="trustgain")
+def cli() -> None:
+    """trustgain: trust stages around AI generation, sealed by signed provenance.
+
+    \b
+    Start:
+      trustgain keys create                  # your signing keyring
+      trustgain generate "a handwritten seven" --model MODEL -o seven.png
+      trustgain verify seven.png
+    Environment: TRUSTGAIN_HOME (keys, default ~/.trustgain), TRUSTGAIN_PASSPHRASE,
+    TRUSTGAIN_NO_PROGRESS=1, TRUSTGAIN_DEBUG=1 (tracebacks).
+    """
+
+
+cli.add_command(keys)
+cli.add_command(verify)
+cli.add_command(generate)
+cli.add_command(stages)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the CLI: known errors become one line plus a hint on stderr and exit code 1."""
+    try:
+        cli.main(args=argv, prog_name="trustgain", standalone_mode=False)
+    except TrustgainError as exc:
+        if os.environ.get("TRUSTGAIN_DEBUG") == "1":
+            raise
+        click.echo(f"error: {exc}", err=True)
+        if exc.hint:
+            click.echo(f"hint: {exc.hint}", err=True)
+        return 1
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        return 1
+    except click.ClickException as exc:
+        exc.show()
+        return exc.exit_code
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else 1
+    except KeyboardInterrupt:
+        click.echo("interrupted", err=True)
+        return 130
+    return 0
+
+
+def run() -> None:
+    """Console-script entry point."""
+    sys.exit(main())

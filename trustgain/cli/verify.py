@@ -1,0 +1,107 @@
+"""``trustgain verify``: check signed provenance records of files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from trustgain.cli.common import emit, json_option, progress, progress_option
+from trustgain.errors import InputError, TrustgainError, VerificationError
+from trustgain.keys import PublicKey
+from trustgain.provenance import default_trusted_keys, verify_file
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg"}
+
+
+def _expand(paths: tuple[str, ...]) -> list[Path]:
+    files: list[Path] = []
+    for raw in paths:
+        path = Path(raw)
+        if path.is_dir():
+            found = sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+            if not found:
+                raise InputError(f"{path} holds no PNG or JPEG files")
+            files.extend(found)
+        else:
+            files.append(path)
+    return files
+
+
+@click.command()
+@click.argument("files", nargs=-1, required=True)
+@click.option(
+    "--public-key",
+    "public_keys",
+    multiple=True,
+    type=click.Path(dir_okay=False),
+    help="Trust this key (PEM, or a keyring file); repeatable. Default: your own "
+    "keyring's public key and $TRUSTGAIN_HOME/trusted/*.pem.",
+)
+@click.option(
+    "--sidecar",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Record file to use when the image carries none [default: FILE.trustgain.json].",
+)
+@json_option
+@progress_option
+def verify(
+    files: tuple[str, ...],
+    public_keys: tuple[str, ...],
+    sidecar: str | None,
+    as_json: bool,
+    no_progress: bool,
+) -> None:
+    """Verify the signed provenance record of FILES (images or folders).
+
+    Exit code 0 when every file verifies; 1 otherwise, with a reason per file:
+    bad_signature, content_hash_mismatch, unknown_key, missing_record, malformed_record.
+
+    \b
+    Examples:
+      trustgain verify seven.png
+      trustgain verify out/ --public-key alice.pem --json
+    """
+    paths = _expand(files)
+    if sidecar and len(paths) != 1:
+        raise click.UsageError("--sidecar needs exactly one file")
+    trusted = [PublicKey.load(k) for k in public_keys] if public_keys else default_trusted_keys()
+    results, ok = [], True
+    for path in progress(paths, desc="verify", disable=no_progress or len(paths) < 2):
+        try:
+            v = verify_file(path, trusted=trusted, sidecar=sidecar)
+        except VerificationError as exc:
+            ok = False
+            results.append(
+                {"file": str(path), "valid": False, "reason": exc.reason.value, "message": str(exc)}
+            )
+            continue
+        except TrustgainError as exc:  # unreadable or not an image: a reason, then go on
+            ok = False
+            results.append(
+                {"file": str(path), "valid": False, "reason": "unreadable", "message": str(exc)}
+            )
+            continue
+        results.append(
+            {
+                "file": str(path),
+                "valid": True,
+                "record_id": v.record["record_id"],
+                "key_id": v.key_id,
+                "output_index": v.output_index,
+                "binding": v.binding,
+                "source": v.source,
+                "created": v.record["created"],
+                "model_id": v.record["generator"].get("model_id"),
+            }
+        )
+    human = "\n".join(
+        f"{r['file']}: valid (record {r['record_id']}, key {r['key_id']}, {r['source']})"
+        if r["valid"]
+        else f"{r['file']}: INVALID {r['message']}"
+        for r in results
+    )
+    emit(results[0] if len(results) == 1 else results, as_json, human)
+    if not ok:
+        raise SystemExit(1)
