@@ -83,6 +83,7 @@ BUILTIN_STAGES: dict[str, str] = {
     "prompt.normalize": "trustgain.prompting.normalize:NormalizePrompt",
     "generate.keyed_latents": "trustgain.generators.keyed_latents:KeyedLatents",
     "generate.latent_trace": "trustgain.generators.latent_trace:LatentTrace",
+    "watermark.pixel": "trustgain.watermark.pixel_stage:PixelMark",
     "audit.outputs": "trustgain.audit.outputs:OutputCheck",
 }
 _USER_STAGES: dict[str, type] = {}

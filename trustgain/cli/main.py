@@ -12,6 +12,7 @@ from trustgain.cli.generate import generate
 from trustgain.cli.keys import keys
 from trustgain.cli.stages import stages
 from trustgain.cli.verify import verify
+from trustgain.cli.watermark import watermark
 from trustgain.errors import TrustgainError
 
 
@@ -34,6 +35,7 @@ cli.add_command(keys)
 cli.add_command(verify)
 cli.add_command(generate)
 cli.add_command(stages)
+cli.add_command(watermark)
 
 
 def main(argv: list[str] | None = None) -> int:

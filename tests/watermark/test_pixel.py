@@ -1,0 +1,206 @@
+"""The keyed pixel mark: round trip, attacks, keys, null, formats, stage, CLI."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+from skimage import data as skdata
+
+from trustgain import KeyRing, Phase, StageResult, wrap
+from trustgain.cli.main import main
+from trustgain.errors import InputError, StageError
+from trustgain.watermark import attacks, pixel
+
+KEY = bytes(range(32))
+PAYLOAD = b"\xde\xad\xbe\xef"
+
+
+def _photo(name: str = "astronaut", size: int = 512) -> Image.Image:
+    image = Image.fromarray(getattr(skdata, name)()).convert("RGB")
+    side = min(image.size)
+    return image.crop((0, 0, side, side)).resize((size, size), Image.Resampling.BICUBIC)
+
+
+@pytest.fixture(scope="module")
+def marked():
+    image = _photo()
+    out, nonce = pixel.embed(image, KEY, PAYLOAD, nonce=5)
+    return image, out, nonce
+
+
+def test_round_trip_quality_and_payload(marked):
+    image, out, nonce = marked
+    assert out.size == image.size and out.mode == image.mode and 0 <= nonce < pixel.NONCES
+    a, b = np.asarray(image, float), np.asarray(out, float)
+    psnr = 10 * np.log10(255**2 / np.mean((a - b) ** 2))
+    assert psnr >= 40.0
+    d = pixel.detect(out, KEY)
+    assert d.detected and d.payload == PAYLOAD and d.nonce == nonce and d.p_value < 1e-20
+
+
+@pytest.mark.parametrize(
+    "attack", ["jpeg50", "crop_random_50", "rotate5", "resize0.75_kept", "blur1", "noise0.02"]
+)
+def test_survives_attacks(marked, attack):
+    _, out, _ = marked
+    attacked = attacks.SUITE[attack](out, np.random.default_rng(1))
+    d = pixel.detect(attacked, KEY)
+    assert d.detected, (attack, d.z)
+
+
+def test_wrong_key_and_clean_images_are_not_detected(marked):
+    image, out, _ = marked
+    for candidate, key in ((out, bytes(32)), (image, KEY), (_photo("coffee"), KEY)):
+        d = pixel.detect(candidate, key)
+        assert not d.detected and d.p_value > 1e-3 and d.payload is None
+
+
+def test_p_value_bound_and_threshold_agree():
+    t = pixel.threshold(1e-3)
+    assert pixel.p_value(t) == pytest.approx(1e-3, rel=1e-9)
+    assert pixel.p_value(-1.0) == 1.0 and pixel.p_value(t + 1) < 1e-3
+
+
+def test_nonces_give_uncorrelated_patterns():
+    a = pixel.pattern(KEY, 0, PAYLOAD).ravel()
+    b = pixel.pattern(KEY, 1, PAYLOAD).ravel()
+    c = pixel.pattern(bytes(32), 0, PAYLOAD).ravel()
+    assert abs(np.corrcoef(a, b)[0, 1]) < 0.1 and abs(np.corrcoef(a, c)[0, 1]) < 0.1
+    assert np.array_equal(a, pixel.pattern(KEY, 0, PAYLOAD).ravel())
+
+
+def test_ecc_corrects_and_tag_rejects():
+    bits = pixel.encode_bits(KEY, PAYLOAD)
+    assert bits.size == pixel.CODE_BITS
+    noisy = bits.copy()
+    noisy[[3, 17, 40, 90, 120]] ^= 1
+    assert pixel.decode_bits(KEY, noisy) == (PAYLOAD, 5)
+    assert pixel.decode_bits(bytes(32), bits) == (None, None)  # other key: tag fails
+
+
+@pytest.mark.parametrize("mode", ["L", "RGBA", "LA", "I;16"])
+def test_other_modes_are_handled(mode):
+    base = _photo("chelsea")
+    if mode == "I;16":
+        image = Image.fromarray(np.asarray(base.convert("L"), dtype=np.uint16) * 257)
+    else:
+        image = base.convert(mode)
+    out, _ = pixel.embed(image, KEY, PAYLOAD)
+    assert out.mode == image.mode
+    if mode in ("RGBA", "LA"):
+        assert np.array_equal(np.asarray(out)[..., -1], np.asarray(image)[..., -1])
+    assert pixel.detect(out, KEY).payload == PAYLOAD
+
+
+@pytest.mark.parametrize(("mode", "reason"), [("CMYK", "CMYK"), ("P", "palette"), ("1", "1-bit")])
+def test_unsupported_modes_are_refused(mode, reason):
+    with pytest.raises(InputError, match=reason):
+        pixel.embed(_photo(size=256).convert(mode), KEY, PAYLOAD)
+
+
+def test_tiny_images_are_refused():
+    with pytest.raises(InputError, match="at least 128x128"):
+        pixel.embed(_photo(size=100), KEY, PAYLOAD)
+
+
+def test_stage_marks_outputs_with_record_id(keyring):
+    class Photo:
+        name, phase, version, requires = "test.photo", Phase.GENERATE, "1", frozenset()
+
+        def __call__(self, item, ctx):
+            return StageResult(item, {})
+
+    class FakeGenerator:
+        kind = "test"
+        callback_tensor_inputs = ()
+
+        def supports(self, capability):
+            return False
+
+        def describe(self):
+            return {"kind": "test", "class": "Fake", "model_id": "fake", "config_sha256": ""}
+
+        def __call__(self, request, *, latents=None, hooks=()):
+            return (_photo("chelsea"),)
+
+    from trustgain.pipeline import TrustPipeline
+
+    art = TrustPipeline(FakeGenerator(), [Photo(), "watermark.pixel"], keyring=keyring)("x")
+    record = art.record.record
+    params = record["stages"][1]["params"]
+    assert params["payload"] == record["record_id"][:8]
+    key = keyring.derive("watermark.pixel", "pixel")
+    assert pixel.detect(art.images[0], key.material).payload.hex() == params["payload"]
+    assert key.material.hex() not in json.dumps(record)
+
+
+def test_stage_refuses_images_it_cannot_mark(sd_pipe, keyring):
+    with pytest.raises(StageError, match="at least 128x128"):
+        wrap(sd_pipe, ["watermark.pixel"], keyring=keyring)(
+            "x", seed=0, num_inference_steps=2, height=16, width=16
+        )
+
+
+def test_cli_embed_detect_resume_and_errors(tmp_path, capsys):
+    assert main(["keys", "create"]) == 0
+    src = tmp_path / "in"
+    src.mkdir()
+    _photo().save(src / "a.png")
+    _photo("coffee").save(src / "b.jpg")
+    (src / "broken.png").write_bytes(b"not an image")
+    _photo(size=64).save(src / "tiny.png")
+    capsys.readouterr()
+    code = main(
+        [
+            "watermark",
+            "embed",
+            str(src),
+            "-o",
+            str(tmp_path / "out"),
+            "--payload",
+            "0badc0de",
+            "--json",
+            "--no-progress",
+        ]
+    )
+    result = json.loads(capsys.readouterr().out)
+    assert code == 1 and result["marked"] == 2 and result["failed"] == 2
+    reasons = {r["file"].rsplit("/", 1)[-1]: r.get("reason", "") for r in result["files"]}
+    assert "not an image" in reasons["broken.png"] and "128x128" in reasons["tiny.png"]
+    before = (tmp_path / "out" / "a.png").read_bytes()
+    main(["watermark", "embed", str(src), "-o", str(tmp_path / "out"), "--json", "--no-progress"])
+    again = json.loads(capsys.readouterr().out)
+    assert again["skipped"] == 2 and (tmp_path / "out" / "a.png").read_bytes() == before
+    code = main(
+        [
+            "watermark",
+            "detect",
+            str(tmp_path / "out"),
+            str(src / "a.png"),
+            "--json",
+            "--no-progress",
+        ]
+    )
+    found = {r["file"]: r for r in json.loads(capsys.readouterr().out)["files"]}
+    assert code == 0
+    assert found[str(tmp_path / "out" / "a.png")]["payload"] == "0badc0de"
+    assert found[str(tmp_path / "out" / "b.jpg")]["detected"]
+    assert not found[str(src / "a.png")]["detected"]
+    code = main(["watermark", "embed", str(src / "a.png"), "-o", str(src / "a.png"), "--force"])
+    assert code == 1 and "overwrite the input" in capsys.readouterr().out
+    other = KeyRing.generate()
+    other.save(tmp_path / "other.json")
+    main(
+        [
+            "watermark",
+            "detect",
+            str(tmp_path / "out" / "a.png"),
+            "--keyring",
+            str(tmp_path / "other.json"),
+            "--json",
+        ]
+    )
+    assert not json.loads(capsys.readouterr().out)["files"][0]["detected"]

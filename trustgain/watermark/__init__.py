@@ -1,0 +1,1 @@
+"""Watermarks: ``watermark.pixel`` (post-hoc, any image) and the shared attack suite."""

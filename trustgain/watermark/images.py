@@ -1,0 +1,94 @@
+"""Opening images and applying a luminance change to every pixel format the marks accept.
+
+Accepted for marking: 8-bit RGB and grayscale (L), with or without alpha (RGBA, LA: the
+alpha channel is kept bit for bit), and 16-bit grayscale (I;16, marked at 16-bit precision).
+Refused, with the reason: CMYK, palette, 1-bit, float and 32-bit images (convert them to RGB
+yourself, so the conversion is a choice you made), and images under the minimum size.
+Detection reads the luminance of any mode Pillow opens.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from trustgain.errors import InputError
+
+EMBED_MODES = ("RGB", "RGBA", "L", "LA", "I;16")
+MAX_PIXELS = 8192 * 8192
+_REFUSED = {
+    "CMYK": "CMYK image: convert it to RGB first (the mark lives in luminance)",
+    "P": "palette image: convert it to RGB first (marking would change its palette)",
+    "PA": "palette image: convert it to RGBA first",
+    "1": "1-bit image: a bilevel image cannot carry an invisible mark",
+    "F": "32-bit float image: convert it to 8- or 16-bit first",
+    "I": "32-bit integer image: convert it to 8- or 16-bit first",
+    "YCbCr": "YCbCr image: convert it to RGB first",
+    "LAB": "Lab image: convert it to RGB first",
+    "HSV": "HSV image: convert it to RGB first",
+}
+
+
+def open_image(path: str | os.PathLike[str]) -> Image.Image:
+    """Open and decode an image fully, or raise a one-line :class:`InputError`."""
+    path = Path(path)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(path)
+            if image.width * image.height > MAX_PIXELS:
+                raise InputError(
+                    f"{path}: {image.width}x{image.height} is larger than {MAX_PIXELS} pixels"
+                )
+            image.load()
+    except FileNotFoundError:
+        raise InputError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise InputError(f"{path} is a folder") from None
+    except UnidentifiedImageError:
+        raise InputError(f"{path}: not an image Pillow can read") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise InputError(f"{path}: image is too large to decode safely") from None
+    except OSError as exc:
+        raise InputError(f"{path}: corrupt or truncated image ({exc})") from None
+    return image
+
+
+def check_embeddable(image: Image.Image, min_side: int) -> None:
+    if image.mode in _REFUSED:
+        raise InputError(_REFUSED[image.mode])
+    if image.mode not in EMBED_MODES:
+        raise InputError(f"{image.mode} image: not supported; convert it to RGB first")
+    if min(image.size) < min_side:
+        raise InputError(
+            f"image is {image.width}x{image.height}; the mark needs at least "
+            f"{min_side}x{min_side} pixels"
+        )
+
+
+def add_luminance(image: Image.Image, delta: np.ndarray) -> Image.Image:
+    """``image`` with ``delta`` (8-bit units, HxW) added to its luminance, alpha untouched."""
+    array = np.asarray(image)
+    if image.mode == "I;16":
+        out = np.clip(np.rint(array.astype(np.float64) + 257.0 * delta), 0, 65535)
+        return Image.fromarray(out.astype(np.uint16))  # 2-D uint16 -> I;16
+    colour = (
+        array[..., :3]
+        if image.mode in ("RGB", "RGBA")
+        else (array[..., 0] if image.mode == "LA" else array)
+    )
+    shifted = colour.astype(np.float32) + (delta[..., None] if colour.ndim == 3 else delta)
+    shifted = np.clip(np.rint(shifted), 0, 255).astype(np.uint8)
+    if image.mode in ("RGBA", "LA"):
+        alpha = array[..., -1:]
+        shifted = np.concatenate(
+            [shifted if shifted.ndim == 3 else shifted[..., None], alpha], axis=-1
+        )
+    out = Image.fromarray(shifted)  # the mode follows from the array's shape and dtype
+    if out.mode != image.mode:
+        raise InputError(f"cannot rebuild a {image.mode} image")
+    return out
