@@ -219,8 +219,8 @@ def _lattice_candidates(white: np.ndarray) -> list[tuple[float, float]]:
     The first is always the unchanged lattice. Autocorrelation peaks are scored as z-scores
     (sum of products over the square root of the overlap), and a candidate vector ``v`` by
     the mean score at ``v``, its 90-degree turn ``w``, ``v + w`` and ``v - w``: a lattice
-    shows at all four, a repeating structure in the picture seldom does. Halves and thirds of each peak are tried too, so a harmonic of the
-    period does not win over the period itself.
+    shows at all four, a repeating structure in the picture seldom does. Halves and thirds
+    of each peak are tried too, so a harmonic of the period does not win over the period.
     """
     h, w = white.shape
     ph, pw = 2 * h, 2 * w  # zero-pad: linear, not circular, autocorrelation
@@ -365,7 +365,7 @@ def chase_decode(
         for j in range(flips):
             if mask >> j & 1:
                 trial[weakest[j]] ^= 1
-        payload, errors = decode_bits(key, trial)
+        payload, _ = decode_bits(key, trial)
         if payload is None:
             continue
         score = float(np.dot(2.0 * encode_bits(key, payload) - 1.0, soft))
