@@ -41,7 +41,7 @@ from functools import lru_cache
 import bchlib
 import numpy as np
 from PIL import Image
-from scipy import ndimage
+from scipy import fft, ndimage
 
 from trustgain.errors import InputError
 from trustgain.watermark.images import add_luminance, check_embeddable
@@ -76,6 +76,8 @@ class Detection:
     period: float | None
     angle: float | None
     bit_errors: int | None
+    #: Hard decisions on the codeword bits before ECC (for bit-accuracy measurements).
+    code_bits: np.ndarray | None = None
 
 
 def _rng(key: bytes, nonce: int) -> np.random.Generator:
@@ -125,12 +127,16 @@ def _chips(spectrum: np.ndarray, shift: tuple[int, int] = (0, 0)) -> np.ndarray:
     return np.fft.ifft2(band * phase).real
 
 
-@lru_cache(maxsize=16 * NONCES)
-def _sync_spectrum(key: bytes, nonce: int) -> np.ndarray:
-    layout = _layout(key, nonce)
-    chips = np.zeros(_CHIPS)
-    chips[layout.sync] = layout.signs[layout.sync]
-    return np.conj(np.fft.fft2(_upsample(chips.reshape(GRID, GRID))))
+@lru_cache(maxsize=16)
+def _sync_spectra(key: bytes) -> np.ndarray:
+    """Conjugate real FFTs of every nonce's sync tile, stacked: (NONCES, TILE, TILE//2+1)."""
+    tiles = []
+    for nonce in range(NONCES):
+        layout = _layout(key, nonce)
+        chips = np.zeros(_CHIPS)
+        chips[layout.sync] = layout.signs[layout.sync]
+        tiles.append(_upsample(chips.reshape(GRID, GRID)))
+    return np.conj(fft.rfft2(np.stack(tiles), workers=-1))
 
 
 def _tag(key: bytes, payload: bytes) -> bytes:
@@ -207,8 +213,9 @@ def luminance(image: Image.Image) -> np.ndarray:
 
 
 def _whiten(y: np.ndarray) -> np.ndarray:
-    high = y - ndimage.gaussian_filter(y, 4.0, mode="reflect")
-    local = np.sqrt(ndimage.gaussian_filter(high * high, 8.0, mode="reflect")) + 1.0
+    high = y - ndimage.gaussian_filter(y, 4.0, mode="reflect", truncate=3.0)
+    energy = ndimage.uniform_filter(high * high, 17, mode="reflect")
+    local = np.sqrt(np.maximum(energy, 0.0)) + 1.0  # box sums can dip below 0 by rounding
     white = high / local
     return white - white.mean()
 
@@ -222,18 +229,22 @@ def _lattice_candidates(white: np.ndarray) -> list[tuple[float, float]]:
     shows at all four, a repeating structure in the picture seldom does. Halves and thirds
     of each peak are tried too, so a harmonic of the period does not win over the period.
     """
+    step = 2 if min(white.shape) >= 384 else 1  # the mark's band survives 2x decimation
+    if step == 2:
+        white = white[: white.shape[0] // 2 * 2, : white.shape[1] // 2 * 2]
+        white = white.reshape(white.shape[0] // 2, 2, white.shape[1] // 2, 2).mean(axis=(1, 3))
     h, w = white.shape
     ph, pw = 2 * h, 2 * w  # zero-pad: linear, not circular, autocorrelation
-    power = np.abs(np.fft.rfft2(white, s=(ph, pw))) ** 2
+    power = np.abs(fft.rfft2(white, s=(ph, pw), workers=-1)) ** 2
     # Spectral whitening: the tiled mark is a grid of sharp spectral lines, picture content is
     # broad; dividing by the locally averaged spectrum keeps the lines and flattens the rest.
-    power /= ndimage.gaussian_filter(power, 4.0, mode="wrap") + 1e-9
-    acf = np.fft.irfft2(power, s=(ph, pw))
+    power /= ndimage.uniform_filter(power, 9, mode="wrap") + 1e-9
+    acf = fft.irfft2(power, s=(ph, pw), workers=-1)
     lag_y = np.minimum(np.arange(ph), ph - np.arange(ph))
     lag_x = np.minimum(np.arange(pw), pw - np.arange(pw))
     overlap = np.outer(np.maximum(h - lag_y, 0), np.maximum(w - lag_x, 0)).astype(np.float64)
     score = acf / np.sqrt(np.maximum(overlap, 0.05 * h * w))
-    lo, hi = _PERIOD_RANGE
+    lo, hi = _PERIOD_RANGE[0] / step, _PERIOD_RANGE[1] / step
     r = int(min(hi, 0.75 * min(h, w)))
     dy, dx = np.mgrid[-r : r + 1, -r : r + 1]
     radius = np.hypot(dx, dy)
@@ -260,13 +271,13 @@ def _lattice_candidates(white: np.ndarray) -> list[tuple[float, float]]:
             cx, cy = vx / div, vy / div
             if math.hypot(cx, cy) >= lo:
                 scored[(round(cx), round(cy))] = lattice_score(cx, cy)
-    scored.pop((TILE, 0), None)
+    scored.pop((round(TILE / step), 0), None)
     best = sorted(scored.items(), key=lambda kv: kv[1], reverse=True)[: _CANDIDATES - 1]
     candidates = [(float(TILE), 0.0)]  # no geometric change: the commonest case
     for (x0, y0), _ in best:
         fy, fx = _refine(acf, y0, x0, ph, pw)
         candidates.append(
-            (math.hypot(x0 + fx, y0 + fy), math.degrees(math.atan2(y0 + fy, x0 + fx)))
+            (step * math.hypot(x0 + fx, y0 + fy), math.degrees(math.atan2(y0 + fy, x0 + fx)))
         )
     return candidates
 
@@ -321,15 +332,14 @@ def detect(image: Image.Image, key: bytes, *, fpr: float = 1e-3) -> Detection:
     white = _whiten(luminance(image))
     grid = np.mgrid[0 : white.shape[0], 0 : white.shape[1]].astype(np.float64)
     best: tuple[float, int, float, float, np.ndarray] | None = None
-    spectra = [_sync_spectrum(key, n) for n in range(NONCES)]
+    spectra = _sync_spectra(key)
     for period, angle in _lattice_candidates(white):
         folded = _fold(white, period, angle, grid)
         fold_spectrum = np.fft.fft2(folded)
-        peaks = []
-        for nonce, sync in enumerate(spectra):
-            corr = np.fft.ifft2(fold_spectrum * sync).real
-            at = int(np.argmax(corr))
-            peaks.append((corr.flat[at], nonce, divmod(at, TILE)))
+        corr = fft.irfft2(fft.rfft2(folded)[None] * spectra, s=(TILE, TILE), workers=-1)
+        flat = corr.reshape(NONCES, -1)
+        at = flat.argmax(axis=1)
+        peaks = [(flat[n, at[n]], n, divmod(int(at[n]), TILE)) for n in range(NONCES)]
         for _, nonce, shift in sorted(peaks, reverse=True)[:2]:
             chips = _chips(fold_spectrum, shift).ravel()
             layout = _layout(key, nonce)
@@ -345,7 +355,8 @@ def detect(image: Image.Image, key: bytes, *, fpr: float = 1e-3) -> Detection:
     soft = np.zeros(CODE_BITS)
     np.add.at(soft, layout.bit_of, layout.signs[layout.message] * chips[layout.message])
     payload, errors = chase_decode(key, soft)
-    return Detection(p <= fpr, p, z, payload, nonce, period, angle, errors)
+    hard = (soft > 0).astype(np.uint8)
+    return Detection(p <= fpr, p, z, payload, nonce, period, angle, errors, hard)
 
 
 def chase_decode(
