@@ -12,7 +12,7 @@ from skimage import data as skdata
 from trustgain import KeyRing, Phase, StageResult, wrap
 from trustgain.cli.main import main
 from trustgain.errors import InputError, StageError
-from trustgain.watermark import attacks, pixel
+from trustgain.watermark import attacks, ecc, pixel
 
 KEY = bytes(range(32))
 PAYLOAD = b"\xde\xad\xbe\xef"
@@ -73,12 +73,12 @@ def test_nonces_give_uncorrelated_patterns():
 
 
 def test_ecc_corrects_and_tag_rejects():
-    bits = pixel.encode_bits(KEY, PAYLOAD)
-    assert bits.size == pixel.CODE_BITS
+    bits = ecc.encode_bits(KEY, PAYLOAD)
+    assert bits.size == ecc.CODE_BITS
     noisy = bits.copy()
     noisy[[3, 17, 40, 90, 120]] ^= 1
-    assert pixel.decode_bits(KEY, noisy) == (PAYLOAD, 5)
-    assert pixel.decode_bits(bytes(32), bits) == (None, None)  # other key: tag fails
+    assert ecc.decode_bits(KEY, noisy) == (PAYLOAD, 5)
+    assert ecc.decode_bits(bytes(32), bits) == (None, None)  # other key: tag fails
 
 
 @pytest.mark.parametrize("mode", ["L", "RGBA", "LA", "I;16"])
@@ -204,3 +204,19 @@ def test_cli_embed_detect_resume_and_errors(tmp_path, capsys):
         ]
     )
     assert not json.loads(capsys.readouterr().out)["files"][0]["detected"]
+
+
+def test_chase_decodes_beyond_the_hard_decoder():
+    bits = ecc.encode_bits(KEY, PAYLOAD).astype(float)
+    rng = np.random.default_rng(3)
+    soft = (2 * bits - 1) * 1.0 + rng.normal(0, 0.1, bits.size)
+    wrong = rng.choice(bits.size, 14, replace=False)  # more than the 12 BCH corrects
+    soft[wrong] *= -0.05  # flipped, but with low confidence
+    assert ecc.decode_bits(KEY, (soft > 0).astype(np.uint8)) == (None, None)
+    assert ecc.chase_decode(KEY, soft)[0] == PAYLOAD
+
+
+def test_max_z_matches_detect(marked):
+    _, out, _ = marked
+    zs = pixel.max_z(out, [KEY, bytes(32)])
+    assert zs[0] == pytest.approx(pixel.detect(out, KEY).z) and zs[1] < pixel.threshold(1e-3)

@@ -27,7 +27,7 @@ from PIL import Image
 from scipy.stats import binom, binomtest
 
 from trustgain.bench import Row
-from trustgain.watermark import attacks, pixel
+from trustgain.watermark import attacks, ecc, pixel
 from trustgain.watermark.images import open_image
 
 SIZE = 512
@@ -98,7 +98,7 @@ def ours(keys: list[bytes]) -> Method:
 
     def detect(image: Image.Image, i: int) -> tuple[bool, float | None, bool | None]:
         d = pixel.detect(image, key, fpr=FPR)
-        truth = pixel.encode_bits(key, payload(i))
+        truth = ecc.encode_bits(key, payload(i))
         acc = None if d.code_bits is None else float(np.mean(d.code_bits == truth))
         return d.detected, acc, (d.payload == payload(i)) if d.detected else None
 

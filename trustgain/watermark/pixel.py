@@ -38,29 +38,28 @@ import secrets
 from dataclasses import dataclass
 from functools import lru_cache
 
-import bchlib
 import numpy as np
 from PIL import Image
 from scipy import fft, ndimage
 
 from trustgain.errors import InputError
+from trustgain.watermark.ecc import (
+    CODE_BITS,
+    PAYLOAD_BITS,
+    chase_decode,
+    encode_bits,
+)
 from trustgain.watermark.images import add_luminance, check_embeddable
 
 TILE = 128  # pixels
 GRID = 32  # chips per tile side
 NONCES = 32  # per-image patterns per key
-PAYLOAD_BITS = 32
-_TAG_BITS = 16
-_BCH = bchlib.BCH(12, m=7)  # n = 127, 77 parity bits, corrects 12 bit errors
-_DATA_BITS = PAYLOAD_BITS + _TAG_BITS
-CODE_BITS = _DATA_BITS + _BCH.ecc_bits  # 125
 _CHIPS = GRID * GRID
 _SYNC = 3 * _CHIPS // 8  # the rest carry the codeword, about 5 chips a bit
 _PERIOD_RANGE = (44.0, 230.0)  # lattice periods searched, pixels (scales ~0.35 to ~1.8)
 _ANGLE_RANGE = 20.0  # degrees either way
 _CANDIDATES = 6  # lattice hypotheses tried: unchanged geometry + 5 from the autocorrelation
 MIN_SIDE = TILE
-_CHASE_FLIPS = 6  # Chase-II: 64 trial decodings
 STRENGTH = 2.35  # RMS luminance change, 8-bit units: PSNR about 40.7 dB before clipping
 
 
@@ -137,34 +136,6 @@ def _sync_spectra(key: bytes) -> np.ndarray:
         chips[layout.sync] = layout.signs[layout.sync]
         tiles.append(_upsample(chips.reshape(GRID, GRID)))
     return np.conj(fft.rfft2(np.stack(tiles), workers=-1))
-
-
-def _tag(key: bytes, payload: bytes) -> bytes:
-    return hmac.new(key, b"trustgain/watermark.pixel/tag\0" + payload, hashlib.sha256).digest()[:2]
-
-
-def encode_bits(key: bytes, payload: bytes) -> np.ndarray:
-    """Payload (4 bytes) -> 125 codeword bits: payload, keyed tag, BCH parity."""
-    data = bytearray(payload + _tag(key, payload))
-    ecc = _BCH.encode(data)
-    bits = np.unpackbits(np.frombuffer(bytes(data) + bytes(ecc), dtype=np.uint8))
-    return bits[:CODE_BITS].astype(np.int8)
-
-
-def decode_bits(key: bytes, bits: np.ndarray) -> tuple[bytes | None, int | None]:
-    """125 hard bits -> (payload, corrected errors), or (None, None) if BCH or tag fail."""
-    padded = np.zeros(8 * (math.ceil(_DATA_BITS / 8) + _BCH.ecc_bytes), dtype=np.uint8)
-    padded[:CODE_BITS] = bits
-    raw = np.packbits(padded).tobytes()
-    data, ecc = bytearray(raw[: _DATA_BITS // 8]), bytearray(raw[_DATA_BITS // 8 :])
-    errors = _BCH.decode(data, ecc)
-    if errors < 0:
-        return None, None
-    _BCH.correct(data, ecc)
-    payload, tag = bytes(data[: PAYLOAD_BITS // 8]), bytes(data[PAYLOAD_BITS // 8 :])
-    if not hmac.compare_digest(tag, _tag(key, payload)):
-        return None, None
-    return payload, errors
 
 
 def pattern(key: bytes, nonce: int, payload: bytes) -> np.ndarray:
@@ -327,59 +298,60 @@ def threshold(fpr: float) -> float:
     return math.sqrt(2.0 * math.log(searched() / fpr))
 
 
-def detect(image: Image.Image, key: bytes, *, fpr: float = 1e-3) -> Detection:
-    """Look for this key's mark; ``detected`` when the p-value is at most ``fpr``."""
+@dataclass(frozen=True)
+class _Fold:
+    period: float
+    angle: float
+    spectrum: np.ndarray  # FFT of the folded tile
+    real_spectrum: np.ndarray  # its real FFT
+
+
+def _analyse(image: Image.Image) -> list[_Fold]:
+    """The key-independent part of detection: whitening, lattice candidates, folds."""
     white = _whiten(luminance(image))
     grid = np.mgrid[0 : white.shape[0], 0 : white.shape[1]].astype(np.float64)
-    best: tuple[float, int, float, float, np.ndarray] | None = None
-    spectra = _sync_spectra(key)
+    folds = []
     for period, angle in _lattice_candidates(white):
         folded = _fold(white, period, angle, grid)
-        fold_spectrum = np.fft.fft2(folded)
-        corr = fft.irfft2(fft.rfft2(folded)[None] * spectra, s=(TILE, TILE), workers=-1)
+        folds.append(_Fold(period, angle, np.fft.fft2(folded), fft.rfft2(folded)))
+    return folds
+
+
+def _score(key: bytes, folds: list[_Fold]) -> tuple[float, int, _Fold, np.ndarray] | None:
+    """Best (z, nonce, fold, chips) of ``key`` over every fold, nonce and offset."""
+    spectra = _sync_spectra(key)
+    best = None
+    for fold in folds:
+        corr = fft.irfft2(fold.real_spectrum[None] * spectra, s=(TILE, TILE), workers=-1)
         flat = corr.reshape(NONCES, -1)
         at = flat.argmax(axis=1)
         peaks = [(flat[n, at[n]], n, divmod(int(at[n]), TILE)) for n in range(NONCES)]
         for _, nonce, shift in sorted(peaks, reverse=True)[:2]:
-            chips = _chips(fold_spectrum, shift).ravel()
+            chips = _chips(fold.spectrum, shift).ravel()
             layout = _layout(key, nonce)
             x = chips[layout.sync]
             z = float(np.dot(layout.signs[layout.sync], x) / (np.linalg.norm(x) + 1e-12))
             if best is None or z > best[0]:
-                best = (z, nonce, period, angle, chips)
+                best = (z, nonce, fold, chips)
+    return best
+
+
+def max_z(image: Image.Image, keys: list[bytes]) -> list[float]:
+    """Detection statistic of each key on one image (analysed once): for null checks."""
+    folds = _analyse(image)
+    return [best[0] if (best := _score(k, folds)) else 0.0 for k in keys]
+
+
+def detect(image: Image.Image, key: bytes, *, fpr: float = 1e-3) -> Detection:
+    """Look for this key's mark; ``detected`` when the p-value is at most ``fpr``."""
+    best = _score(key, _analyse(image))
     if best is None:
         return Detection(False, 1.0, 0.0, None, None, None, None, None)
-    z, nonce, period, angle, chips = best
+    z, nonce, fold, chips = best
     p = p_value(z)
     layout = _layout(key, nonce)
     soft = np.zeros(CODE_BITS)
     np.add.at(soft, layout.bit_of, layout.signs[layout.message] * chips[layout.message])
     payload, errors = chase_decode(key, soft)
     hard = (soft > 0).astype(np.uint8)
-    return Detection(p <= fpr, p, z, payload, nonce, period, angle, errors, hard)
-
-
-def chase_decode(
-    key: bytes, soft: np.ndarray, *, flips: int = _CHASE_FLIPS
-) -> tuple[bytes | None, int | None]:
-    """Chase-II soft decoding around the hard-decision BCH decoder.
-
-    Tries every pattern of flips among the ``flips`` least reliable bits, decodes each with
-    BCH, keeps those whose keyed tag verifies, and returns the one whose codeword agrees best
-    with the soft values. The 16-bit tag bounds a wrong payload's chance by 2**flips / 2**16.
-    """
-    hard = (soft > 0).astype(np.uint8)
-    weakest = np.argsort(np.abs(soft))[:flips]
-    best: tuple[float, bytes, int] | None = None
-    for mask in range(1 << flips):
-        trial = hard.copy()
-        for j in range(flips):
-            if mask >> j & 1:
-                trial[weakest[j]] ^= 1
-        payload, _ = decode_bits(key, trial)
-        if payload is None:
-            continue
-        score = float(np.dot(2.0 * encode_bits(key, payload) - 1.0, soft))
-        if best is None or score > best[0]:
-            best = (score, payload, int(np.sum(encode_bits(key, payload) != hard)))
-    return (best[1], best[2]) if best else (None, None)
+    return Detection(p <= fpr, p, z, payload, nonce, fold.period, fold.angle, errors, hard)
