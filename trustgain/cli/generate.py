@@ -58,7 +58,8 @@ def _outputs(output: Path, n: int) -> list[Path]:
 
 @click.command()
 @click.argument("prompt")
-@click.option("--model", required=True, help="Diffusers model id or local folder.")
+@click.option("--model", default=None,
+              help="Diffusers model id or local folder [default: the embedded trustgain-mini-sd].")
 @click.option(
     "-o",
     "--output",
@@ -127,7 +128,8 @@ def generate(
 
     \b
     Examples:
-      trustgain generate "a handwritten seven" --model ./my-model -o seven.png
+      trustgain generate "a handwritten seven" -o seven.png      # embedded model
+      trustgain generate "a red bicycle" --model ./my-model -o bike.png
       trustgain generate "a cat" --model ./sd --stage generate.keyed_latents --seed 7
       trustgain generate "a cat" --model ./sd --config trustgain.json -n 4 --json
     """
@@ -145,7 +147,13 @@ def generate(
     config = PipelineConfig.load(config_path) if config_path else PipelineConfig()
     stages = resolve_stages([*config.stages, *(build_stage(n) for n in stage_names)])
     keyring = load_keyring(keyring_path)  # before the slow model load: fail fast
-    pipe = load_diffusers(model, device, no_progress)
+    if model is None:
+        from trustgain.models import MINI_SD_ID, mini_sd_path
+
+        pipe, model = load_diffusers(str(mini_sd_path()), device, no_progress), MINI_SD_ID
+        num_inference_steps = num_inference_steps or 25  # what its model card measured
+    else:
+        pipe = load_diffusers(model, device, no_progress)
     from trustgain.generators.diffusers import DiffusersGenerator
 
     trust = TrustPipeline(

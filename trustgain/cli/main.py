@@ -40,6 +40,8 @@ cli.add_command(watermark)
 
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI: known errors become one line plus a hint on stderr and exit code 1."""
+    if os.environ.get("TRUSTGAIN_DEBUG") != "1":  # library chatter is not the user's business
+        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     try:
         cli.main(args=argv, prog_name="trustgain", standalone_mode=False)
     except TrustgainError as exc:
