@@ -81,6 +81,7 @@ class RunContext:
 
 BUILTIN_STAGES: dict[str, str] = {
     "prompt.normalize": "trustgain.prompting.normalize:NormalizePrompt",
+    "schedule.backend_steps": "trustgain.scheduling.backend_steps:ScheduleBackendSteps",
     "generate.keyed_latents": "trustgain.generators.keyed_latents:KeyedLatents",
     "generate.latent_trace": "trustgain.generators.latent_trace:LatentTrace",
     "watermark.pixel": "trustgain.watermark.pixel_stage:PixelMark",

@@ -1,0 +1,130 @@
+"""Simulator core shared by the policies, the benchmarks and the gymnasium environments.
+
+Plain frozen dataclasses describe generative models (per-step latency and energy, a
+quality-versus-steps curve, a price), servers and jobs; numpy does the arithmetic. The three
+problem modules (:mod:`schedulers.contract`, :mod:`schedulers.assignment`,
+:mod:`schedulers.offloading`) build their instances from these types.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from numpy.typing import ArrayLike, NDArray
+
+FloatArray = NDArray[np.float64]
+
+
+@dataclass(frozen=True)
+class QualityCurve:
+    """Saturating quality versus denoising steps: ``q(s) = q_max - (q_max - q_0) exp(-s / s0)``.
+
+    Source: the generic fit of research note §8 ([INF]); DDIM-type samplers saturate with
+    ``s0`` around 8-15 steps. Monotone and concave in ``s``.
+    """
+
+    q_max: float
+    q_0: float = 0.0
+    s0: float = 10.0
+
+    def __call__(self, steps: ArrayLike) -> FloatArray:
+        s = np.asarray(steps, dtype=np.float64)
+        return self.q_max - (self.q_max - self.q_0) * np.exp(-s / self.s0)
+
+
+@dataclass(frozen=True)
+class ModelProfile:
+    """A generative model as a scheduler sees it.
+
+    ``step_latency_s`` is the time of one denoising step of one image on a whole server of unit
+    speed; ``batch_latency_s`` the extra time per additional image in a batch (batch delay
+    ``g(X) = a X + b [X > 0]``, research note §8); ``step_energy_j`` the energy of one step and
+    ``price_per_step`` what a step is billed.
+    """
+
+    name: str
+    step_latency_s: float
+    quality: QualityCurve
+    step_energy_j: float = 0.0
+    price_per_step: float = 0.0
+    batch_latency_s: float = 0.0
+    max_steps: int = 50
+
+    def latency(self, steps: ArrayLike, speed: float = 1.0, batch: int = 1) -> FloatArray:
+        """Seconds to run ``steps`` steps for a batch of ``batch`` images at relative ``speed``."""
+        per_step = self.step_latency_s + self.batch_latency_s * max(batch - 1, 0)
+        return np.asarray(steps, dtype=np.float64) * per_step / speed
+
+    def energy(self, steps: ArrayLike) -> FloatArray:
+        return np.asarray(steps, dtype=np.float64) * self.step_energy_j
+
+    def cost(self, steps: ArrayLike) -> FloatArray:
+        return np.asarray(steps, dtype=np.float64) * self.price_per_step
+
+
+@dataclass(frozen=True)
+class Server:
+    """An edge or cloud worker holding one loaded model; ``speed`` scales its step latency."""
+
+    server_id: int
+    model: str
+    speed: float = 1.0
+    relay_s: float = 0.0
+
+
+@dataclass(frozen=True)
+class Job:
+    """One generation request: payload size, uplink rate, deadline and prompt category."""
+
+    job_id: int
+    size_mb: float = 0.5
+    rate_mbps: float = 50.0
+    deadline_s: float = 1.0
+    category: str = "Basic"
+
+    @property
+    def upload_s(self) -> float:
+        return 8.0 * self.size_mb / self.rate_mbps
+
+
+def earliest_finish(service_s: FloatArray, ready_s: FloatArray | None = None) -> np.ndarray:
+    """Greedy list scheduling: each job, in order, goes to the server where it finishes first.
+
+    ``service_s`` is (jobs, servers) processing time of job j on server m (``inf`` forbids);
+    ``ready_s`` the (jobs, servers) time the job's input reaches the server. Returns the server
+    index per job. One vectorised pass over the servers per job: O(jobs * servers) in numpy and
+    O(jobs) in Python, so 1,000 jobs over 100 servers decide in a few milliseconds.
+    """
+    n, m = service_s.shape
+    free = np.zeros(m)
+    choice = np.empty(n, dtype=np.int64)
+    ready = np.zeros_like(service_s) if ready_s is None else ready_s
+    for j in range(n):
+        finish = np.maximum(free, ready[j]) + service_s[j]
+        k = int(np.argmin(finish))
+        choice[j] = k
+        free[k] = finish[k]
+    return choice
+
+
+def service_matrix(
+    jobs: list[Job], servers: list[Server], models: dict[str, ModelProfile], steps: int
+) -> tuple[FloatArray, FloatArray]:
+    """(jobs, servers) processing and ready times for ``steps`` denoising steps per job.
+
+    Processing: the server's model's per-step latency over its speed; ready: the job's upload
+    plus the server's relay. Feeds :func:`earliest_finish` and the exact allocators.
+    """
+    lat = np.array([float(models[s.model].latency(steps, s.speed)) for s in servers])
+    relay = np.array([s.relay_s for s in servers])
+    upload = np.array([j.upload_s for j in jobs])
+    return np.broadcast_to(lat, (len(jobs), len(servers))).copy(), upload[:, None] + relay
+
+
+def mean_ci(samples: ArrayLike, z: float = 1.96) -> tuple[float, float]:
+    """Mean and half-width of the normal-approximation 95% confidence interval."""
+    x = np.asarray(samples, dtype=np.float64)
+    if x.size < 2:
+        return float(x.mean()) if x.size else float("nan"), 0.0
+    return float(x.mean()), float(z * x.std(ddof=1) / np.sqrt(x.size))

@@ -1,0 +1,98 @@
+"""Contract scenario (Zhan et al.): contract optimality conditions, reproduction, allocation."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from schedulers.contract import (
+    ContractParams,
+    difficulty_table,
+    eligible,
+    make_scenario,
+    optimal_bundle,
+    utilities,
+)
+from schedulers.contract_alloc import Queues, exact, fifo_completion, greedy, paper_completion
+from schedulers.contract_run import run
+from schedulers.data import load
+
+PUBLISHED = load("vlm_contract_published.json")["tables"]["200x30"]
+
+
+def test_asymmetric_contract_binds_ir_low_and_ic_high():
+    c = ContractParams()
+    b = optimal_bundle(c)
+    (q_l, q_h), (p_l, p_h) = b.quality, b.price
+    assert c.value(c.theta_l, q_l) - p_l == pytest.approx(0.0, abs=1e-12)  # IR of type 1
+    u_h_own = c.value(c.theta_h, q_h) - p_h
+    u_h_other = c.value(c.theta_h, q_l) - p_l
+    assert u_h_own == pytest.approx(u_h_other, abs=1e-12)  # IC of type 2
+    assert q_l < q_h and p_l < p_h
+
+
+def test_complete_information_takes_the_whole_surplus():
+    c = ContractParams()
+    b = optimal_bundle(c, complete_info=True)
+    for t, theta in enumerate((c.theta_l, c.theta_h)):
+        assert c.value(theta, b.quality[t]) == pytest.approx(b.price[t])
+
+
+@pytest.mark.parametrize(("scheme", "col"), [("vlm", 2), ("human", 3), ("oracle", 4)])
+def test_expected_teleoperator_utility_matches_published_within_3_percent(scheme, col):
+    """Utilities of label-based schemes do not depend on the allocation: their expectation
+    over a uniformly drawn image is exact, so compare it to the paper's 30-round mean."""
+    table = difficulty_table()
+    labels = table[:, {"vlm": 3, "human": 4, "oracle": 5}[scheme]].astype(int)
+    scores = np.where(labels == 1, table[:, 1], table[:, 2])
+    c = ContractParams()
+    u_t, u_e = utilities(c, optimal_bundle(c), labels, scores)
+    assert u_t.mean() == pytest.approx(PUBLISHED["teleoperator_utility"][col], rel=0.03)
+    assert 200 * u_e.mean() / 30 == pytest.approx(PUBLISHED["server_utility"][col], rel=0.03)
+
+
+def test_short_run_is_seeded_and_close_to_published():
+    a = run(200, 30, rounds=4, seed=1)
+    b = run(200, 30, rounds=4, seed=1)
+    assert np.array_equal(a["server_utility"]["vlm"], b["server_utility"]["vlm"])
+    got = a["server_utility"]["no_contract"].mean()
+    assert got == pytest.approx(PUBLISHED["server_utility"][0], rel=0.05)
+
+
+def test_allocations_respect_contract_classes():
+    rng = np.random.default_rng(0)
+    sc = make_scenario(rng, 60, 10)
+    labels = sc.labels("vlm", rng)
+    allowed = eligible(sc, labels)
+    for choice in (greedy(sc, allowed), exact(sc, allowed)):
+        assert allowed[np.arange(60), choice].all()
+        done = fifo_completion(sc, choice)
+        start = sc.trans_ms[np.arange(60), choice]
+        assert (done >= start + sc.time_per_img_ms[choice] - 1e-9).all()
+
+
+def test_exact_is_optimal_for_its_slot_model():
+    """Its back-to-back slot cost, summed, is never above the greedy's under the same model."""
+    rng = np.random.default_rng(2)
+    sc = make_scenario(rng, 80, 8)
+    allowed = eligible(sc, sc.labels("oracle", rng))
+
+    def slot_cost(choice):
+        total = 0.0
+        for k in np.unique(choice):
+            r = np.sort(sc.trans_ms[choice == k, k])
+            tpi = sc.time_per_img_ms[k]
+            total += (np.maximum(r, tpi * np.arange(r.size)) + tpi).sum()
+        return total
+
+    assert slot_cost(exact(sc, allowed)) <= slot_cost(greedy(sc, allowed)) + 1e-6
+
+
+def test_carried_queues_slow_later_schemes_as_in_the_published_code():
+    rng = np.random.default_rng(3)
+    sc = make_scenario(rng, 200, 30)
+    q = Queues.empty(30)
+    greedy(sc, eligible(sc, None), q)
+    first = paper_completion(sc, q).mean()
+    greedy(sc, eligible(sc, sc.labels("vlm", rng)), q)
+    assert paper_completion(sc, q).mean() > 1.5 * first

@@ -1,0 +1,1 @@
+"""SCHEDULE-phase stages: choose the backend and the number of inference steps per request."""
