@@ -16,6 +16,7 @@ from trustgain.config import PipelineConfig
 from trustgain.digest import canonical_json, item_sha256, sha256_hex
 from trustgain.errors import ConfigError, GeneratorError, StageError, TrustgainError
 from trustgain.generators.diffusers import DiffusersGenerator
+from trustgain.generators.multi import MultiGenerator
 from trustgain.keys import KeyRing
 from trustgain.provenance.record import SignedRecord, build_record
 from trustgain.stage import Phase, RunContext, Stage, resolve_stages
@@ -34,7 +35,7 @@ class TrustPipeline:
 
     def __init__(
         self,
-        generator: DiffusersGenerator,
+        generator: DiffusersGenerator | MultiGenerator,
         stages: Sequence[Stage | str] = (),
         *,
         keyring: KeyRing,
@@ -70,7 +71,7 @@ class TrustPipeline:
     @classmethod
     def from_config(
         cls,
-        generator: DiffusersGenerator,
+        generator: DiffusersGenerator | MultiGenerator,
         path: str | os.PathLike[str],
         *,
         keyring: KeyRing,

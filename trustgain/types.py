@@ -42,6 +42,8 @@ class GenerationRequest:
     width: int | None = None
     num_images_per_prompt: int = 1
     extra: Mapping[str, Any] = field(default_factory=dict)
+    #: Which wrapped pipeline serves the request, when several do (set by SCHEDULE stages).
+    backend: str | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "extra", _frozen(self.extra))
@@ -63,6 +65,7 @@ class GenerationRequest:
             "width": self.width,
             "num_images_per_prompt": self.num_images_per_prompt,
             "extra": dict(self.extra),
+            "backend": self.backend,
         }
 
     def replace(self, **changes: Any) -> GenerationRequest:

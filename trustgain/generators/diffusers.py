@@ -105,6 +105,9 @@ class DiffusersGenerator:
     ) -> dict[str, Any]:
         """The exact keyword arguments of the pipeline call for ``request``."""
         kwargs: dict[str, Any] = {}
+        if request.backend not in (None, self.model_id):
+            raise GeneratorError(f"request is for backend '{request.backend}', but this "
+                                 f"generator runs only {self.model_id}; use MultiGenerator")
         for name in _FIELDS:
             value = getattr(request, name)
             if value is None:

@@ -4,10 +4,10 @@ The stage holds *profiles* of the wrapped pipelines (name, per-step latency, qua
 curve per prompt category, price per step), never the pipelines themselves, so its settings stay
 JSON and it can be rebuilt from trustgain.json. It asks :func:`schedulers.online.choose` for the
 best (backend, steps) for the request's prompt category, rewrites ``num_inference_steps`` and
-leaves the decision in ``item.notes["schedule"]`` for the generator: a multi-backend generator
-(e.g. a mapping ``{profile name: DiffusersGenerator(pipe)}``) reads ``notes["schedule"]["backend"]``
-and runs that pipeline. The provenance record gets the decision and its predicted latency,
-quality and cost; never the prompt text, never a key.
+sets ``request.backend`` (also left in ``item.notes["schedule"]``), which
+:class:`trustgain.generators.MultiGenerator` uses to run that pipeline. The provenance
+record gets the decision and its predicted latency, quality and cost; never the prompt text,
+never a key.
 """
 
 from __future__ import annotations
@@ -74,7 +74,7 @@ class ScheduleBackendSteps:
             self.backends, category, grid, self.latency_weight, self.cost_weight, self.deadline_s
         )
         decision = {"backend": c.backend, "num_inference_steps": c.steps}
-        new = item.replace(request=request.replace(num_inference_steps=c.steps))
+        new = item.replace(request=request.replace(num_inference_steps=c.steps, backend=c.backend))
         params = {
             "policy": "schedulers.online.choose",
             **decision,
