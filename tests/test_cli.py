@@ -196,3 +196,52 @@ def test_console_script_debug_traceback(tmp_path):
 def test_key_file_mode(tmp_path, capsys):
     run(capsys, "keys", "create", "--keyring", str(tmp_path / "k.json"))
     assert stat.S_IMODE((tmp_path / "k.json").stat().st_mode) == 0o600
+
+
+def test_verify_soft_binding_through_the_watermark(capsys, tmp_path):
+    """A JPEG re-encode of a marked, signed PNG loses its record; the watermark finds it."""
+    import io
+
+    from PIL import Image
+    from skimage import data as skdata
+
+    from trustgain import KeyRing, Phase, StageResult
+    from trustgain.pipeline import TrustPipeline
+
+    run(capsys, "keys", "create")
+    ring = KeyRing.load()
+
+    class Photo:
+        name, phase, version, requires = "test.photo", Phase.GENERATE, "1", frozenset()
+
+        def __call__(self, item, ctx):
+            return StageResult(item, {})
+
+    class PhotoGenerator:
+        kind, callback_tensor_inputs = "test", ()
+
+        def supports(self, capability):
+            return False
+
+        def describe(self):
+            return {"kind": "test", "class": "Photo", "model_id": "skimage", "config_sha256": ""}
+
+        def __call__(self, request, *, latents=None, hooks=()):
+            return (Image.fromarray(skdata.chelsea()).resize((512, 340)),)
+
+    art = TrustPipeline(PhotoGenerator(), [Photo(), "watermark.pixel"], keyring=ring)("cat")
+    records = tmp_path / "records"
+    art.save(records / "cat.png")
+    buf = io.BytesIO()
+    art.images[0].save(buf, format="JPEG", quality=80)  # re-encoded: the record is gone
+    (tmp_path / "repost.jpg").write_bytes(buf.getvalue())
+    code, out, _ = run(
+        capsys, "verify", str(tmp_path / "repost.jpg"), "--records", str(records), "--json"
+    )
+    result = json.loads(out)
+    assert code == 1 and result["reason"] == "missing_record"
+    assert result["soft_binding"]["record_id"] == art.record.record_id
+    code, out, _ = run(capsys, "verify", str(tmp_path / "repost.jpg"), "--records", str(records))
+    assert f"links it to signed record {art.record.record_id}" in out
+    code, out, _ = run(capsys, "verify", str(tmp_path / "repost.jpg"), "--json")
+    assert "soft_binding" not in json.loads(out)  # only when asked for

@@ -6,12 +6,50 @@ from pathlib import Path
 
 import click
 
-from trustgain.cli.common import emit, json_option, progress, progress_option
-from trustgain.errors import InputError, TrustgainError, VerificationError
+from trustgain.cli.common import (
+    emit,
+    json_option,
+    keyring_option,
+    load_keyring,
+    note,
+    progress,
+    progress_option,
+)
+from trustgain.errors import InputError, Reason, TrustgainError, VerificationError
 from trustgain.keys import PublicKey
 from trustgain.provenance import default_trusted_keys, verify_file
+from trustgain.provenance.soft import soft_bind
+from trustgain.watermark.images import open_image
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg"}
+_SOFT_REASONS = (Reason.MISSING_RECORD, Reason.CONTENT_HASH_MISMATCH)
+
+
+def _soft(path: Path, mark_key: bytes, dirs: tuple[str, ...], trusted: list[PublicKey]) -> dict:
+    try:
+        found = soft_bind(open_image(path), mark_key, folders=dirs, trusted=trusted)
+    except TrustgainError as exc:
+        return {"watermark": None, "error": str(exc)}
+    if found is None:
+        return {"watermark": None}
+    return {
+        "watermark": {"payload": found.payload, "p_value": found.p_value},
+        "record_id": found.record_id,
+        "key_id": found.key_id,
+    }
+
+
+def _soft_text(result: dict) -> str:
+    soft = result.get("soft_binding")
+    if not soft or not soft.get("watermark"):
+        return "" if not soft else "; no watermark of yours"
+    mark = soft["watermark"]
+    if soft.get("record_id"):
+        return (
+            f"; watermark {mark['payload']} links it to signed record {soft['record_id']} "
+            "(pixels changed since)"
+        )
+    return f"; watermark {mark['payload']} found, no matching record in --records"
 
 
 def _expand(paths: tuple[str, ...]) -> list[Path]:
@@ -44,12 +82,23 @@ def _expand(paths: tuple[str, ...]) -> list[Path]:
     default=None,
     help="Record file to use when the image carries none [default: FILE.trustgain.json].",
 )
+@click.option(
+    "--records",
+    "record_dirs",
+    multiple=True,
+    type=click.Path(file_okay=False),
+    help="Where a file fails, look for your watermark and find its record here "
+    "(folders of *.trustgain.json); needs your keyring. Repeatable.",
+)
+@keyring_option
 @json_option
 @progress_option
 def verify(
     files: tuple[str, ...],
     public_keys: tuple[str, ...],
     sidecar: str | None,
+    record_dirs: tuple[str, ...],
+    keyring_path: str | None,
     as_json: bool,
     no_progress: bool,
 ) -> None:
@@ -62,20 +111,28 @@ def verify(
     Examples:
       trustgain verify seven.png
       trustgain verify out/ --public-key alice.pem --json
+      trustgain verify reposted.jpg --records out/   # soft binding through the watermark
     """
     paths = _expand(files)
     if sidecar and len(paths) != 1:
         raise click.UsageError("--sidecar needs exactly one file")
     trusted = [PublicKey.load(k) for k in public_keys] if public_keys else default_trusted_keys()
+    if not trusted:
+        note("no trusted keys: pass --public-key, or create a keyring (`trustgain keys create`)")
+    mark_key = None
+    if record_dirs:
+        mark_key = load_keyring(keyring_path).derive("watermark.pixel", "pixel").material
     results, ok = [], True
     for path in progress(paths, desc="verify", disable=no_progress or len(paths) < 2):
         try:
             v = verify_file(path, trusted=trusted, sidecar=sidecar)
         except VerificationError as exc:
             ok = False
-            results.append(
-                {"file": str(path), "valid": False, "reason": exc.reason.value, "message": str(exc)}
-            )
+            result = {"file": str(path), "valid": False, "reason": exc.reason.value}
+            result["message"] = str(exc)
+            if mark_key is not None and exc.reason in _SOFT_REASONS:
+                result["soft_binding"] = _soft(path, mark_key, record_dirs, trusted)
+            results.append(result)
             continue
         except TrustgainError as exc:  # unreadable or not an image: a reason, then go on
             ok = False
@@ -99,7 +156,7 @@ def verify(
     human = "\n".join(
         f"{r['file']}: valid (record {r['record_id']}, key {r['key_id']}, {r['source']})"
         if r["valid"]
-        else f"{r['file']}: INVALID {r['message']}"
+        else f"{r['file']}: INVALID {r['message']}" + _soft_text(r)
         for r in results
     )
     emit(results[0] if len(results) == 1 else results, as_json, human)
