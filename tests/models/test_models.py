@@ -1,0 +1,121 @@
+"""The shipped embedded models load, run and do what their cards claim (fast checks only)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from trustgain import models
+from trustgain.models import data
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    """One torch thread: on a busy machine two threads can be many times slower."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    return models.load_mini_sd("cpu")
+
+
+@pytest.fixture(scope="module")
+def judge():
+    return models.load_judge()
+
+
+def test_shipped_folder_is_a_stock_sd_pipeline(pipe):
+    from diffusers import (
+        AutoencoderKL,
+        DDIMScheduler,
+        StableDiffusionPipeline,
+        UNet2DConditionModel,
+    )
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    index = json.loads((models.mini_sd_path() / "model_index.json").read_text())
+    assert index["_class_name"] == "StableDiffusionPipeline"
+    direct = StableDiffusionPipeline.from_pretrained(models.mini_sd_path())
+    assert isinstance(direct.vae, AutoencoderKL)
+    assert isinstance(direct.unet, UNet2DConditionModel)
+    assert isinstance(direct.text_encoder, CLIPTextModel)
+    assert isinstance(direct.tokenizer, CLIPTokenizer)
+    assert isinstance(pipe.scheduler, DDIMScheduler)
+    assert pipe.scheduler.config.steps_offset == 1
+    assert pipe.unet.dtype == torch.float32 and pipe.vae.dtype == torch.float32
+    files = [p for p in models.mini_sd_path().rglob("*") if p.is_file()]
+    assert sum(p.stat().st_size for p in files) < 10_000_000
+    assert all(p.suffix != ".bin" for p in files)
+
+
+def test_generates_32px_image_with_hooks(pipe):
+    seen: list[int] = []
+
+    def on_step(p, i, t, kw):
+        seen.append(int(t))
+        return kw
+
+    latents = torch.randn((1, 4, 8, 8), generator=torch.Generator().manual_seed(0))
+    out = pipe("a handwritten seven", num_inference_steps=3, latents=latents,
+               callback_on_step_end=on_step)
+    assert out.images[0].size == (32, 32)
+    assert len(seen) == 3
+    again = pipe("a handwritten seven", num_inference_steps=3, latents=latents)
+    assert np.array_equal(np.asarray(out.images[0]), np.asarray(again.images[0]))
+
+
+def test_tokenizer_knows_every_caption_word(pipe):
+    tok = pipe.tokenizer
+    for word in data.caption_vocabulary():
+        pieces = tok.tokenize(word)
+        assert pieces == [word + "</w>"], (word, pieces)
+    rng = np.random.default_rng(0)
+    looks = data.draw_looks(200, rng)
+    for i, look in enumerate(looks):
+        text = data.caption(i % 10, look, rng)
+        ids = tok(text).input_ids
+        assert tok.unk_token_id not in ids[1:-1], text
+        assert len(ids) <= tok.model_max_length
+
+
+def test_judge_reads_held_out_real_digits(judge):
+    images, labels = data.load_split("test")
+    pred, conf = models.classify_digits(data.upsample(images[:60]), judge)
+    assert (pred.numpy() == labels[:60]).mean() >= 0.95
+    assert conf.min() > 0 and conf.max() <= 1
+
+
+def test_judge_accepts_pil_and_rejects_junk(judge):
+    from PIL import Image
+
+    images, labels = data.load_split("test")
+    ink = data.upsample(images[:4])
+    pil = [Image.fromarray((x[0].numpy() * 255).astype(np.uint8)).convert("RGB") for x in ink]
+    pred, _ = models.classify_digits(pil, judge)
+    assert pred.tolist() == labels[:4].tolist()
+    with pytest.raises(TypeError):
+        models.classify_digits("not an image", judge)
+
+
+def test_split_is_fixed_and_disjoint():
+    train, _ = data.load_split("train")
+    test, _ = data.load_split("test")
+    assert (len(train), len(test)) == (1437, 360)
+    train_set = {x.tobytes() for x in train}
+    assert sum(x.tobytes() in train_set for x in test) <= 5  # the scans hold a few duplicates
+
+
+def test_prompted_digit_mostly_recognised(pipe, judge):
+    prompts = [f"a handwritten {w}" for w in data.WORDS]
+    latents = torch.randn((10, 4, 8, 8), generator=torch.Generator().manual_seed(1))
+    out = pipe(prompts, num_inference_steps=6, guidance_scale=4.0, latents=latents,
+               output_type="pt")
+    pred, _ = models.classify_digits(out.images, judge)
+    assert (pred == torch.arange(10)).sum() >= 8, pred.tolist()

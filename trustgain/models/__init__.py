@@ -1,0 +1,87 @@
+"""The embedded default models: small weights trained by this project, shipped in the package.
+
+* ``trustgain-mini-sd``: a genuine ``StableDiffusionPipeline`` (AutoencoderKL, CLIP text
+  encoder and tokenizer, UNet2DConditionModel, DDIM scheduler) trained from scratch on
+  scikit-learn's handwritten digits, 32x32 RGB, prompts such as "a small red 7 in thick strokes".
+* ``trustgain-digits-judge``: a small CNN that names the digit in an image; it measures whether
+  generated pictures show the prompted digit.
+
+Nothing heavy is imported here: torch, diffusers and transformers load on first use.
+How they were trained: ``python -m trustgain.models.train --help`` and the README.md inside each
+model folder. Any user's own model loads the usual way (``from_pretrained`` with an id or path).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import torch
+    from diffusers import StableDiffusionPipeline
+
+    from .judge import DigitsJudge
+
+MINI_SD_ID = "trustgain-mini-sd"
+JUDGE_ID = "trustgain-digits-judge"
+_HERE = Path(__file__).resolve().parent
+
+__all__ = ["JUDGE_ID", "MINI_SD_ID", "classify_digits", "judge_path", "load_judge",
+           "load_mini_sd", "mini_sd_path"]
+
+
+def _folder(name: str, what: str) -> Path:
+    path = _HERE / name
+    if not (path / what).is_file():
+        raise FileNotFoundError(
+            f"the embedded model {name!r} is missing from {path} (expected {what}); "
+            f"reinstall trustgain or retrain it with `python -m trustgain.models.train`"
+        )
+    return path
+
+
+def mini_sd_path() -> Path:
+    """Folder of the shipped ``trustgain-mini-sd`` pipeline (``from_pretrained`` accepts it)."""
+    return _folder(MINI_SD_ID, "model_index.json")
+
+
+def judge_path() -> Path:
+    """Folder of the shipped digits judge (``model.safetensors`` + ``config.json``)."""
+    return _folder(JUDGE_ID, "model.safetensors")
+
+
+def load_mini_sd(device: str = "cpu", **kwargs: Any) -> StableDiffusionPipeline:
+    """``StableDiffusionPipeline.from_pretrained`` on the shipped folder, moved to ``device``.
+
+    ``kwargs`` go to ``from_pretrained`` (e.g. ``torch_dtype``); the progress bar is off.
+    """
+    from diffusers import StableDiffusionPipeline
+    from diffusers.utils import logging as dlogging
+
+    verbosity = dlogging.get_verbosity()
+    dlogging.set_verbosity_error()  # the fp16-on-disk note is expected, not a problem
+    try:
+        pipe = StableDiffusionPipeline.from_pretrained(mini_sd_path(), **kwargs)
+    finally:
+        dlogging.set_verbosity(verbosity)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe.to(device)
+
+
+def load_judge(device: str = "cpu") -> DigitsJudge:
+    """The shipped digits judge, in eval mode on ``device``."""
+    from .judge import DigitsJudge
+
+    return DigitsJudge.from_pretrained(judge_path(), device=device)
+
+
+def classify_digits(images: Any, judge: DigitsJudge | None = None,
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Name the digit in each image: returns ``(digits, confidence)`` tensors.
+
+    ``images``: a PIL image, a list of them, a tensor in [0, 1] ((N,) C, H, W) or a numpy array
+    from diffusers' ``output_type="np"``. Uses the shipped judge unless one is given.
+    """
+    from .judge import classify
+
+    return classify(judge if judge is not None else load_judge(), images)

@@ -1,0 +1,206 @@
+"""Reproducible training of the embedded models.
+
+    python -m trustgain.models.train mini-sd [--steps N] [--device cpu|cuda] [--out DIR]
+    python -m trustgain.models.train judge   [--steps N] [--device cpu|cuda] [--out DIR]
+
+Seeds, the data split and the augmentations are fixed (see ``data``), so a rerun on the same
+hardware and library versions reproduces the shipped weights up to floating-point
+non-determinism. Output is written to a temporary folder beside ``--out`` and renamed into
+place, so an interrupted run never leaves a half-written model in the package. Needs
+scikit-learn (the digits) and tokenizers (the BPE merges); loading the results needs neither.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from . import data
+
+HERE = Path(__file__).resolve().parent
+JUDGE_STEPS = 1500
+
+
+def atomic_dir(out: Path, write) -> None:
+    """Call ``write(tmp)`` on a fresh sibling folder of ``out``, then swap it into place."""
+    out = out.resolve()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.parent / f".{out.name}.tmp"
+    old = out.parent / f".{out.name}.old"
+    for p in (tmp, old):
+        shutil.rmtree(p, ignore_errors=True)
+    tmp.mkdir()
+    write(tmp)
+    if out.exists():
+        out.rename(old)
+    tmp.rename(out)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def hardware(device: str) -> str:
+    """One line naming where training ran."""
+    if device.startswith("cuda") and torch.cuda.is_available():
+        return f"{torch.cuda.get_device_name(0)} (torch {torch.__version__})"
+    threads = torch.get_num_threads()
+    return f"CPU {platform.processor() or platform.machine()}, {threads} threads " \
+           f"(torch {torch.__version__})"
+
+
+def judge_batch(ink: torch.Tensor, labels: np.ndarray, batch: int, rng: np.random.Generator,
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Half plain scans (centred, white), half full augmentation; ink maps in [0, 1].
+
+    Random ink strength, a mild blur and pixel noise make the judge tolerant of the softer
+    pictures a VAE decodes; none of this changes which digit an image shows.
+    """
+    idx = torch.from_numpy(rng.integers(0, len(ink), batch)).to(ink.device)
+    looks = data.draw_looks(batch, rng)
+    plain = data.Look("normal", "", "", "normal", "white")
+    looks = [plain if i < batch // 2 else lk for i, lk in enumerate(looks)]
+    rgb = (data.render(ink[idx], looks, rng) + 1) / 2
+    x = rgb.amax(dim=1, keepdim=True)
+    dev = ink.device
+    x = x * torch.from_numpy(rng.uniform(0.6, 1.0, (batch, 1, 1, 1)).astype(np.float32)).to(dev)
+    blur = torch.from_numpy(rng.random(batch) < 0.3).to(dev)
+    x = torch.where(blur[:, None, None, None], F.avg_pool2d(x, 3, 1, 1), x)
+    x = x + 0.03 * torch.from_numpy(rng.standard_normal(x.shape).astype(np.float32)).to(dev)
+    return x.clamp(0, 1), torch.as_tensor(labels)[idx.cpu()].to(dev)
+
+
+def train_judge(steps: int, device: str, seed: int = 0) -> tuple[Any, dict[str, Any]]:
+    """Train the digits judge on the train split; returns (model, log with test accuracy)."""
+    from .judge import DigitsJudge, classify
+
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed + 10)
+    images, labels = data.load_split("train")
+    ink = data.upsample(images).to(device)
+    model = DigitsJudge().to(device).train()
+    opt = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=1e-4)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=2e-3, total_steps=steps,
+                                                pct_start=0.1)
+    t0 = time.time()
+    bar = tqdm(range(steps), desc="judge", mininterval=2.0)
+    for _ in bar:
+        x, y = judge_batch(ink, labels, 128, rng)
+        loss = F.cross_entropy(model(x), y, label_smoothing=0.05)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
+    model = model.cpu().eval()
+    test_x, test_y = data.load_split("test")
+    pred, _ = classify(model, data.upsample(test_x))
+    log = {"steps": steps, "seconds": round(time.time() - t0, 1),
+           "test_accuracy": round(float((pred.numpy() == test_y).mean()), 4),
+           "n_test": len(test_y)}
+    return model, log
+
+
+def _run_judge(args: argparse.Namespace) -> None:
+    from .cards import judge_card
+
+    steps = args.steps or JUDGE_STEPS
+    model, log = train_judge(steps, args.device, args.seed)
+    log.update(hardware=hardware(args.device), command=_command(args, steps))
+
+    def write(tmp: Path) -> None:
+        model.save(tmp)
+        (tmp / "training.json").write_text(json.dumps(log, indent=2) + "\n")
+        (tmp / "README.md").write_text(judge_card(log, None))
+    out = Path(args.out) if args.out else HERE / "trustgain-digits-judge"
+    atomic_dir(out, write)
+    print(json.dumps(log, indent=2))
+    print(f"judge written to {out}")
+
+
+def _run_mini_sd(args: argparse.Namespace) -> None:
+    from .build import write_vocab_files
+    from .cards import mini_sd_card
+    from .train_sd import SDRecipe, train_mini_sd
+
+    recipe = SDRecipe(seed=args.seed)
+    if args.steps is not None:
+        recipe.steps = args.steps
+    if args.vae_steps:
+        recipe.vae_steps = args.vae_steps
+    if args.copies:
+        recipe.copies = args.copies
+    if args.batch:
+        recipe.batch = args.batch
+    if args.lr:
+        recipe.lr = args.lr
+    recipe.max_minutes = args.max_minutes
+    pipe = train_mini_sd(recipe, args.device, args.vae_from)
+    log = dict(recipe.log, hardware=hardware(args.device), command=_command(args, None),
+               recipe={k: v for k, v in vars(recipe).items() if k != "log"})
+
+    def write(tmp: Path) -> None:
+        # UNet and VAE are stored in float16 to halve the files; from_pretrained loads them
+        # as float32 by default. The text encoder stays float32 (it is tiny).
+        pipe.unet.to(torch.float16)
+        pipe.vae.to(torch.float16)
+        pipe.save_pretrained(tmp, safe_serialization=True)
+        write_vocab_files(tmp / "tokenizer")
+        pipe.unet.to(torch.float32)
+        pipe.vae.to(torch.float32)
+        (tmp / "training.json").write_text(json.dumps(log, indent=2) + "\n")
+        (tmp / "README.md").write_text(mini_sd_card(log, None))
+    out = Path(args.out) if args.out else HERE / "trustgain-mini-sd"
+    atomic_dir(out, write)
+    print(json.dumps(log, indent=2))
+    print(f"mini-sd written to {out}")
+
+
+def _command(args: argparse.Namespace, steps: int | None) -> str:
+    parts = ["python -m trustgain.models.train", args.model, f"--device {args.device}"]
+    if steps is not None or args.steps is not None:
+        parts.append(f"--steps {steps if steps is not None else args.steps}")
+    for name in ("vae_steps", "copies", "batch", "lr", "max_minutes", "vae_from"):
+        if getattr(args, name, None) is not None:
+            parts.append(f"--{name.replace('_', '-')} {getattr(args, name)}")
+    return " ".join(parts)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Command-line entry point."""
+    p = argparse.ArgumentParser(prog="python -m trustgain.models.train", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("model", choices=["mini-sd", "judge"])
+    p.add_argument("--steps", type=int, default=None,
+                   help="optimizer steps (mini-sd: UNet steps, default 1800; judge: 1500)")
+    p.add_argument("--vae-steps", type=int, default=None, help="mini-sd VAE steps (1500)")
+    p.add_argument("--copies", type=int, default=None,
+                   help="mini-sd: augmented renderings per train scan (30)")
+    p.add_argument("--batch", type=int, default=None, help="mini-sd: UNet batch size (512)")
+    p.add_argument("--lr", type=float, default=None, help="mini-sd: UNet learning rate (7e-4)")
+    p.add_argument("--max-minutes", type=float, default=None,
+                   help="mini-sd: stop the UNet loop after this long (steps done are logged)")
+    p.add_argument("--vae-from", default=None,
+                   help="mini-sd: reuse tokenizer and VAE of this mini-sd folder")
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--out", default=None, help="output folder (default: the package's)")
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args(argv)
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        p.error("--device cuda asked for, but torch sees no CUDA device")
+    if args.device.startswith("cuda"):
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+        torch.backends.cudnn.benchmark = True
+    (_run_judge if args.model == "judge" else _run_mini_sd)(args)
+
+
+if __name__ == "__main__":
+    main()
