@@ -245,3 +245,44 @@ def test_verify_soft_binding_through_the_watermark(capsys, tmp_path):
     assert f"links it to signed record {art.record.record_id}" in out
     code, out, _ = run(capsys, "verify", str(tmp_path / "repost.jpg"), "--json")
     assert "soft_binding" not in json.loads(out)  # only when asked for
+
+
+def test_generate_with_the_embedded_model_offline(tmp_path):
+    """The README's main job: no --model, no network (HF_HUB_OFFLINE=1), a signed seven."""
+    import os
+
+    from PIL import Image
+
+    from trustgain.models import classify_digits
+
+    env = {
+        **os.environ,
+        "TRUSTGAIN_HOME": str(tmp_path),
+        "HF_HUB_OFFLINE": "1",
+        "TRUSTGAIN_NO_PROGRESS": "1",
+        "OMP_NUM_THREADS": "1",
+    }
+    steps = [
+        [sys.executable, "-m", "trustgain", "keys", "create"],
+        [
+            sys.executable,
+            "-m",
+            "trustgain",
+            "generate",
+            "a handwritten seven",
+            "-o",
+            str(tmp_path / "seven.png"),
+            "--seed",
+            "0",
+            "--steps",
+            "12",
+        ],
+        [sys.executable, "-m", "trustgain", "verify", str(tmp_path / "seven.png")],
+    ]
+    for command in steps:
+        proc = subprocess.run(command, env=env, capture_output=True, text=True)
+        assert proc.returncode == 0, proc.stderr
+    image = Image.open(tmp_path / "seven.png")
+    assert image.size == (32, 32)
+    digits, _ = classify_digits([image.convert("RGB")])
+    assert int(digits[0]) == 7
