@@ -84,6 +84,7 @@ BUILTIN_STAGES: dict[str, str] = {
     "schedule.backend_steps": "trustgain.scheduling.backend_steps:ScheduleBackendSteps",
     "generate.keyed_latents": "trustgain.generators.keyed_latents:KeyedLatents",
     "generate.latent_trace": "trustgain.generators.latent_trace:LatentTrace",
+    "watermark.latent": "trustgain.watermark.latent:LatentMark",
     "watermark.pixel": "trustgain.watermark.pixel_stage:PixelMark",
     "audit.outputs": "trustgain.audit.outputs:OutputCheck",
 }

@@ -14,6 +14,7 @@ AREAS: dict[str, str] = {
     "models": "trustgain.bench.models",
     "watermark": "trustgain.bench.watermark",
     "watermark-security": "trustgain.bench.watermark_security",
+    "watermark-latent": "trustgain.bench.watermark_latent",
 }
 
 

@@ -1,0 +1,234 @@
+from __future__ import annotations
+
+import itertools
+import json
+
+import numpy as np
+import pytest
+import torch
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from scipy import stats
+
+from trustgain import KeyRing, wrap
+from trustgain.watermark.latent import (
+    LatentMark,
+    bits_to_hex,
+    counter_nonce,
+    keystream,
+    latent_key,
+    marked_latents,
+    payload_from_record_id,
+    read_latent_mark,
+)
+from trustgain.watermark.latent_invert import ddim_invert
+
+RECORD_ID = "0123456789abcdef0123456789abcdef"
+SHAPE = (4, 8, 8)
+
+
+def _ring(seed: int) -> KeyRing:
+    """Fixed keys, so statistical tests are deterministic rather than flaky."""
+    signing = Ed25519PrivateKey.from_private_bytes(bytes([seed + 1]) * 32)
+    return KeyRing(master_secret=bytes([seed]) * 32, signing_key=signing)
+
+
+@pytest.fixture(scope="module")
+def key():
+    return latent_key(_ring(1))
+
+
+@pytest.fixture(scope="module")
+def wrong_key():
+    return latent_key(_ring(2))
+
+
+def _marked(key, count: int, start: int = 0):
+    nonces = [counter_nonce(key, c) for c in range(start, start + count)]
+    payload = payload_from_record_id(RECORD_ID, 64)
+    latents = marked_latents(key, nonces, payload, (count, *SHAPE), salt=RECORD_ID.encode())
+    return latents, nonces, bits_to_hex(payload)
+
+
+def test_marked_latents_are_exactly_standard_normal(key):
+    z, nonces, _ = _marked(key, 200)
+    values = z.flatten().double().numpy()
+    assert stats.kstest(values, "norm").pvalue > 0.01
+    # each half is a half-normal: the sign is the encrypted bit, the magnitude untouched
+    encrypted = np.concatenate([keystream(key, n, 256) for n in nonces])
+    bit_of_sign = (values > 0).astype(np.uint8)
+    for half in (0, 1):
+        magnitudes = np.abs(values[bit_of_sign == half])
+        assert stats.kstest(magnitudes, "halfnorm").pvalue > 0.01
+    # keystream alone is balanced; signs agree with it only where payload bits are 0 (~half)
+    assert abs(encrypted.mean() - 0.5) < 0.02
+    assert abs((bit_of_sign == encrypted).mean() - 0.5) < 0.05
+
+
+def test_reads_its_own_latents_perfectly(key):
+    z, nonces, payload = _marked(key, 8, start=40)
+    known = read_latent_mark(z, key, nonces=nonces, expected_payload=payload)
+    assert all(r.detected and r.matches == r.n and r.bit_accuracy == 1.0 for r in known)
+    plain = read_latent_mark(z, key, nonces=nonces, expected_payload=payload, levels=1)
+    assert all(r.matches == r.n == 256 and r.p_value == 2.0**-256 for r in plain)
+    assert all(r.payload == payload == RECORD_ID[:16] for r in known)
+    blind = read_latent_mark(z, key, nonce_space=256)
+    assert [r.nonce_index for r in blind] == list(range(40, 48))
+    assert all(r.detected and r.payload == payload and r.statistic == "fold" for r in blind)
+    assert all(r.p_value < 1e-30 and r.tries == 256 for r in blind)
+
+
+def test_mark_survives_the_tiny_pipelines_own_denoise_and_inversion(sd_pipe, key):
+    z, nonces, payload = _marked(key, 4)
+    out = sd_pipe(
+        "", latents=z, num_inference_steps=10, height=16, width=16, guidance_scale=1.0,
+        num_images_per_prompt=4, output_type="latent",
+    ).images
+    inverted = ddim_invert(sd_pipe, out, num_inference_steps=10)
+    readings = read_latent_mark(inverted, key, nonces=nonces, expected_payload=payload)
+    assert all(r.detected and r.bit_accuracy == 1.0 for r in readings)
+    assert all(r.detected for r in read_latent_mark(inverted, key, nonce_space=256))
+
+
+def test_wrong_key_and_clean_latents_give_null_p_values(key, wrong_key):
+    z, nonces, payload = _marked(key, 300)
+    clean = torch.from_numpy(np.random.default_rng(0).standard_normal((300, *SHAPE)))
+    for latents, k in ((z, wrong_key), (clean, key)):
+        p = np.array([r.p_value for r in read_latent_mark(
+            latents, k, nonces=nonces, expected_payload=payload)])
+        assert not any(p <= 1e-6)
+        for alpha in (0.05, 0.2, 0.5):  # discrete p-values: P(p <= alpha) <= alpha
+            assert (p <= alpha).mean() <= alpha + 3 * np.sqrt(alpha / len(p))
+        assert (p <= 0.5).mean() > 0.3  # and not degenerate
+        blind = read_latent_mark(latents[:40], k, nonce_space=64)
+        assert not any(r.detected for r in blind)
+
+
+@pytest.mark.parametrize("levels", [1, 3])
+def test_null_laws_are_exact(levels):
+    """Both null laws against brute-force enumeration of every sign pattern."""
+    from trustgain.watermark.latent_stats import fold_sf, matches_sf, rank_weights
+
+    bit_of = np.array([0, 1, 2, 0, 1, 2, 0, 1, 2, 0, 1])
+    w = rank_weights(np.random.default_rng(1).random(11), np.ones(11, bool), levels)
+    top = int(w.sum())
+    fold, match = np.zeros(top + 1), np.zeros(top + 1)
+    for bits in itertools.product((0, 1), repeat=11):
+        d = np.array(bits)
+        match[int((w * d).sum())] += 1
+        fold[sum(max((w * d)[bit_of == j].sum(), (w * (1 - d))[bit_of == j].sum())
+                 for j in range(3))] += 1
+    for counts, got in ((match, matches_sf(w)), (fold, fold_sf(w, bit_of, 3))):
+        brute = np.cumsum(counts[::-1])[::-1] / 2**11
+        assert np.allclose(got, brute)
+    if levels == 1:
+        from scipy.stats import binom
+
+        assert np.allclose(matches_sf(w), binom.sf(np.arange(12) - 1, 11, 0.5))
+
+
+def test_a_shared_nonce_counter_does_not_share_magnitudes(key):
+    """Two records that drew the same counter: same keystream, independent magnitudes."""
+    nonce = [counter_nonce(key, 7)]
+    pay = payload_from_record_id(RECORD_ID, 64)
+    a = marked_latents(key, nonce, pay, (1, *SHAPE), salt=b"record-a").flatten().numpy()
+    b = marked_latents(key, nonce, pay, (1, *SHAPE), salt=b"record-b").flatten().numpy()
+    assert np.array_equal(np.sign(a), np.sign(b))  # same payload, same nonce: same signs
+    assert abs(np.corrcoef(np.abs(a), np.abs(b))[0, 1]) < 0.25
+
+
+def test_same_key_other_nonce_gives_uncorrelated_signs(key):
+    a, _, _ = _marked(key, 100, start=0)
+    b, _, _ = _marked(key, 100, start=100)
+    sa = np.sign(a.flatten().numpy())
+    sb = np.sign(b.flatten().numpy())
+    assert abs(np.corrcoef(sa, sb)[0, 1]) < 4 / np.sqrt(sa.size)
+    same, _, _ = _marked(key, 100, start=0)
+    assert torch.equal(a, same)  # same nonce, same latents: the record replays them
+
+
+def test_stage_marks_the_generation_and_records_no_secret(sd_pipe):
+    ring = _ring(3)
+    pipe = wrap(sd_pipe, [LatentMark()], keyring=ring)
+    art = pipe("", seed=3, num_inference_steps=4, height=16, width=16, num_images_per_prompt=2)
+    record = art.record.record
+    (stage,) = record["stages"]
+    params = stage["params"]
+    assert stage["name"] == "watermark.latent" and stage["applied"]
+    assert params["payload"] == record["record_id"][:16]
+    assert params["key_id"] == latent_key(ring).key_id and params["shape"] == [2, 4, 8, 8]
+    assert len(set(params["nonces"])) == 2 and params["replication"] == 4
+    key = latent_key(ring)
+    assert [counter_nonce(key, c).hex() for c in params["nonce_counters"]] == params["nonces"]
+    text = json.dumps(record)
+    for secret in (key.material, ring._master):
+        assert secret.hex() not in text and secret.hex()[:16] not in text
+    # the recorded nonces and payload redraw exactly the latents the generator received
+    nonces = [bytes.fromhex(n) for n in params["nonces"]]
+    payload = payload_from_record_id(record["record_id"], 64)
+    latents = marked_latents(key, nonces, payload, (2, *SHAPE),
+                             salt=record["record_id"].encode())
+    replay = sd_pipe("", latents=latents, num_inference_steps=4, height=16, width=16,
+                     num_images_per_prompt=2, generator=torch.Generator().manual_seed(3)).images
+    assert [x.tobytes() for x in replay] == [x.tobytes() for x in art.images]
+
+
+def test_stage_settings_are_checked(sd_pipe):
+    with pytest.raises(ValueError, match="payload_bits"):
+        LatentMark(payload_bits=0)
+    with pytest.raises(ValueError, match="nonce_space"):
+        LatentMark(nonce_space=-1)
+    art = wrap(sd_pipe, [LatentMark(payload_bits=32, nonce_space=0)], keyring=_ring(4))(
+        "", seed=1, num_inference_steps=2, height=16, width=16)
+    params = art.record.record["stages"][0]["params"]
+    assert params["nonce_counters"] == [None] and len(params["nonces"][0]) == 24
+    assert params["payload"] == art.record.record["record_id"][:8]
+
+
+def test_detect_with_record_checks_the_key_and_reads_every_output(sd_pipe):
+    from trustgain.watermark.latent_invert import detect_with_record
+
+    ring = _ring(5)
+    art = wrap(sd_pipe, [LatentMark()], keyring=ring)(
+        "", seed=2, num_inference_steps=3, height=16, width=16, num_images_per_prompt=2)
+    record = art.record.record
+    readings = detect_with_record(art.images, sd_pipe, latent_key(ring), record)
+    assert [r.statistic for r in readings] == ["matches", "matches"]
+    assert all(0 < r.p_value <= 1 and r.n == 256 * 2.5 for r in readings)
+    with pytest.raises(ValueError, match="marked under"):
+        detect_with_record(art.images, sd_pipe, latent_key(_ring(6)), record)
+    with pytest.raises(ValueError, match=r"no 'watermark\.latent' stage"):
+        detect_with_record(art.images, sd_pipe, latent_key(ring), {"stages": []})
+
+
+def test_mask_restricts_the_statistic_and_keeps_it_exact(key, wrong_key):
+    z, nonces, payload = _marked(key, 50)
+    mask = np.zeros(256, dtype=bool)
+    mask[:100] = True
+    damaged = z.clone().flatten(1)
+    damaged[:, 100:] = -damaged[:, 100:]  # everything outside the mask flipped
+    damaged = damaged.reshape(z.shape)
+    full = read_latent_mark(damaged, key, nonces=nonces, expected_payload=payload)
+    masked = read_latent_mark(damaged, key, nonces=nonces, expected_payload=payload, mask=mask,
+                              levels=1)
+    assert not any(r.detected for r in full)
+    assert all(r.detected and r.n == r.matches == 100 for r in masked)
+    null = read_latent_mark(z, wrong_key, nonces=nonces, expected_payload=payload, mask=mask)
+    assert all(r.n == 250 and not r.detected for r in null)  # weights 1..4 over 100 elements
+
+
+def test_unzoom_restores_a_centre_crop_and_masks_the_inside():
+    from PIL import Image
+
+    from trustgain.watermark.attacks import SUITE
+    from trustgain.watermark.latent_invert import aligned_mask, unzoom
+
+    rng = np.random.default_rng(0)
+    image = Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8))
+    cropped = SUITE["crop_centre_50"](image, rng).resize((32, 32), Image.Resampling.BICUBIC)
+    canvas, box = unzoom(cropped, np.sqrt(0.5), (32, 32))
+    assert canvas.size == (32, 32) and box == (4, 4, 27, 27)
+    inside = np.asarray(canvas, dtype=float)[8:24, 8:24]
+    original = np.asarray(image, dtype=float)[8:24, 8:24]
+    assert np.corrcoef(inside.ravel(), original.ravel())[0, 1] > 0.5
+    mask = aligned_mask(box, 4, (4, 8, 8)).reshape(4, 8, 8)
+    assert mask.sum() == 4 * 25 and mask[:, 1:6, 1:6].all()
