@@ -80,6 +80,7 @@ class RunContext:
 # -- registry -----------------------------------------------------------------------------
 
 BUILTIN_STAGES: dict[str, str] = {
+    "privacy.redact": "trustgain.privacy.redact:RedactPII",
     "prompt.normalize": "trustgain.prompting.normalize:NormalizePrompt",
     "schedule.backend_steps": "trustgain.scheduling.backend_steps:ScheduleBackendSteps",
     "generate.keyed_latents": "trustgain.generators.keyed_latents:KeyedLatents",

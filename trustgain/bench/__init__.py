@@ -15,6 +15,7 @@ AREAS: dict[str, str] = {
     "watermark": "trustgain.bench.watermark",
     "watermark-security": "trustgain.bench.watermark_security",
     "watermark-latent": "trustgain.bench.watermark_latent",
+    "privacy": "trustgain.bench.privacy",
 }
 
 

@@ -1,0 +1,259 @@
+"""``privacy.redact``: find and mask personal data and secrets in prompts and logged text.
+
+Kinds and how each is confirmed (a regex alone would mask too much):
+
+- ``EMAIL``: address syntax (RFC 5322 subset).
+- ``PHONE``: the maintained ``phonenumbers`` matcher (libphonenumber metadata) at leniency
+  ``VALID``; numbers without ``+`` are read in the ``region`` setting.
+- ``CARD``: 13-19 digits passing the Luhn check, starting with a major network's digit (2-6),
+  either unbroken or in a printed card grouping (4-4-4-4, 4-6-5, ...). Luhn is four lines
+  and has no library worth a dependency, so it is written here. A 9 in 10 chance for random
+  digits to fail Luhn is not enough alone: the prefix and grouping rules keep ISBNs and
+  invalid IBANs' digit tails unmasked.
+- ``IBAN``: country code, check digits and BBAN, validated by ``schwifty`` (country length,
+  BBAN format and the ISO 7064 mod-97 checksum).
+- ``IP``: IPv4 and IPv6, validated by the stdlib ``ipaddress``. A dotted quad is a valid
+  address even when it is meant as a version, so we mask it (privacy first) unless a version
+  cue precedes it (``v1.2.3.4``, ``version 1.2.3.4``, ``release 1.2.3.4``) or it is part of a
+  longer dotted run (``1.2.3.4.5``). IPv6 needs two non-empty groups and four hex digits, so
+  ``a::b`` (C++ scope) and ``::1`` (loopback, not personal) stay.
+- ``SECRET``: AWS access key ids, GitHub tokens, Slack tokens and webhooks, PEM private
+  keys, JWTs, and ``api_key=...``-style assignments (only the value is masked). Pattern
+  lists in secret scanners (gitleaks, detect-secrets) are data files, not Python APIs we can
+  call per string, so the common formats are written out here.
+
+Only counts per kind are ever reported; the masked values are not kept anywhere.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import ClassVar
+
+import phonenumbers
+from schwifty import IBAN
+from schwifty.exceptions import SchwiftyException
+
+from trustgain.stage import Phase, RunContext
+from trustgain.types import Item, StageResult
+
+KINDS: tuple[str, ...] = ("SECRET", "EMAIL", "IBAN", "CARD", "IP", "PHONE")
+
+Span = tuple[int, int]
+
+_SECRET_PATTERNS = [
+    re.compile(
+        r"-----BEGIN (?:[A-Z0-9]+ )*PRIVATE KEY-----"
+        r"(?:.*?-----END (?:[A-Z0-9]+ )*PRIVATE KEY-----)?",
+        re.DOTALL,
+    ),
+    re.compile(r"\beyJ[A-Za-z0-9_-]{4,}\.eyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]{8,}"),
+    re.compile(r"\b(?:AKIA|ASIA|ABIA|ACCA|AGPA|AIDA|AROA)[0-9A-Z]{16}\b"),
+    re.compile(r"\b(?:ghp|gho|ghu|ghs|ghr)_[A-Za-z0-9]{36,255}\b"),
+    re.compile(r"\bgithub_pat_[A-Za-z0-9_]{22,255}\b"),
+    re.compile(r"\bxox[abposre]-[A-Za-z0-9-]{10,}"),
+    re.compile(r"https://hooks\.slack\.com/services/[A-Za-z0-9/_-]+"),
+]
+# ``api_key = "..."``: group 1 is the value, masked alone so the log still says what it was.
+_ASSIGNMENT = re.compile(
+    r"(?i)\b(?:api[_-]?key|apikey|secret(?:[_-]?key)?|access[_-]?token|auth[_-]?token|token"
+    r"|password|passwd|pwd|client[_-]?secret|private[_-]?key)\b[\"']?\s*[:=]\s*[\"']?"
+    r"([^\s\"',;]{6,})"
+)
+_EMAIL = re.compile(
+    r"(?<![\w.+-])[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+    r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\.[A-Za-z]{2,63}\b"
+)
+_IBAN = re.compile(r"\b[A-Z]{2}\d{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,3})?\b")
+_CARD = re.compile(r"(?<![\w.,-])\d(?:[ -]?\d){12,18}(?![\d]|[.,]\d)")
+# Major networks' first digits (2/5 Mastercard, 3 Amex/Diners/JCB, 4 Visa, 6 Discover/UnionPay)
+# and the printed groupings: ISBNs (978-...) and order numbers grouped otherwise stay.
+_CARD_FIRST_DIGITS = frozenset("23456")
+_CARD_GROUPINGS = frozenset(
+    {(4, 4, 4, 4), (4, 4, 4, 4, 3), (4, 6, 5), (4, 6, 4), (4, 4, 4, 3), (4, 4, 4, 1)}
+)
+_IPV4 = re.compile(r"(?<![\w.])(?:\d{1,3}\.){3}\d{1,3}(?![\w]|\.\d)")
+_IPV6 = re.compile(r"(?<![\w:.])[0-9A-Fa-f]{0,4}(?::[0-9A-Fa-f]{0,4}){2,7}(?:/\d{1,3})?(?![\w:])")
+_LENIENCY = phonenumbers.Leniency.VALID
+_PAREN = re.compile(r"\s\(")
+# Digits inside an IBAN-shaped token that failed its checksum are not a phone number.
+_IBAN_HEAD = re.compile(r"\b[A-Z]{2}\d{2}(?: ?[A-Z0-9]{4})+ ?$")
+_VERSION_CUE = re.compile(r"(?i)(?:\bv|\bversion\s*|\brelease\s*|\bbuild\s*|\bver\.?\s*)$")
+
+
+def luhn_ok(digits: str) -> bool:
+    """The Luhn (mod 10) check used by payment card numbers."""
+    total = 0
+    for i, ch in enumerate(reversed(digits)):
+        d = int(ch)
+        if i % 2:
+            d = d * 2 - 9 if d > 4 else d * 2
+        total += d
+    return total % 10 == 0
+
+
+def _secrets(text: str, region: str) -> Iterator[Span]:
+    for pattern in _SECRET_PATTERNS:
+        for m in pattern.finditer(text):
+            yield m.span()
+    for m in _ASSIGNMENT.finditer(text):
+        yield m.span(1)
+
+
+def _emails(text: str, region: str) -> Iterator[Span]:
+    for m in _EMAIL.finditer(text):
+        yield m.span()
+
+
+def _ibans(text: str, region: str) -> Iterator[Span]:
+    for m in _IBAN.finditer(text):
+        tokens = m.group().split(" ")
+        # The regex may swallow a trailing word; try the longest valid prefix of its groups.
+        for n in range(len(tokens), 0, -1):
+            candidate = " ".join(tokens[:n])
+            try:
+                IBAN(candidate.replace(" ", ""))
+            except (SchwiftyException, ValueError):
+                continue
+            yield m.start(), m.start() + len(candidate)
+            break
+
+
+def _cards(text: str, region: str) -> Iterator[Span]:
+    for m in _CARD.finditer(text):
+        digits = re.sub(r"[ -]", "", m.group())
+        groups = tuple(len(g) for g in re.split(r"[ -]", m.group()))
+        if (
+            13 <= len(digits) <= 19
+            and digits[0] in _CARD_FIRST_DIGITS
+            and (len(groups) == 1 or groups in _CARD_GROUPINGS)
+            and luhn_ok(digits)
+            and len(set(digits)) > 1
+        ):
+            yield m.span()
+
+
+def _ips(text: str, region: str) -> Iterator[Span]:
+    for m in _IPV4.finditer(text):
+        if _VERSION_CUE.search(text[max(0, m.start() - 10) : m.start()]):
+            continue
+        try:
+            ipaddress.IPv4Address(m.group())
+        except ValueError:
+            continue
+        yield m.span()
+    for m in _IPV6.finditer(text):
+        value = m.group().split("/")[0]
+        # Short forms like "a::b" or "::1" are valid addresses but read as code or loopback.
+        groups = [g for g in value.split(":") if g]
+        if len(groups) < 2 or sum(map(len, groups)) < 4:
+            continue
+        try:
+            ipaddress.IPv6Address(value)
+        except ValueError:
+            continue
+        yield m.span()
+
+
+def _phones(text: str, region: str) -> Iterator[Span]:
+    # The matcher reads "+1 415 555 9829 (28/6/1991)" as one candidate and drops it as a
+    # date, so each piece before " (" is matched again on its own; spans are merged later.
+    offsets = [0] + [m.start() + 1 for m in _PAREN.finditer(text)]
+    for start, end in zip(offsets, [*offsets[1:], len(text)], strict=True):
+        for m in phonenumbers.PhoneNumberMatcher(text[start:end], region, leniency=_LENIENCY):
+            if not _IBAN_HEAD.search(text[: start + m.start]):
+                yield start + m.start, start + m.end
+    for m in phonenumbers.PhoneNumberMatcher(text, region, leniency=_LENIENCY):
+        if not _IBAN_HEAD.search(text[: m.start]):
+            yield m.start, m.end
+
+
+_FINDERS: dict[str, Callable[[str, str], Iterator[Span]]] = {
+    "SECRET": _secrets,
+    "EMAIL": _emails,
+    "IBAN": _ibans,
+    "CARD": _cards,
+    "IP": _ips,
+    "PHONE": _phones,
+}
+
+
+def redact(
+    text: str, *, region: str = "US", kinds: tuple[str, ...] = KINDS
+) -> tuple[str, dict[str, int]]:
+    """Mask personal data in ``text``; returns the new text and ``{kind: count}``.
+
+    Kinds run in the order of :data:`KINDS` (secrets first, phones last), each on the text
+    the previous ones left, so a token's digits are not re-read as a phone number.
+    """
+    unknown = set(kinds) - set(KINDS)
+    if unknown:
+        raise ValueError(f"unknown kinds {sorted(unknown)}; known: {', '.join(KINDS)}")
+    counts: Counter[str] = Counter()
+    for kind in KINDS:
+        if kind not in kinds:
+            continue
+        spans = _merge(list(_FINDERS[kind](text, region)))
+        for start, end in reversed(spans):
+            text = f"{text[:start]}[{kind}]{text[end:]}"
+        if spans:
+            counts[kind] += len(spans)
+    return text, dict(counts)
+
+
+def _merge(spans: list[Span]) -> list[Span]:
+    """Sorted, non-overlapping spans (overlaps are joined)."""
+    out: list[Span] = []
+    for start, end in sorted(spans):
+        if out and start < out[-1][1]:
+            out[-1] = (out[-1][0], max(out[-1][1], end))
+        else:
+            out.append((start, end))
+    return out
+
+
+@dataclass(frozen=True)
+class RedactPII:
+    """Mask personal data and secrets in the prompt and negative prompt.
+
+    ``region``: the region in which phone numbers without ``+`` are read (ISO 3166 alpha-2);
+    ``kinds``: which kinds to mask (default: all). The record keeps counts per kind only.
+    """
+
+    name: ClassVar[str] = "privacy.redact"
+    phase: ClassVar[Phase] = Phase.PREPARE
+    version: ClassVar[str] = "1"
+    requires: ClassVar[frozenset[str]] = frozenset()
+
+    region: str = "US"
+    kinds: tuple[str, ...] = KINDS
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "kinds", tuple(self.kinds))  # a list from trustgain.json
+        if unknown := set(self.kinds) - set(KINDS):
+            raise ValueError(f"unknown kinds {sorted(unknown)}; known: {', '.join(KINDS)}")
+        if self.region not in phonenumbers.SUPPORTED_REGIONS:
+            raise ValueError(f"region {self.region!r} is not a phonenumbers region code")
+
+    def __call__(self, item: Item, ctx: RunContext) -> StageResult:
+        request = item.request
+        params: dict[str, object] = {"region": self.region, "kinds": list(self.kinds)}
+        if request.prompt is None and request.negative_prompt is None:
+            return StageResult(item, params, applied=False, reason="no prompt")
+        changes: dict[str, str] = {}
+        total = 0
+        for field in ("prompt", "negative_prompt"):
+            text = getattr(request, field)
+            if text is None:
+                continue
+            new, counts = redact(text, region=self.region, kinds=self.kinds)
+            params[field] = counts
+            total += sum(counts.values())
+            if new != text:
+                changes[field] = new
+        params["masked"] = total
+        return StageResult(item.replace(request=request.replace(**changes)), params)
