@@ -21,6 +21,19 @@ from schedulers.data import load
 from schedulers.offloading import make_problem as off_problem
 from schedulers.offloading_policies import ours as off_ours
 
+_SWEEPS = [
+    (100, 30),
+    (150, 30),
+    (200, 30),
+    (250, 30),
+    (300, 30),
+    (200, 20),
+    (200, 25),
+    (200, 35),
+    (200, 40),
+]
+_SWEEPS_QUICK = [(100, 30), (200, 30), (300, 30), (200, 20)]
+
 
 def bench_contract(quick: bool, seeds: int) -> dict[str, Any]:
     rounds = 5 if quick else 30
@@ -55,21 +68,7 @@ def bench_contract(quick: bool, seeds: int) -> dict[str, Any]:
         f"{seeds} seed(s), paper's greedy with queues carried between schemes\n"
     )
     print(_table(hdr, rows) + "\n")
-    sweeps = (
-        [(100, 30), (200, 30), (300, 30), (200, 20)]
-        if quick
-        else [
-            (100, 30),
-            (150, 30),
-            (200, 30),
-            (250, 30),
-            (300, 30),
-            (200, 20),
-            (200, 25),
-            (200, 35),
-            (200, 40),
-        ]
-    )
+    sweeps = _SWEEPS_QUICK if quick else _SWEEPS  # the published sweep files
     rows = []
     for n, m in sweeps:
         rr = [run(n, m, rounds, seed=s, allocator="paper") for s in range(seeds)]
@@ -95,22 +94,7 @@ def bench_contract(quick: bool, seeds: int) -> dict[str, Any]:
         )
         + "\n"
     )
-    sweeps = (
-        [(100, 30), (200, 30), (300, 30), (200, 20)]
-        if quick
-        else [
-            (100, 30),
-            (150, 30),
-            (200, 30),
-            (250, 30),
-            (300, 30),
-            (200, 20),
-            (200, 25),
-            (200, 35),
-            (200, 40),
-            (400, 20),
-        ]
-    )
+    sweeps = _SWEEPS_QUICK if quick else [*_SWEEPS, (400, 20)]  # 400x20: a loaded case
     rows = []
     for n, m in sweeps:
         runs_by = {
