@@ -12,7 +12,7 @@ from typing import Any
 from PIL import Image
 
 from trustgain.digest import output_sha256, pixels_sha256, sha256_hex
-from trustgain.errors import ConfigError
+from trustgain.errors import ConfigError, OutputExistsError
 from trustgain.fileio import write_atomic
 from trustgain.provenance import embed
 from trustgain.provenance.record import SignedRecord
@@ -67,7 +67,7 @@ class Artifact:
             )
         side = sidecar_path(path)
         if sidecar and side.exists() and not overwrite:
-            write_atomic(side, b"", overwrite=False)  # raises OutputExistsError
+            raise OutputExistsError(side)  # checked first: never half a pair written
         write_atomic(path, file.data, overwrite=overwrite)
         if sidecar:
             text = self.record.to_json(index, indent=2) + "\n"
