@@ -6,11 +6,13 @@ import json
 import os
 import sys
 from collections.abc import Iterable, Iterator
+from pathlib import Path
 from typing import Any, TypeVar
 
 import click
 from tqdm import tqdm
 
+from trustgain.errors import InputError
 from trustgain.keys import KeyRing, default_keyring_path, is_encrypted
 
 T = TypeVar("T")
@@ -71,3 +73,26 @@ def passphrase_for_reading(path: str | os.PathLike[str]) -> str | None:
 def load_keyring(path: str | None) -> KeyRing:
     path = path or str(default_keyring_path())
     return KeyRing.load(path, passphrase=passphrase_for_reading(path))
+
+
+def collect_images(inputs: Iterable[str], suffixes: set[str]) -> list[tuple[Path, Path]]:
+    """(file, path relative to its input root) for each file and each image under a folder.
+
+    Files named directly are kept whatever their suffix (the command then says what is wrong
+    with them); a folder without any matching image is an error, never a silent no-op.
+    """
+    found: list[tuple[Path, Path]] = []
+    for raw in inputs:
+        root = Path(raw)
+        if root.is_dir():
+            files = sorted(
+                p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in suffixes
+            )
+            if not files:
+                raise InputError(f"{root} holds no images ({', '.join(sorted(suffixes))})")
+            found.extend((p, p.relative_to(root)) for p in files)
+        elif root.exists():
+            found.append((root, Path(root.name)))
+        else:
+            raise InputError(f"{root}: no such file or folder")
+    return found

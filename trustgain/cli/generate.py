@@ -58,8 +58,11 @@ def _outputs(output: Path, n: int) -> list[Path]:
 
 @click.command()
 @click.argument("prompt")
-@click.option("--model", default=None,
-              help="Diffusers model id or local folder [default: the embedded trustgain-mini-sd].")
+@click.option(
+    "--model",
+    default=None,
+    help="Diffusers model id or local folder [default: the embedded trustgain-mini-sd].",
+)
 @click.option(
     "-o",
     "--output",

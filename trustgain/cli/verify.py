@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from trustgain.cli.common import (
+    collect_images,
     emit,
     json_option,
     keyring_option,
@@ -15,7 +16,7 @@ from trustgain.cli.common import (
     progress,
     progress_option,
 )
-from trustgain.errors import InputError, Reason, TrustgainError, VerificationError
+from trustgain.errors import Reason, TrustgainError, VerificationError
 from trustgain.keys import PublicKey
 from trustgain.provenance import default_trusted_keys, verify_file
 from trustgain.provenance.soft import soft_bind
@@ -50,20 +51,6 @@ def _soft_text(result: dict) -> str:
             "(pixels changed since)"
         )
     return f"; watermark {mark['payload']} found, no matching record in --records"
-
-
-def _expand(paths: tuple[str, ...]) -> list[Path]:
-    files: list[Path] = []
-    for raw in paths:
-        path = Path(raw)
-        if path.is_dir():
-            found = sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
-            if not found:
-                raise InputError(f"{path} holds no PNG or JPEG files")
-            files.extend(found)
-        else:
-            files.append(path)
-    return files
 
 
 @click.command()
@@ -113,7 +100,7 @@ def verify(
       trustgain verify out/ --public-key alice.pem --json
       trustgain verify reposted.jpg --records out/   # soft binding through the watermark
     """
-    paths = _expand(files)
+    paths = [f for f, _ in collect_images(files, IMAGE_SUFFIXES)]
     if sidecar and len(paths) != 1:
         raise click.UsageError("--sidecar needs exactly one file")
     trusted = [PublicKey.load(k) for k in public_keys] if public_keys else default_trusted_keys()

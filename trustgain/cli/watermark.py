@@ -11,6 +11,7 @@ from typing import Any
 import click
 
 from trustgain.cli.common import (
+    collect_images,
     emit,
     json_option,
     keyring_option,
@@ -23,7 +24,7 @@ from trustgain.errors import TrustgainError
 from trustgain.fileio import write_atomic
 from trustgain.watermark import pixel
 from trustgain.watermark.images import open_image
-from trustgain.watermark.pixel_stage import KEY_PURPOSE, PixelMark, _psnr
+from trustgain.watermark.pixel_stage import KEY_PURPOSE, PixelMark, psnr
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".bmp"}
 _SAVE = {
@@ -34,25 +35,6 @@ _SAVE = {
     ".tif": ("TIFF", {"compression": "tiff_deflate"}),
     ".tiff": ("TIFF", {"compression": "tiff_deflate"}),
 }
-
-
-def collect(inputs: tuple[str, ...]) -> list[tuple[Path, Path]]:
-    """(file, path relative to its input root) for every image under ``inputs``."""
-    found: list[tuple[Path, Path]] = []
-    for raw in inputs:
-        root = Path(raw)
-        if root.is_dir():
-            files = sorted(
-                p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
-            )
-            if not files:
-                raise TrustgainError(f"{root} holds no images of a known type")
-            found.extend((p, p.relative_to(root)) for p in files)
-        elif root.exists():
-            found.append((root, Path(root.name)))
-        else:
-            raise TrustgainError(f"{root}: no such file or folder")
-    return found
 
 
 def _key(keyring_path: str | None) -> tuple[bytes, str]:
@@ -107,7 +89,7 @@ def embed(
       trustgain watermark embed photo.jpg -o photo-marked.jpg
       trustgain watermark embed photos/ -o marked/ --payload 0badc0de --json
     """
-    files = collect(inputs)
+    files = collect_images(inputs, IMAGE_SUFFIXES)
     out = Path(output)
     single = len(files) == 1 and out.suffix.lower() in IMAGE_SUFFIXES
     try:
@@ -167,7 +149,7 @@ def _embed_one(
         write_atomic(dst, buf.getvalue(), overwrite=force)
     except TrustgainError as exc:
         return {**base, "status": "error", "reason": str(exc)}
-    return {**base, "status": "marked", "nonce": nonce, "psnr_db": _psnr(image, marked)}
+    return {**base, "status": "marked", "nonce": nonce, "psnr_db": psnr(image, marked)}
 
 
 @watermark.command()
@@ -195,7 +177,7 @@ def detect(
       trustgain watermark detect suspect.jpg
       trustgain watermark detect downloads/ --json --fpr 1e-6
     """
-    files = collect(inputs)
+    files = collect_images(inputs, IMAGE_SUFFIXES)
     key, key_id = _key(keyring_path)
     results, failed = [], 0
     for src, _ in progress(files, desc="detect", disable=no_progress or len(files) < 2):

@@ -49,7 +49,7 @@ class PixelMark:
         for image in images:
             out, nonce = pixel.embed(image, key.material, payload, strength=self.strength)
             marked.append(out)
-            marks.append({"nonce": nonce, "psnr_db": _psnr(image, out)})
+            marks.append({"nonce": nonce, "psnr_db": psnr(image, out)})
         params: dict[str, Any] = {
             "key_id": key.key_id,
             "payload": payload.hex(),
@@ -60,7 +60,8 @@ class PixelMark:
         return StageResult(item.replace(outputs=tuple(marked)), params)
 
 
-def _psnr(a: Image.Image, b: Image.Image) -> float | None:
+def psnr(a: Image.Image, b: Image.Image) -> float | None:
+    """PSNR of ``b`` against ``a`` in dB (None when identical); 16-bit aware."""
     x, y = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
     mse = float(np.mean((x - y) ** 2))
     peak = 65535.0 if a.mode == "I;16" else 255.0
