@@ -161,13 +161,13 @@ def best_configuration(p: AssignmentProblem, model: np.ndarray) -> Plan:
     best = np.full(u_n + 1, -np.inf)
     best[0] = 0.0
     take = np.zeros((k_n, u_n + 1), dtype=np.int64)
-    for k in range(k_n):
-        new = np.full(u_n + 1, -np.inf)
-        for used in range(u_n + 1):
-            cand = best[: used + 1][::-1] + value[k, : used + 1]  # give k units 0..used
-            j = int(np.argmax(cand))
-            new[used], take[k, used] = cand[j], j
-        best = new
+    used = np.arange(u_n + 1)
+    rest = used[:, None] - used[None, :]  # units left for the models before k
+    valid = rest >= 0
+    for k in range(k_n):  # cand[used, give]: give k ``give`` of ``used`` units
+        cand = np.where(valid, best[np.clip(rest, 0, None)] + value[k][None, :], -np.inf)
+        take[k] = cand.argmax(axis=1)
+        best = cand[used, take[k]]
     units = np.zeros(k_n, dtype=np.int64)
     left = int(np.argmax(best))
     for k in reversed(range(k_n)):

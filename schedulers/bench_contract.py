@@ -9,17 +9,13 @@ from typing import Any
 
 import numpy as np
 
-from schedulers.assignment import default_models
+from schedulers.bench_speed import speed_table
 from schedulers.bench_util import fmt as _fmt
 from schedulers.bench_util import table as _table
-from schedulers.bench_util import timeit as _timeit
-from schedulers.contract import SCHEMES, eligible, make_scenario
-from schedulers.contract_alloc import exact, greedy
+from schedulers.contract import SCHEMES
 from schedulers.contract_run import run
-from schedulers.core import Job, Server, earliest_finish, mean_ci, service_matrix
+from schedulers.core import mean_ci
 from schedulers.data import load
-from schedulers.offloading import make_problem as off_problem
-from schedulers.offloading_policies import ours as off_ours
 
 _SWEEPS = [
     (100, 30),
@@ -143,35 +139,5 @@ def bench_contract(quick: bool, seeds: int) -> dict[str, Any]:
         )
         + "\n"
     )
-    rng = np.random.default_rng(0)
-    sc = make_scenario(rng, 1000, 100)
-    allowed = eligible(sc, sc.labels("vlm", rng))
-    service = np.where(allowed, sc.time_per_img_ms, np.inf)
-    off = off_problem(rng, 1000, units=100)
-    speed = {
-        "contract: paper greedy": _timeit(lambda: greedy(sc, allowed)),
-        "contract: earliest finish (core)": _timeit(lambda: earliest_finish(service, sc.trans_ms)),
-        "contract: exact (Hungarian, ours)": _timeit(lambda: exact(sc, allowed), repeat=1),
-        "offloading: exact DP (ours), 1,000 users x 100 units": _timeit(lambda: off_ours(off)),
-        "generic: core jobs/servers/models + earliest finish": _timeit(lambda: _generic_core(rng)),
-    }
-    res["speed_ms_1000x100"] = {k: 1000 * v for k, v in speed.items()}
-    print("## Decision time, 1,000 jobs over 100 servers / units (best of 5; Hungarian: 1 run)\n")
-    print(
-        _table(
-            ["policy", "ms", "target < 100 ms"],
-            [[k, f"{1000 * v:.1f}", "met" if v < 0.1 else "missed"] for k, v in speed.items()],
-        )
-        + "\n"
-    )
+    res["speed_ms_1000x100"] = speed_table()
     return res
-
-
-def _generic_core(rng: np.random.Generator) -> np.ndarray:
-    """1,000 jobs over 100 servers built from the core types, decided by earliest finish."""
-    models = {m.name: m for m in default_models()[0]}
-    names = list(models)
-    servers = [Server(i, names[i % 3], float(rng.uniform(0.5, 2.0)), 0.002) for i in range(100)]
-    jobs = [Job(j, 0.5, float(rng.uniform(5, 100))) for j in range(1000)]
-    service, ready = service_matrix(jobs, servers, models, 20)
-    return earliest_finish(service, ready)

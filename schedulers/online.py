@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from functools import cache
+from functools import cache, lru_cache
 
 import numpy as np
 
@@ -83,6 +83,50 @@ def prompt_category(prompt: str | None) -> tuple[int, str]:
     return (0 if words <= 6 else 1 if words <= 15 else 3), "word-count rule"
 
 
+@lru_cache(maxsize=64)
+def _table(backends: tuple[BackendProfile, ...], steps: tuple[int, ...]) -> dict[str, np.ndarray]:
+    """Arrays over (backend, category, steps) for a backend set and step grid, built once."""
+    s = np.asarray(steps, dtype=np.float64)
+    curves = np.array([b.quality for b in backends], dtype=np.float64)  # (B, C, 3)
+    q_max, q_0, s0 = (curves[..., i][..., None] for i in range(3))
+    return {
+        "steps": s,
+        "per_step": np.array([b.step_latency_s for b in backends])[:, None] * s[None, :],
+        "quality": q_max - (q_max - q_0) * np.exp(-s[None, None, :] / s0),  # (B, C, S)
+        "cost": np.array([b.price_per_step for b in backends])[:, None] * s[None, :],
+        "allowed": s[None, :] <= np.array([b.max_steps for b in backends])[:, None],
+    }
+
+
+def _pick(
+    t: dict[str, np.ndarray],
+    names: Sequence[str],
+    category: int,
+    busy: np.ndarray,
+    latency_weight: float,
+    cost_weight: float,
+    deadline_s: float | None,
+) -> tuple[Choice, int]:
+    lat = busy[:, None] + t["per_step"]
+    q = t["quality"][:, category, :]
+    util = q - latency_weight * lat - cost_weight * t["cost"]
+    allowed = t["allowed"]
+    ok = allowed & (lat <= deadline_s) if deadline_s is not None else allowed
+    feasible = bool(ok.any())
+    score = np.where(ok, util, -np.inf) if feasible else np.where(allowed, -lat, -np.inf)
+    k, j = np.unravel_index(int(np.argmax(score)), score.shape)
+    c = Choice(
+        names[k],
+        int(t["steps"][j]),
+        float(lat[k, j]),
+        float(q[k, j]),
+        float(t["cost"][k, j]),
+        float(util[k, j]),
+        feasible,
+    )
+    return c, int(k)
+
+
 def choose(
     backends: Sequence[BackendProfile],
     category: int,
@@ -92,27 +136,42 @@ def choose(
     deadline_s: float | None = None,
     busy_s: Sequence[float] | None = None,
 ) -> Choice:
-    """Best (backend, steps); if nothing meets the deadline, the fastest option (infeasible)."""
-    s = np.asarray(steps, dtype=np.float64)
-    busy = np.zeros(len(backends)) if busy_s is None else np.asarray(busy_s, dtype=np.float64)
-    lat = busy[:, None] + np.array([b.step_latency_s for b in backends])[:, None] * s[None, :]
-    q = np.array([b.curve(category)(s) for b in backends])
-    cost = np.array([b.price_per_step for b in backends])[:, None] * s[None, :]
-    allowed = s[None, :] <= np.array([b.max_steps for b in backends])[:, None]
-    util = q - latency_weight * lat - cost_weight * cost
-    ok = allowed & (lat <= deadline_s if deadline_s is not None else True)
-    feasible = bool(ok.any())
-    score = np.where(ok, util, -np.inf) if feasible else np.where(allowed, -lat, -np.inf)
-    k, j = np.unravel_index(int(np.argmax(score)), score.shape)
-    return Choice(
-        backends[k].name,
-        int(s[j]),
-        float(lat[k, j]),
-        float(q[k, j]),
-        float(cost[k, j]),
-        float(util[k, j]),
-        feasible,
-    )
+    """Best (backend, steps); if nothing meets the deadline, the fastest option (infeasible).
+
+    ``busy_s`` is each backend's backlog (seconds of queued work ahead of this request); the
+    predicted latency is backlog plus this request's own run time.
+    """
+    bt = tuple(backends)
+    t = _table(bt, tuple(int(x) for x in steps))
+    busy = np.zeros(len(bt)) if busy_s is None else np.asarray(busy_s, dtype=np.float64)
+    names = [b.name for b in bt]
+    return _pick(t, names, category, busy, latency_weight, cost_weight, deadline_s)[0]
+
+
+def choose_batch(
+    backends: Sequence[BackendProfile],
+    categories: Sequence[int],
+    steps: Sequence[int],
+    latency_weight: float = 0.1,
+    cost_weight: float = 0.0,
+    deadline_s: float | None = None,
+    busy_s: Sequence[float] | None = None,
+) -> list[Choice]:
+    """Decide for requests in arrival order; each choice joins its backend's backlog.
+
+    The queue-aware list-scheduling form of :func:`choose`: request i sees the backlog left by
+    requests 0..i-1 (each backend serves one job at a time, first come first served).
+    """
+    bt = tuple(backends)
+    t = _table(bt, tuple(int(x) for x in steps))
+    names = [b.name for b in bt]
+    busy = np.zeros(len(bt)) if busy_s is None else np.array(busy_s, dtype=np.float64)
+    out = []
+    for c in categories:
+        choice, k = _pick(t, names, int(c), busy, latency_weight, cost_weight, deadline_s)
+        busy[k] = choice.latency_s
+        out.append(choice)
+    return out
 
 
 __all__ = [
@@ -120,6 +179,7 @@ __all__ = [
     "BackendProfile",
     "Choice",
     "choose",
+    "choose_batch",
     "default_backends",
     "prompt_category",
 ]

@@ -32,3 +32,19 @@ def test_milp_is_an_upper_bound_and_ours_reaches_98_percent(seed):
     for fn in (ap.ours, ap.gao_sa, ap.best_quality, ap.largest_model, ap.random_model):
         assert evaluate(p, fn(p, rng))["utility"] <= opt + 1e-6
     assert evaluate(p, ap.ours(p))["utility"] >= 0.98 * opt
+
+
+def test_the_papers_named_benchmarks():
+    rng = np.random.default_rng(3)
+    p = make_problem(rng, 6, units=6, steps=(5, 10, 20, 50))
+    _, opt = ap.milp_optimum(p)
+    plans = {f.__name__: f(p, rng) for f in (ap.direct_sa, ap.equal_allocation, ap.optimal_step)}
+    plans["gao_sa"] = ap.anneal(p, ap.threshold_assignment(p), rng, iters=400)
+    u = {k: evaluate(p, v)["utility"] for k, v in plans.items()}
+    assert all(v <= opt + 1e-6 for v in u.values())
+    assert u["optimal_step"] >= u["gao_sa"] - 1e-9  # exact steps/units for the same assignment
+    assert u["optimal_step"] >= u["equal_allocation"] - 1e-9
+    eq = plans["equal_allocation"]
+    used = np.unique(eq.model)
+    assert eq.units[used].max() - eq.units[used].min() <= 1  # an equal split
+    assert (plans["direct_sa"].model == ap.best_quality(p).model).all()

@@ -96,3 +96,53 @@ def test_carried_queues_slow_later_schemes_as_in_the_published_code():
     first = paper_completion(sc, q).mean()
     greedy(sc, eligible(sc, sc.labels("vlm", rng)), q)
     assert paper_completion(sc, q).mean() > 1.5 * first
+
+
+def _dense_optimum(ready, tpi, deadline):
+    """Hungarian algorithm on every (task, slot) pair with n slots per server: the full model."""
+    from scipy.optimize import linear_sum_assignment
+
+    from schedulers.contract_alloc import slot_cost
+
+    n, m = ready.shape
+    srv, k = np.repeat(np.arange(m), n), np.tile(np.arange(1, n + 1), m)
+    cost = slot_cost(ready, tpi, k, srv, deadline)
+    r, c = linear_sum_assignment(cost)
+    return int(cost[r, c].sum())
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_certified_sparse_solver_equals_the_dense_hungarian_optimum(seed):
+    from schedulers.contract_alloc import solve_slots
+
+    rng = np.random.default_rng(seed)
+    for _ in range(8):
+        n, m = int(rng.integers(3, 40)), int(rng.integers(1, 6))
+        ready, tpi = rng.uniform(0, 300, (n, m)), rng.uniform(20, 90, m)
+        deadline = float(rng.choice([1000.0, 300.0, 120.0]))  # tight ones force late tasks
+        srv, obj = solve_slots(ready, tpi, deadline, seed=seed)
+        assert obj == _dense_optimum(ready, tpi, deadline)
+        assert srv.shape == (n,) and srv.min() >= 0 and srv.max() < m
+
+
+def test_exact_matches_the_old_hungarian_allocator_on_the_scenario():
+    from schedulers.contract_alloc import exact_hungarian, slot_cost
+
+    rng = np.random.default_rng(4)
+    sc = make_scenario(rng, 150, 12)
+    allowed = eligible(sc, sc.labels("vlm", rng))
+
+    def total(choice):
+        out = 0
+        for k in np.unique(choice):
+            r = np.sort(sc.trans_ms[choice == k, k])
+            pos = np.arange(1, r.size + 1)
+            srv = np.zeros(r.size, dtype=np.int64)
+            out += int(
+                np.diag(
+                    slot_cost(r[:, None], sc.time_per_img_ms[[k]], pos, srv, sc.deadline_ms)
+                ).sum()
+            )
+        return out
+
+    assert total(exact(sc, allowed)) == total(exact_hungarian(sc, allowed))

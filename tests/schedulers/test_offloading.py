@@ -59,3 +59,26 @@ def test_closed_form_edge_steps_match_enumeration():
     for u in range(1, p.units + 1):
         brute = edge_terms(p, grid, u)["cost"].min(axis=1)
         assert np.minimum(cost[:, u], INFEASIBLE) == pytest.approx(np.minimum(brute, INFEASIBLE))
+
+
+def test_sb3_adapter_walks_users_like_the_environment():
+    """The PPO row's adapter: actions -> units (clipped to what is left) -> the same objective."""
+    from schedulers.bench_sb3 import offloading_policy
+
+    class Always:
+        def __init__(self, a):
+            self.a = a
+
+        def predict(self, obs, deterministic=True):
+            assert obs.shape == (6,)
+            return np.int64(self.a), None
+
+    p = make_problem(np.random.default_rng(3), 6)
+    local = offloading_policy(Always(0))(p)
+    assert local.units.tolist() == [0] * 6
+    assert evaluate(p, local)["objective"] == pytest.approx(
+        evaluate(p, op.all_local(p))["objective"]
+    )
+    greedy = offloading_policy(Always(4))(p)
+    assert greedy.units.tolist() == [4, 4, 2, 0, 0, 0]  # 10 units, clipped as they run out
+    assert evaluate(p, greedy)["objective"] >= evaluate(p, op.ours(p))["objective"] - 1e-9

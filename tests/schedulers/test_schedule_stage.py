@@ -6,6 +6,7 @@ import pytest
 
 from schedulers.online import BackendProfile, choose, default_backends, prompt_category
 from trustgain.digest import canonical_json
+from trustgain.errors import ConfigError
 from trustgain.scheduling.backend_steps import ScheduleBackendSteps
 from trustgain.stage import Phase, RunContext, stage_settings
 from trustgain.types import GenerationRequest, Item
@@ -70,11 +71,30 @@ def test_prompt_categories():
     assert prompt_category(" ".join(["word"] * 30)) == (3, "word-count rule")
 
 
-def test_bad_settings_fail():
-    with pytest.raises(ValueError):
+def test_bad_settings_fail_with_a_hint():
+    with pytest.raises(ConfigError, match="at least one backend") as e:
         ScheduleBackendSteps(backends=())
-    with pytest.raises(ValueError):
+    assert e.value.hint
+    with pytest.raises(ConfigError, match="steps"):
         ScheduleBackendSteps(steps=(0,))
     dup = BackendProfile("a", 0.1, ((30.0, 20.0, 5.0),) * 4)
-    with pytest.raises(ValueError):
+    with pytest.raises(ConfigError, match="unique"):
         ScheduleBackendSteps(backends=(dup, dup))
+    with pytest.raises(ConfigError, match="queue"):
+        ScheduleBackendSteps(queue="")
+
+
+def test_choose_batch_is_sequential_choose_with_growing_backlog():
+    from schedulers.online import choose_batch
+
+    backends = default_backends()
+    cats = [0, 3, 1, 2, 3, 3, 0]
+    grid = (5, 10, 20, 50)
+    got = choose_batch(backends, cats, grid, latency_weight=1.0)
+    busy = [0.0] * len(backends)
+    names = [b.name for b in backends]
+    for c, g in zip(cats, got, strict=True):
+        want = choose(backends, c, grid, latency_weight=1.0, busy_s=busy)
+        assert want == g
+        busy[names.index(g.backend)] = g.latency_s
+    assert len({g.backend for g in got}) >= 2

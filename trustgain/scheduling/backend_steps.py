@@ -8,6 +8,15 @@ sets ``request.backend`` (also left in ``item.notes["schedule"]``), which
 :class:`trustgain.generators.MultiGenerator` uses to run that pipeline. The provenance
 record gets the decision and its predicted latency, quality and cost; never the prompt text,
 never a key.
+
+Live queues: with ``queue`` set to the name of a shared
+:class:`trustgain.scheduling.queue.QueueState`, the decision sees each backend's current backlog
+(pending jobs and predicted seconds until free) and predicts latency as backlog plus run time,
+so a busy backend loses to an idle one when the wait outweighs the quality gain. The snapshot it
+used goes into the provenance params. With ``reserve`` (default), the stage also enqueues the job
+it decided on; wrap the generator in :class:`trustgain.scheduling.queue.QueuedGenerator` so that
+each finished run dequeues it. A backlog known only as a count is priced at that many runs of the
+step grid's median length on that backend ([INF], a plain estimate).
 """
 
 from __future__ import annotations
@@ -16,7 +25,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+import numpy as np
+
 from schedulers.online import CATEGORIES, BackendProfile, choose, default_backends, prompt_category
+from trustgain.errors import ConfigError
+from trustgain.scheduling.queue import queue_state
 from trustgain.stage import Phase, RunContext
 from trustgain.types import Item, StageResult
 
@@ -36,12 +49,13 @@ class ScheduleBackendSteps:
     ``backends``: profiles (or their dicts, as saved in trustgain.json); ``steps``: the grid of
     step counts tried; ``latency_weight`` in quality points (CLIPScore x100) per second;
     ``deadline_s``: optional latency bound; ``keep_requested_steps``: if the
-    caller set ``num_inference_steps``, only the backend is chosen.
+    caller set ``num_inference_steps``, only the backend is chosen; ``queue``: name of a shared
+    queue state whose backlog enters the decision; ``reserve``: enqueue the decided job there.
     """
 
     name: ClassVar[str] = "schedule.backend_steps"
     phase: ClassVar[Phase] = Phase.SCHEDULE
-    version: ClassVar[str] = "1"
+    version: ClassVar[str] = "2"
     requires: ClassVar[frozenset[str]] = frozenset()
 
     backends: tuple[BackendProfile, ...] = field(default_factory=default_backends)
@@ -50,30 +64,52 @@ class ScheduleBackendSteps:
     cost_weight: float = 0.0
     deadline_s: float | None = None
     keep_requested_steps: bool = False
+    queue: str | None = None
+    reserve: bool = True
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "backends", tuple(_profile(b) for b in self.backends))
         object.__setattr__(self, "steps", tuple(int(s) for s in self.steps))
-        if not self.backends:
-            raise ValueError("at least one backend profile is needed")
-        if len({b.name for b in self.backends}) != len(self.backends):
-            raise ValueError("backend names must be unique")
-        if not self.steps or min(self.steps) < 1:
-            raise ValueError("steps must be a non-empty grid of positive integers")
-        if self.latency_weight < 0 or self.cost_weight < 0:
-            raise ValueError("weights must be non-negative")
-        if self.deadline_s is not None and self.deadline_s <= 0:
-            raise ValueError("deadline_s must be positive")
+        bad = _check(self)
+        if bad:
+            raise ConfigError(f"schedule.backend_steps: {bad[0]}", hint=bad[1])
+
+    def _backlog(self) -> tuple[list[float], dict[str, Any]] | None:
+        """Seconds until each backend is free, and the snapshot as recorded."""
+        if self.queue is None:
+            return None
+        snap = queue_state(self.queue).snapshot()
+        median = float(np.median(self.steps))
+        busy, pending, busy_rec = [], {}, {}
+        for b in self.backends:
+            q = snap.get(b.name)
+            n = q.pending if q else 0
+            s = (q.busy_s if q.busy_s is not None else n * b.step_latency_s * median) if q else 0.0
+            busy.append(s)
+            pending[b.name] = n
+            busy_rec[b.name] = round(s, 6)
+        source = "external" if queue_state(self.queue).source is not None else "tracked"
+        return busy, {"name": self.queue, "source": source, "pending": pending, "busy_s": busy_rec}
 
     def __call__(self, item: Item, ctx: RunContext) -> StageResult:
         request = item.request
         category, source = prompt_category(request.prompt)
         requested = request.num_inference_steps
         grid = (requested,) if self.keep_requested_steps and requested else self.steps
+        backlog = self._backlog()
         c = choose(
-            self.backends, category, grid, self.latency_weight, self.cost_weight, self.deadline_s
+            self.backends,
+            category,
+            grid,
+            self.latency_weight,
+            self.cost_weight,
+            self.deadline_s,
+            busy_s=None if backlog is None else backlog[0],
         )
         decision = {"backend": c.backend, "num_inference_steps": c.steps}
+        if backlog is not None and self.reserve and self.queue is not None:
+            k = [b.name for b in self.backends].index(c.backend)
+            queue_state(self.queue).submit(c.backend, max(c.latency_s - backlog[0][k], 0.0))
         new = item.replace(request=request.replace(num_inference_steps=c.steps, backend=c.backend))
         params = {
             "policy": "schedulers.online.choose",
@@ -92,4 +128,23 @@ class ScheduleBackendSteps:
             "deadline_s": self.deadline_s,
             "candidates": [b.name for b in self.backends],
         }
+        if backlog is not None:
+            params["queue"] = {**backlog[1], "reserved": self.reserve}
         return StageResult(new.with_note("schedule", decision), params)
+
+
+def _check(s: ScheduleBackendSteps) -> tuple[str, str] | None:
+    """What is wrong with the settings, and the hint; None if they are fine."""
+    if not s.backends:
+        return "at least one backend profile is needed", "list the wrapped pipelines' profiles"
+    if len({b.name for b in s.backends}) != len(s.backends):
+        return "backend names must be unique", "give each wrapped pipeline its own name"
+    if not s.steps or min(s.steps) < 1:
+        return "steps must be a non-empty grid of positive integers", "e.g. steps=[10, 20, 30]"
+    if s.latency_weight < 0 or s.cost_weight < 0:
+        return "weights must be non-negative", "use 0 to ignore latency or price"
+    if s.deadline_s is not None and s.deadline_s <= 0:
+        return "deadline_s must be positive", "leave it unset for no deadline"
+    if s.queue is not None and not s.queue:
+        return "queue must be a non-empty name", "leave it unset to ignore queues"
+    return None
