@@ -49,12 +49,18 @@ class DiffusersGenerator:
         return capability in self._params
 
     def describe(self) -> dict[str, Any]:
-        return {
+        from trustgain.privacy.finetune_card import model_privacy
+
+        described: dict[str, Any] = {
             "kind": self.kind,
             "class": type(self.pipe).__name__,
             "model_id": self.model_id,
             "config_sha256": self.config_sha256(),
         }
+        privacy = model_privacy(self.pipe)  # None unless made by `trustgain finetune`
+        if privacy is not None:
+            described["privacy"] = privacy
+        return described
 
     def config_sha256(self) -> str:
         """Digest of the pipeline's and its components' configs (not of the weights)."""

@@ -1,0 +1,216 @@
+"""DP fine-tuning: per-sample loss, weights that move (or not), ledger, resume, model card."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from tiny import tiny_sd_pipeline
+
+from trustgain.digest import canonical_json
+from trustgain.errors import ConfigError, InputError, OutputExistsError
+from trustgain.privacy import finetune_trainable as tr
+from trustgain.privacy.accounting import epsilon_spent
+from trustgain.privacy.finetune import finetune, per_sample_mse, plan
+from trustgain.privacy.finetune_card import model_privacy
+from trustgain.privacy.finetune_data import load_records, write_folder
+from trustgain.privacy.ledger import BudgetExceeded, Ledger
+
+FAST = dict(epochs=1, batch_size=4, progress=False, lr=1e-3, accountant="rdp")  # prv is slow
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Two threads on a shared 2-core machine are ~3x slower than one."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("base") / "tiny-sd"
+    tiny_sd_pipeline().save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def records():
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (12, 16, 16, 3), dtype=np.uint8)
+    return images, [f"digit {i % 3}" for i in range(12)]
+
+
+def _unet_state(folder):
+    from diffusers import UNet2DConditionModel
+
+    return UNet2DConditionModel.from_pretrained(folder, subfolder="unet").state_dict()
+
+
+def test_per_sample_gradients_are_each_samples_own():
+    """opacus' grad_sample of a batch == the gradient of each sample's loss alone."""
+    from opacus import GradSampleModule
+
+    torch.manual_seed(0)
+    unet = tiny_sd_pipeline().unet.train()
+    x, t, s = torch.randn(3, 4, 8, 8), torch.tensor([10, 500, 900]), torch.randn(3, 16, 16)
+    target = torch.randn(3, 4, 8, 8)
+    gsm = GradSampleModule(unet)
+    per = per_sample_mse(gsm(x, t, s).sample, target)
+    assert per.shape == (3,)
+    with pytest.warns(UserWarning, match="backward hook"):  # inputs need no grad here
+        per.mean().backward()
+    p = unet.down_blocks[1].attentions[0].transformer_blocks[0].attn2.to_k.weight
+    batched = p.grad_sample.clone()
+    gsm._close()
+    for i in range(3):
+        unet.zero_grad()
+        per_sample_mse(unet(x[i:i + 1], t[i:i + 1], s[i:i + 1]).sample, target[i:i + 1]).backward()
+        torch.testing.assert_close(batched[i], p.grad, rtol=1e-4, atol=1e-6)
+
+
+def test_per_sample_mse_is_one_value_per_record():
+    pred, target = torch.randn(5, 4, 8, 8), torch.randn(5, 4, 8, 8)
+    per = per_sample_mse(pred, target)
+    assert per.shape == (5,)
+    torch.testing.assert_close(per[2], torch.nn.functional.mse_loss(pred[2], target[2]))
+    with pytest.raises(ValueError, match="batched"):
+        per_sample_mse(pred.mean(0), target.mean(0)[None])
+
+
+@pytest.mark.parametrize("trainable", ["attention", "lora"])
+def test_only_the_chosen_weights_change(base, records, tmp_path, trainable):
+    out = tmp_path / "out"
+    rep = finetune(base, records, out, dp=True, noise_multiplier=1.0, trainable=trainable,
+                   **FAST)
+    before, after = _unet_state(base), _unet_state(out)
+    assert set(before) == set(after)  # LoRA fused: a plain UNet comes out
+    attn = [k for k in before if ".attn1." in k or ".attn2." in k]
+    proj = [k for k in attn if any(f".{m}." in k for m in tr.LORA_TARGETS) and "weight" in k]
+    other = [k for k in before if k not in attn]
+    assert all(not torch.equal(before[k], after[k]) for k in proj)
+    assert all(torch.equal(before[k], after[k]) for k in other)
+    assert rep.trainable_params < sum(v.numel() for v in before.values())
+
+
+def test_stuck_and_moved_weights_are_caught():
+    a, b = torch.nn.Parameter(torch.ones(3)), torch.nn.Parameter(torch.ones(2))
+    named = [("a", a), ("b", b)]
+    fp = tr.Fingerprint.of(named)
+    with torch.no_grad():
+        a.add_(1.0)
+    with pytest.raises(tr.TrainingCheckFailed, match="did not change"):
+        tr.check_moved(fp, named)  # b is stuck
+    with pytest.raises(tr.TrainingCheckFailed, match="frozen"):
+        tr.check_frozen(fp, named)  # a moved
+    with pytest.raises(tr.TrainingCheckFailed, match="per-sample"):
+        tr.check_gradients(named, dp=True)  # no grad_sample at all
+
+
+def test_ledger_refuses_before_spending_and_charges_after(base, records, tmp_path):
+    book = Ledger.create(tmp_path / "ledger.json", dataset="toy", epsilon=3.0, delta=1e-4)
+    with pytest.raises(BudgetExceeded):
+        finetune(base, records, tmp_path / "a", dp=True, noise_multiplier=0.5,
+                 ledger=book.path, **FAST)
+    assert book.spends() == [] and not (tmp_path / "a").exists()
+    rep = finetune(base, records, tmp_path / "b", dp=True, noise_multiplier=2.0,
+                   ledger=book.path, **FAST)
+    (spend,) = book.spends()
+    assert spend.epsilon == pytest.approx(rep.epsilon) and spend.accountant == "rdp"
+    q, steps = plan(n_records=12, batch_size=4, epochs=1)
+    assert rep.epsilon == pytest.approx(epsilon_spent(
+        accountant="rdp", noise_multiplier=2.0, sample_rate=q, steps=steps, delta=1e-5))
+
+
+def test_privacy_facts_in_card_json_and_config(base, records, tmp_path):
+    out = tmp_path / "m"
+    rep = finetune(base, records, out, dp=True, target_epsilon=20.0, **FAST)
+    doc = json.loads((out / "privacy.json").read_text())
+    assert doc["epsilon"] == rep.epsilon <= 20.0 and doc["sample_rate"] == rep.sample_rate
+    assert doc["steps"] == rep.steps == 3 and doc["noise_multiplier"] == rep.noise_multiplier
+    assert f"{rep.epsilon:.4g}" in (out / "README.md").read_text()
+    from diffusers import StableDiffusionPipeline
+
+    facts = model_privacy(StableDiffusionPipeline.from_pretrained(out))
+    assert facts["epsilon"] == rep.epsilon and facts["accountant"] == "rdp"
+    canonical_json({"generator": {"privacy": facts}})  # fits a signed provenance record
+    assert model_privacy(base) is None
+    with pytest.raises(OutputExistsError):
+        finetune(base, records, out, dp=True, target_epsilon=20.0, **FAST)
+
+
+def test_non_private_run_says_so(base, records, tmp_path):
+    rep = finetune(base, records, tmp_path / "np", dp=False, **FAST)
+    assert rep.epsilon == float("inf")
+    assert "Not differentially private" in (tmp_path / "np" / "README.md").read_text()
+    assert json.loads((tmp_path / "np" / "privacy.json").read_text())["epsilon"] == "inf"
+    facts = model_privacy(tmp_path / "np")
+    assert facts["dp"] is False and facts["epsilon"] == "inf"
+    canonical_json(facts)
+    with pytest.raises(ConfigError, match="ledger"):
+        finetune(base, records, tmp_path / "x", dp=False, ledger=tmp_path / "l.json", **FAST)
+    with pytest.raises(ConfigError, match="exactly one"):
+        finetune(base, records, tmp_path / "x", dp=True, **FAST)
+
+
+def test_resume_continues_step_and_accountant(base, records, tmp_path, monkeypatch):
+    from trustgain.privacy import finetune_run
+
+    out, calls = tmp_path / "r", {"n": 0}
+    real = finetune_run.Run._step
+
+    def crash_at_third(self):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return real(self)
+
+    monkeypatch.setattr(finetune_run.Run, "_step", crash_at_third)
+    kw = dict(FAST, epochs=2, dp=True, noise_multiplier=1.5)
+    with pytest.raises(KeyboardInterrupt):
+        finetune(base, records, out, checkpoint_every=1, **kw)
+    monkeypatch.setattr(finetune_run.Run, "_step", real)
+    ckpt = tmp_path / ".r.checkpoint.pt"
+    assert ckpt.is_file() and not out.exists()
+    with pytest.raises(ConfigError, match="other settings"):
+        finetune(base, records, out, **dict(kw, noise_multiplier=1.6))
+    rep = finetune(base, records, out, **kw)
+    assert rep.resumed_from_step == 2 and not ckpt.exists()
+    q, steps = plan(n_records=12, batch_size=4, epochs=2)
+    assert rep.epsilon == pytest.approx(epsilon_spent(
+        accountant="rdp", noise_multiplier=1.5, sample_rate=q, steps=steps, delta=1e-5))
+
+
+def test_imagefolder_round_trip_and_bad_folders(records, tmp_path):
+    images, captions = records
+    folder = write_folder(tmp_path / "d", images, captions)
+    got, caps = load_records(folder, resolution=16)
+    assert np.array_equal(got, images) and caps == captions
+    with pytest.raises(InputError, match=r"metadata\.jsonl"):
+        load_records(tmp_path, resolution=16)
+    (tmp_path / "e").mkdir()
+    (tmp_path / "e" / "metadata.jsonl").write_text('{"file_name": "../x.png", "text": "a"}\n')
+    with pytest.raises(InputError, match="outside"):
+        load_records(tmp_path / "e", resolution=16)
+
+
+def test_record_carries_finetune_privacy(tmp_path):
+    """Every provenance record made with a `trustgain finetune` model names its spent budget."""
+    import numpy as np
+    from diffusers import StableDiffusionPipeline
+    from tiny import tiny_sd_pipeline
+
+    from trustgain.generators.diffusers import DiffusersGenerator
+    from trustgain.privacy.finetune import finetune
+
+    tiny_sd_pipeline().save_pretrained(tmp_path / "b")
+    imgs = np.random.default_rng(0).integers(0, 256, (8, 16, 16, 3), np.uint8)
+    rep = finetune(tmp_path / "b", (imgs, ["a"] * 8), tmp_path / "m", dp=True,
+                   noise_multiplier=1.0, epochs=1, batch_size=4, accountant="rdp", progress=False)
+    d = DiffusersGenerator(StableDiffusionPipeline.from_pretrained(tmp_path / "m")).describe()
+    assert d["privacy"]["epsilon"] == rep.epsilon and d["privacy"]["accountant"] == "rdp"
+    base = DiffusersGenerator(StableDiffusionPipeline.from_pretrained(tmp_path / "b")).describe()
+    assert "privacy" not in base
