@@ -88,6 +88,7 @@ BUILTIN_STAGES: dict[str, str] = {
     "watermark.latent": "trustgain.watermark.latent:LatentMark",
     "watermark.pixel": "trustgain.watermark.pixel_stage:PixelMark",
     "audit.outputs": "trustgain.audit.outputs:OutputCheck",
+    "privacy.memorization": "trustgain.privacy.memorization:MemorizationGuard",
 }
 _USER_STAGES: dict[str, type] = {}
 

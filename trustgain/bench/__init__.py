@@ -16,6 +16,8 @@ AREAS: dict[str, str] = {
     "watermark-security": "trustgain.bench.watermark_security",
     "watermark-latent": "trustgain.bench.watermark_latent",
     "privacy": "trustgain.bench.privacy",
+    "privacy-finetune": "trustgain.bench.privacy_finetune",
+    "privacy-audit": "trustgain.bench.privacy_audit",
 }
 
 

@@ -8,6 +8,7 @@ import sys
 import click
 
 from trustgain import __version__
+from trustgain.cli.audit import audit
 from trustgain.cli.finetune import finetune
 from trustgain.cli.generate import generate
 from trustgain.cli.keys import keys
@@ -38,6 +39,7 @@ cli.add_command(generate)
 cli.add_command(stages)
 cli.add_command(watermark)
 cli.add_command(finetune)
+cli.add_command(audit)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -4,7 +4,9 @@ Kinds and how each is confirmed (a regex alone would mask too much):
 
 - ``EMAIL``: address syntax (RFC 5322 subset).
 - ``PHONE``: the maintained ``phonenumbers`` matcher (libphonenumber metadata) at leniency
-  ``VALID``; numbers without ``+`` are read in the ``region`` setting.
+  ``STRICT_GROUPING`` (a valid number whose digit groups follow the number's own format, so
+  "numbers 5 12 23 34 45 6" is not read as 512-233-4456); numbers without ``+`` are read
+  in the ``region`` setting. Reserved fictional ranges (e.g. UK 07700 900xxx) are not valid.
 - ``CARD``: 13-19 digits passing the Luhn check, starting with a major network's digit (2-6),
   either unbroken or in a printed card grouping (4-4-4-4, 4-6-5, ...). Luhn is four lines
   and has no library worth a dependency, so it is written here. A 9 in 10 chance for random
@@ -14,11 +16,15 @@ Kinds and how each is confirmed (a regex alone would mask too much):
   BBAN format and the ISO 7064 mod-97 checksum).
 - ``IP``: IPv4 and IPv6, validated by the stdlib ``ipaddress``. A dotted quad is a valid
   address even when it is meant as a version, so we mask it (privacy first) unless a version
-  cue precedes it (``v1.2.3.4``, ``version 1.2.3.4``, ``release 1.2.3.4``) or it is part of a
-  longer dotted run (``1.2.3.4.5``). IPv6 needs two non-empty groups and four hex digits, so
-  ``a::b`` (C++ scope) and ``::1`` (loopback, not personal) stay.
-- ``SECRET``: AWS access key ids, GitHub tokens, Slack tokens and webhooks, PEM private
-  keys, JWTs, and ``api_key=...``-style assignments (only the value is masked). Pattern
+  cue precedes it (``v1.2.3.4``, ``version``/``release``/``build``/``edition``/``firmware``/
+  ``section``/``clause``/``chapter 1.2.3.4``, also after a list such as "sections 1.2.3 and
+  1.2.3.1") or it is part of a longer dotted run (``1.2.3.4.5``). IPv6 needs two non-empty
+  groups and four hex digits, so ``a::b`` (C++ scope) and ``::1`` (loopback, not personal)
+  stay.
+- ``SECRET``: AWS access key ids, GitHub tokens, OpenAI/Anthropic (``sk-...``), Stripe
+  (``sk_live_...``), Google (``AIza...``) and Hugging Face (``hf_...``) keys, Slack tokens
+  and webhooks, PEM private keys, JWTs, and ``api_key=...``-style assignments, also with a
+  prefix (``AWS_SECRET_ACCESS_KEY=...``; only the value is masked). Pattern
   lists in secret scanners (gitleaks, detect-secrets) are data files, not Python APIs we can
   call per string, so the common formats are written out here.
 
@@ -55,14 +61,19 @@ _SECRET_PATTERNS = [
     re.compile(r"\b(?:AKIA|ASIA|ABIA|ACCA|AGPA|AIDA|AROA)[0-9A-Z]{16}\b"),
     re.compile(r"\b(?:ghp|gho|ghu|ghs|ghr)_[A-Za-z0-9]{36,255}\b"),
     re.compile(r"\bgithub_pat_[A-Za-z0-9_]{22,255}\b"),
+    # OpenAI (sk-, sk-proj-, ...) and Anthropic (sk-ant-...) API keys
+    re.compile(r"\bsk-(?:[a-z]+-)*[A-Za-z0-9_-]{20,}"),
+    re.compile(r"\b(?:sk|rk)_(?:live|test)_[A-Za-z0-9]{16,}\b"),  # Stripe secret keys
+    re.compile(r"\bAIza[0-9A-Za-z_-]{35}(?![\w-])"),  # Google API keys
+    re.compile(r"\bhf_[A-Za-z0-9]{30,}\b"),  # Hugging Face access tokens
     re.compile(r"\bxox[abposre]-[A-Za-z0-9-]{10,}"),
     re.compile(r"https://hooks\.slack\.com/services/[A-Za-z0-9/_-]+"),
 ]
 # ``api_key = "..."``: group 1 is the value, masked alone so the log still says what it was.
 _ASSIGNMENT = re.compile(
-    r"(?i)\b(?:api[_-]?key|apikey|secret(?:[_-]?key)?|access[_-]?token|auth[_-]?token|token"
-    r"|password|passwd|pwd|client[_-]?secret|private[_-]?key)\b[\"']?\s*[:=]\s*[\"']?"
-    r"([^\s\"',;]{6,})"
+    r"(?i)\b(?:[a-z0-9]+_)*(?:api[_-]?key|apikey|secret(?:[_-]?(?:access[_-]?)?key)?"
+    r"|access[_-]?(?:token|key)|auth[_-]?token|token|password|passwd|pwd|client[_-]?secret"
+    r"|private[_-]?key)\b[\"']?\s*[:=]\s*[\"']?([^\s\"',;]{6,})"
 )
 _EMAIL = re.compile(
     r"(?<![\w.+-])[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
@@ -78,11 +89,15 @@ _CARD_GROUPINGS = frozenset(
 )
 _IPV4 = re.compile(r"(?<![\w.])(?:\d{1,3}\.){3}\d{1,3}(?![\w]|\.\d)")
 _IPV6 = re.compile(r"(?<![\w:.])[0-9A-Fa-f]{0,4}(?::[0-9A-Fa-f]{0,4}){2,7}(?:/\d{1,3})?(?![\w:])")
-_LENIENCY = phonenumbers.Leniency.VALID
+_LENIENCY = phonenumbers.Leniency.STRICT_GROUPING
 _PAREN = re.compile(r"\s\(")
 # Digits inside an IBAN-shaped token that failed its checksum are not a phone number.
 _IBAN_HEAD = re.compile(r"\b[A-Z]{2}\d{2}(?: ?[A-Z0-9]{4})+ ?$")
-_VERSION_CUE = re.compile(r"(?i)(?:\bv|\bversion\s*|\brelease\s*|\bbuild\s*|\bver\.?\s*)$")
+# A cue word, then optionally a list of other dotted numbers ("sections 1.2.3 and 1.2.3.1").
+_VERSION_CUE = re.compile(
+    r"(?i)(?:\bv|\b(?:version|release|build|edition|firmware|section|clause|chapter|ver\.?)"
+    r"(?:s|\s+numbers?)?\s*)(?:[\d.]+\s*(?:,|and|or|to|->)\s*)*$"
+)
 
 
 def luhn_ok(digits: str) -> bool:
@@ -139,7 +154,7 @@ def _cards(text: str, region: str) -> Iterator[Span]:
 
 def _ips(text: str, region: str) -> Iterator[Span]:
     for m in _IPV4.finditer(text):
-        if _VERSION_CUE.search(text[max(0, m.start() - 10) : m.start()]):
+        if _VERSION_CUE.search(text[max(0, m.start() - 40) : m.start()]):
             continue
         try:
             ipaddress.IPv4Address(m.group())
@@ -190,19 +205,38 @@ def redact(
     Kinds run in the order of :data:`KINDS` (secrets first, phones last), each on the text
     the previous ones left, so a token's digits are not re-read as a phone number.
     """
+    new, spans = redact_spans(text, region=region, kinds=kinds)
+    return new, dict(Counter(kind for _, _, kind in spans))
+
+
+def redact_spans(
+    text: str, *, region: str = "US", kinds: tuple[str, ...] = KINDS
+) -> tuple[str, list[tuple[int, int, str]]]:
+    """:func:`redact`, also giving each masked span as ``(start, end, kind)`` in ``text``.
+
+    For evaluation against labelled spans; the spans point into the caller's own text.
+    """
     unknown = set(kinds) - set(KINDS)
     if unknown:
         raise ValueError(f"unknown kinds {sorted(unknown)}; known: {', '.join(KINDS)}")
-    counts: Counter[str] = Counter()
+    found: list[tuple[int, int, str]] = []
+    # origin[i]: where character i of the current text came from (-1: a placeholder)
+    origin = list(range(len(text)))
     for kind in KINDS:
         if kind not in kinds:
             continue
         spans = _merge(list(_FINDERS[kind](text, region)))
         for start, end in reversed(spans):
-            text = f"{text[:start]}[{kind}]{text[end:]}"
-        if spans:
-            counts[kind] += len(spans)
-    return text, dict(counts)
+            src = [o for o in origin[start:end] if o >= 0]
+            if src:
+                found.append((min(src), max(src) + 1, kind))
+            else:  # only earlier placeholders matched: counted, at an empty span
+                at = max([o + 1 for o in origin[:start] if o >= 0], default=0)
+                found.append((at, at, kind))
+            placeholder = f"[{kind}]"
+            text = f"{text[:start]}{placeholder}{text[end:]}"
+            origin[start:end] = [-1] * len(placeholder)
+    return text, sorted(found)
 
 
 def _merge(spans: list[Span]) -> list[Span]:

@@ -1,0 +1,119 @@
+"""privacy.memorization: near-copies flagged, calibration, index files, the stage record."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from trustgain import GenerationRequest, Item, RunContext
+from trustgain.digest import canonical_json
+from trustgain.errors import AuditFailed, ConfigError, InputError, OutputExistsError
+from trustgain.privacy.memorization import (
+    MemorizationGuard,
+    build_index,
+    calibrate,
+    load_index,
+)
+
+
+def _blobs(n: int, seed: int) -> np.ndarray:
+    """Smooth random colour images (like generations, unlike white noise)."""
+    rng = np.random.default_rng(seed)
+    small = rng.random((n, 4, 4, 3))
+    return np.stack(
+        [np.asarray(Image.fromarray((s * 255).astype(np.uint8)).resize((32, 32))) for s in small]
+    )
+
+
+@pytest.fixture(scope="module")
+def calibrated():
+    train = _blobs(50, 0)
+    index = calibrate(build_index(train, k=5), _blobs(199, 1), target_rate=0.01)
+    return train, index
+
+
+def test_copies_flagged_fresh_images_not(calibrated):
+    train, index = calibrated
+    rng = np.random.default_rng(2)
+    copies = np.clip(train[:20] * 0.8 + 20 + rng.normal(0, 4, train[:20].shape), 0, 255)
+    assert index.flags(copies.astype(np.uint8)).all()  # darker, noisy copies still caught
+    assert index.flags(Image.fromarray(train[3]).resize((64, 64))).all()  # upscaled copy
+    assert index.flags(_blobs(300, 3)).mean() <= 0.03
+    assert index.calibration == {"target_rate": 0.01, "n": 199, "rank": 2,
+                                 "flagged_share": pytest.approx(1 / 199)}
+
+
+def test_calibration_needs_enough_generations():
+    index = build_index(_blobs(5, 0), k=2)
+    with pytest.raises(InputError, match="cannot support a false-flag rate"):
+        calibrate(index, _blobs(50, 1), target_rate=0.01)
+    with pytest.raises(ConfigError):
+        calibrate(index, _blobs(50, 1), target_rate=1.5)
+    with pytest.raises(ConfigError, match="not calibrated"):
+        index.flags(_blobs(1, 1))
+
+
+def test_index_file_round_trip(tmp_path, calibrated):
+    _, index = calibrated
+    path = index.save(tmp_path / "idx.npz")
+    back = load_index(path)
+    assert back.threshold == index.threshold and back.digest == index.digest
+    assert oct(path.stat().st_mode & 0o777) == "0o600"  # as private as the training data
+    with pytest.raises(OutputExistsError):
+        index.save(path)
+    (tmp_path / "bad.npz").write_bytes(b"nope")
+    with pytest.raises(InputError, match="not a memorization index"):
+        load_index(tmp_path / "bad.npz")
+    with pytest.raises(InputError, match="no such"):
+        load_index(tmp_path / "missing.npz")
+
+
+def _run(stage, outputs):
+    item = Item(request=GenerationRequest(prompt="x"), outputs=tuple(outputs))
+    return stage(item, RunContext(run_id="0" * 32, stage=stage.name, generator=None))
+
+
+def test_stage_records_flags_never_content(tmp_path, calibrated):
+    train, index = calibrated
+    path = index.save(tmp_path / "idx.npz")
+    outs = [Image.fromarray(train[7]), Image.fromarray(_blobs(1, 9)[0]), "a caption"]
+    result = _run(MemorizationGuard(index=str(path), on_flag="record"), outs)
+    p = result.params
+    assert p["flagged"] == 1 and [o["flagged"] for o in p["outputs"]] == [True, False]
+    assert p["outputs"][0]["distance"] < 0.05
+    record = canonical_json(dict(p)).decode()
+    assert len(record) < 1000  # distances and flags only, no pixels or neighbour ids
+    assert "neighbour" not in record and "nearest" not in record
+    with pytest.raises(AuditFailed, match="near-copies"):
+        _run(MemorizationGuard(index=str(path)), outs)
+    quiet = _run(MemorizationGuard(index=str(path)), outs[1:])
+    assert quiet.params["flagged"] == 0
+
+
+def test_stage_without_index_or_images(tmp_path, calibrated):
+    result = _run(MemorizationGuard(), [Image.new("RGB", (8, 8))])
+    assert not result.applied and "no memorization index" in result.reason
+    with pytest.raises(InputError, match="not found"):
+        _run(MemorizationGuard(index=str(tmp_path / "nope.npz")), [])
+    uncal = build_index(_blobs(3, 0), k=2).save(tmp_path / "u.npz")
+    with pytest.raises(ConfigError, match="not calibrated"):
+        _run(MemorizationGuard(index=str(uncal)), [])
+    _, index = calibrated
+    path = index.save(tmp_path / "i.npz")
+    none = _run(MemorizationGuard(index=str(path)), ["text only"])
+    assert not none.applied and none.reason == "no image outputs"
+    with pytest.raises(ValueError):
+        MemorizationGuard(on_flag="ignore")
+
+
+def test_stage_contract_when_registered(monkeypatch, sd_pipe, keyring):
+    """The shared contract test, with the stage registered as the lead will register it."""
+    import test_stage_contract as contract
+
+    from trustgain import stage as stage_mod
+
+    name = "privacy.memorization"
+    monkeypatch.setitem(stage_mod.BUILTIN_STAGES, name,
+                        "trustgain.privacy.memorization:MemorizationGuard")
+    contract.test_stage_contract(name, sd_pipe, keyring)

@@ -1,0 +1,315 @@
+"""Privacy audit area: membership inference, the memorization guard, and redaction.
+
+Setting (issue 6): trustgain-mini-sd fine-tuned on 100 images it never saw (renderings of the
+digits *test* split, one look and caption each; mini-sd trained on the train split only).
+Non-members: the other 260 test scans rendered the same way. All fine-tunes go through
+:func:`trustgain.privacy.finetune.finetune` (full UNet, batch 25, lr 3e-4).
+
+1. ``overfit``: a deliberately overfit non-private fine-tune (300 epochs, 1,200 steps).
+   Target: the membership attack (:mod:`trustgain.privacy.membership`) has AUC >= 0.7.
+2. ``dp``: the same data with DP-SGD at epsilon 4 (delta 1e-5, PRV accountant, 30 epochs).
+   Target: AUC <= 0.55 (point estimate; the bootstrap interval is in the note).
+   ``control``: the DP run's settings without DP (no target), so that a low DP AUC is not
+   only a short run. Each attack is run plain and calibrated by the public model.
+3. Memorization guard (:mod:`trustgain.privacy.memorization`): index of the 100 members,
+   threshold calibrated on 400 held-out generations of the public model (mini-sd, which
+   never saw them) for a false-flag rate of 0.5% (half the claimed 1%, as margin for a
+   finite test set). Near-copies are defined independently of
+   the guard's distance: generations whose SSIM (scikit-image) to some member is >= 0.8.
+   Targets: >= 95% of the overfit model's near-copies flagged (200 generations from member
+   captions); <= 1% of the DP model's other generations flagged (200, other seeds).
+4. Redaction on the hand-written labelled set (:mod:`trustgain.privacy.redact_labelled`):
+   precision >= 0.98 and recall >= 0.95 per kind.
+
+Trained models and generations are cached under ``$TRUSTGAIN_AUDIT_CACHE`` (default
+``/work/notes/privacy_audit``); delete a folder there to retrain it. ``--quick``: redaction
+only.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from trustgain.bench import Row
+
+N_MEMBERS = 100
+SEED = 0
+OVERFIT = {"epochs": 300, "batch_size": 25, "lr": 3e-4}
+DP = {"target_epsilon": 4.0, "delta": 1e-5, "epochs": 30, "batch_size": 25, "lr": 3e-4}
+AUC_ATTACK_MIN = 0.7
+AUC_DP_MAX = 0.55
+GUARD_TPR_MIN = 0.95
+GUARD_FFR_MAX = 0.01
+# The guard is calibrated for half the claimed rate: a threshold set exactly at 1% flags
+# about 1% of fresh outputs on average, so a finite test set would exceed it half the time.
+GUARD_CAL_RATE = 0.005
+NEAR_COPY_SSIM = 0.8
+DRAWS = 2  # noise draws per image and timestep in the membership attack
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("TRUSTGAIN_AUDIT_CACHE", "/work/notes/privacy_audit"))
+
+
+# -- data -----------------------------------------------------------------------------------
+
+
+def audit_data(seed: int = SEED) -> tuple[np.ndarray, list[str], np.ndarray, list[str]]:
+    """(member images, captions, non-member images, captions): uint8 (N, 32, 32, 3).
+
+    Each *test* scan is rendered once with a drawn look; a seeded permutation picks the
+    100 members, the rest are non-members.
+    """
+    from trustgain.models import data
+
+    images, labels = data.load_split("test")
+    rng = np.random.default_rng(seed)
+    looks = data.draw_looks(len(labels), rng)
+    x = data.render(data.upsample(images), looks, rng)
+    pixels = ((x.permute(0, 2, 3, 1).numpy() + 1.0) * 127.5).round().clip(0, 255)
+    pixels = pixels.astype(np.uint8)
+    caps = [data.caption(int(y), lk, rng) for y, lk in zip(labels, looks, strict=True)]
+    order = rng.permutation(len(labels))
+    mem, non = order[:N_MEMBERS], order[N_MEMBERS:]
+    return pixels[mem], [caps[i] for i in mem], pixels[non], [caps[i] for i in non]
+
+
+def write_folder(folder: Path, images: np.ndarray, captions: list[str]) -> Path:
+    """Images as PNG plus ``metadata.jsonl`` (the layout ``trustgain audit`` reads)."""
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    lines = []
+    for i, (im, cap) in enumerate(zip(images, captions, strict=True)):
+        name = f"{i:04d}.png"
+        Image.fromarray(im).save(folder / name)
+        lines.append(json.dumps({"file_name": name, "text": cap}))
+    (folder / "metadata.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return folder
+
+
+# -- models ---------------------------------------------------------------------------------
+
+
+def _load(path: str | Path) -> Any:
+    from diffusers import StableDiffusionPipeline
+    from diffusers.utils import logging as dlogging
+
+    dlogging.set_verbosity_error()
+    pipe = StableDiffusionPipeline.from_pretrained(str(path))
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def _nondp_model(name: str, members: tuple[np.ndarray, list[str]], settings: dict) -> Path:
+    """A cached non-private fine-tune by :func:`trustgain.privacy.finetune.finetune`."""
+    from trustgain.models import mini_sd_path
+    from trustgain.privacy.finetune import finetune
+
+    out = cache_dir() / name
+    if not (out / "model_index.json").is_file():
+        finetune(str(mini_sd_path()), members, str(out), dp=False, progress=False, seed=SEED,
+                 **settings)
+    return out
+
+
+def overfit_model(members: tuple[np.ndarray, list[str]]) -> Path:
+    """The deliberately overfit non-private fine-tune: full UNet, 300 epochs."""
+    return _nondp_model(f"overfit-ft-e{OVERFIT['epochs']}", members, OVERFIT)
+
+
+def control_model(members: tuple[np.ndarray, list[str]]) -> Path:
+    """Non-private fine-tune with the DP run's epochs, batch and rate (no clipping, no noise).
+
+    Shows what the DP run's few steps would leak without DP, so a low DP AUC is not just
+    a short run.
+    """
+    settings = {k: DP[k] for k in ("epochs", "batch_size", "lr")}
+    return _nondp_model(f"control-ft-e{DP['epochs']}", members, settings)
+
+
+def dp_model(members: tuple[np.ndarray, list[str]]) -> Path:
+    """The cached DP-SGD fine-tune at epsilon 4 (:func:`trustgain.privacy.finetune.finetune`)."""
+    from trustgain.models import mini_sd_path
+    from trustgain.privacy.finetune import finetune
+
+    out = cache_dir() / f"dp-eps{DP['target_epsilon']:g}-e{DP['epochs']}"
+    if not (out / "model_index.json").is_file():
+        finetune(str(mini_sd_path()), members, str(out), dp=True, progress=False, seed=SEED,
+                 target_epsilon=DP["target_epsilon"], delta=DP["delta"], epochs=DP["epochs"],
+                 batch_size=DP["batch_size"], lr=DP["lr"])
+    return out
+
+
+def generations(path: Path, captions: list[str], *, seed: int, steps: int = 20) -> np.ndarray:
+    """One image per caption (uint8), cached beside the model; seeds ``seed + i``."""
+    import torch
+
+    cache = path / f"generations-s{seed}-n{len(captions)}-t{steps}.npy"
+    if cache.is_file():
+        return np.load(cache)
+    pipe = _load(path)
+    out = []
+    for lo in range(0, len(captions), 50):
+        batch = captions[lo : lo + 50]
+        gens = [torch.Generator().manual_seed(seed + lo + i) for i in range(len(batch))]
+        images = pipe(batch, num_inference_steps=steps, guidance_scale=4.0, generator=gens,
+                      output_type="np").images
+        out.append((images * 255).round().clip(0, 255).astype(np.uint8))
+    result = np.concatenate(out)
+    np.save(cache, result)
+    return result
+
+
+def max_ssim(images: np.ndarray, train: np.ndarray) -> np.ndarray:
+    """Each image's highest SSIM (scikit-image) against any training image."""
+    from skimage.metrics import structural_similarity
+
+    return np.array([
+        max(structural_similarity(g, t, channel_axis=2, data_range=255) for t in train)
+        for g in images
+    ])
+
+
+# -- rows -------------------------------------------------------------------------------------
+
+
+def redaction_rows() -> list[Row]:
+    from trustgain.privacy.redact_labelled import load, score
+
+    samples = load()
+    table, _ = score(samples)
+    rows = []
+    for kind, r in table.items():
+        n = int(r["support"])
+        rows.append(Row(f"redact labelled {kind} precision", r["precision"], "share",
+                        ">= 0.98", r["precision"] >= 0.98,
+                        f"{int(r['masked'])} masked spans; {len(samples)} hand-written prompts"))
+        rows.append(Row(f"redact labelled {kind} recall", r["recall"], "share", ">= 0.95",
+                        r["recall"] >= 0.95, f"{n} labelled spans"))
+    return rows
+
+
+def _losses(pipe: Any, sets: tuple[Any, Any], draws: int) -> tuple[np.ndarray, np.ndarray]:
+    from trustgain.privacy.membership import denoising_losses
+
+    return tuple(denoising_losses(pipe, s.images, s.captions, draws=draws, seed=SEED)
+                 for s in sets)
+
+
+def _audit_rows(label: str, path: Path, base_losses: tuple[np.ndarray, np.ndarray],
+                sets: tuple[Any, Any], *, draws: int, target: tuple[str, bool] | None,
+                ) -> list[Row]:
+    from trustgain.privacy.membership import report_from_losses
+
+    lm, ln = _losses(_load(path), sets, draws)
+    rows = []
+    for ref in (None, base_losses):
+        rep = report_from_losses(lm, ln, reference=ref, seed=SEED)
+        ok = None
+        tgt = ""
+        if target is not None:
+            tgt = target[0]
+            ok = rep.auc >= AUC_ATTACK_MIN if target[1] else rep.auc <= AUC_DP_MAX
+        rows.append(Row(
+            f"MIA AUC {label} ({rep.attack})", rep.auc, "", tgt, ok,
+            f"95% CI [{rep.auc_ci[0]:.3f}, {rep.auc_ci[1]:.3f}]; per t "
+            + ", ".join(f"{t}:{a:.2f}" for t, a in rep.auc_per_timestep.items())))
+        rows.append(Row(
+            f"MIA TPR@FPR1% {label} ({rep.attack})", rep.tpr_at_fpr, "share", "", None,
+            f"95% CI [{rep.tpr_ci[0]:.3f}, {rep.tpr_ci[1]:.3f}]; {rep.n_members} members, "
+            f"{rep.n_nonmembers} non-members"))
+    return rows
+
+
+def _wilson(k: int, n: int) -> tuple[float, float]:
+    from scipy.stats import binomtest
+
+    ci = binomtest(k, n).proportion_ci(confidence_level=0.95, method="wilson")
+    return float(ci.low), float(ci.high)
+
+
+def guard_rows(members: np.ndarray, mcaps: list[str], overfit: Path, dp: Path) -> list[Row]:
+    from trustgain.models import mini_sd_path
+    from trustgain.privacy.memorization import build_index, calibrate
+
+    base_copy = cache_dir() / "base-generations"
+    base_copy.mkdir(parents=True, exist_ok=True)
+    if not (base_copy / "model_index.json").is_file():
+        _load(mini_sd_path()).save_pretrained(str(base_copy))
+    caps2 = mcaps + mcaps
+    held_out = generations(base_copy, caps2 + caps2, seed=10_000)
+    index = calibrate(build_index(members), held_out, target_rate=GUARD_CAL_RATE)
+    index.save(cache_dir() / "memorization-index.npz", overwrite=True)
+    over = generations(overfit, caps2, seed=20_000)
+    priv = generations(dp, caps2, seed=30_000)
+    over_copy = max_ssim(over, members) >= NEAR_COPY_SSIM
+    priv_copy = max_ssim(priv, members) >= NEAR_COPY_SSIM
+    over_flag, priv_flag = index.flags(over), index.flags(priv)
+    rows = []
+    k, n = int((over_flag & over_copy).sum()), int(over_copy.sum())
+    lo, hi = _wilson(k, n) if n else (0.0, 1.0)
+    rows.append(Row("guard: near-copies flagged (overfit model)", k / n if n else float("nan"),
+                    "share", f">= {GUARD_TPR_MIN}", n > 0 and k / n >= GUARD_TPR_MIN,
+                    f"{k}/{n}, Wilson 95% [{lo:.3f}, {hi:.3f}]; {n} of {len(over)} generations "
+                    f"have SSIM >= {NEAR_COPY_SSIM} to a member"))
+    fresh = ~priv_copy
+    k, n = int((priv_flag & fresh).sum()), int(fresh.sum())
+    lo, hi = _wilson(k, n)
+    rows.append(Row("guard: false flags (DP model)", k / n, "share", f"<= {GUARD_FFR_MAX}",
+                    k / n <= GUARD_FFR_MAX,
+                    f"{k}/{n}, Wilson 95% [{lo:.3f}, {hi:.3f}]; {int(priv_copy.sum())} DP "
+                    f"generations are near-copies by SSIM (excluded), "
+                    f"{int((priv_flag & priv_copy).sum())} of them flagged"))
+    rows.append(Row("guard: threshold (distance ratio)", float(index.threshold), "", "", None,
+                    f"calibrated on {len(held_out)} base-model generations for rate "
+                    f"{GUARD_CAL_RATE}; overfit non-copies flagged "
+                    f"{int((over_flag & ~over_copy).sum())}/{int((~over_copy).sum())}"))
+    return rows
+
+
+def run(quick: bool = False, device: str = "cpu") -> list[Row]:
+    """All rows. ``quick``: redaction only (training the audited models takes minutes).
+
+    ``device`` is unused: the models are tiny and cached, everything runs on the CPU.
+    """
+    from trustgain.models import mini_sd_path
+    from trustgain.privacy.membership import AuditSet
+
+    rows = redaction_rows()
+    if quick:
+        return rows
+    m, mc, n, nc = audit_data()
+    sets = (AuditSet(m, mc, [f"m{i}" for i in range(len(m))]),
+            AuditSet(n, nc, [f"n{i}" for i in range(len(n))]))
+    base = _losses(_load(mini_sd_path()), sets, DRAWS)
+    overfit, dp = overfit_model((m, mc)), dp_model((m, mc))
+    rows += _audit_rows("overfit non-DP", overfit, base, sets, draws=DRAWS,
+                        target=(f">= {AUC_ATTACK_MIN}", True))
+    rows += _audit_rows(f"DP eps={DP['target_epsilon']:g}", dp, base, sets, draws=DRAWS,
+                        target=(f"<= {AUC_DP_MAX}", False))
+    rows += _audit_rows(f"non-DP control ({DP['epochs']} epochs)", control_model((m, mc)), base,
+                        sets, draws=DRAWS, target=None)
+    spent = json.loads((dp / "privacy.json").read_text())
+    rows.append(Row("DP fine-tune epsilon spent", float(spent["epsilon"]), "", "", None,
+                    f"delta {spent['delta']:g}, {spent['accountant']}, sigma "
+                    f"{spent['noise_multiplier']:.3f}, q {spent['sample_rate']:.3f}, "
+                    f"{spent['steps']} steps"))
+    rows += guard_rows(m, mc, overfit, dp)
+    return rows
+
+
+if __name__ == "__main__":
+    import sys
+
+    import torch
+
+    from trustgain.bench import format_table
+
+    torch.set_num_threads(1)
+    print(format_table(run(quick="--quick" in sys.argv)))
