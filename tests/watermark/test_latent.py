@@ -232,3 +232,37 @@ def test_unzoom_restores_a_centre_crop_and_masks_the_inside():
     assert np.corrcoef(inside.ravel(), original.ravel())[0, 1] > 0.5
     mask = aligned_mask(box, 4, (4, 8, 8)).reshape(4, 8, 8)
     assert mask.sum() == 4 * 25 and mask[:, 1:6, 1:6].all()
+
+
+def test_guided_fixed_point_inversion_inverts_the_guided_sampler(sd_pipe, key):
+    """With the generation prompt, guidance and refinements, inversion undoes the sampler
+    better than plain empty-prompt inversion (what the --ideas bench measures at scale)."""
+    z, _, _ = _marked(key, 2)
+    prompts = ["a cat", "a dog"]
+    out = sd_pipe(prompts, latents=z, num_inference_steps=4, height=16, width=16,
+                  guidance_scale=4.0, output_type="latent").images
+    exact = ddim_invert(sd_pipe, out, num_inference_steps=4, prompt=prompts,
+                        guidance_scale=4.0, refine=3)
+    plain = ddim_invert(sd_pipe, out, num_inference_steps=4)
+    err_exact, err_plain = (float((x - z).norm() / z.norm()) for x in (exact, plain))
+    assert err_exact < 0.5 * err_plain, (err_exact, err_plain)
+    assert torch.equal(ddim_invert(sd_pipe, out, num_inference_steps=2, prompt=["", ""]),
+                       ddim_invert(sd_pipe, out, num_inference_steps=2))
+
+
+def test_exact_tpr_uses_the_exact_null():
+    from trustgain.bench.watermark_latent import exact_tpr
+
+    n = 256
+    perfect = np.ones((3, n), dtype=bool)
+    chance = np.zeros((3, n), dtype=bool)
+    chance[:, : n // 2] = True
+    ones = np.ones((3, n), dtype=np.int64)
+    assert exact_tpr(perfect, ones) == (1.0, pytest.approx(np.sqrt(n)))
+    tpr, z = exact_tpr(chance, ones)
+    assert tpr == 0.0 and z == pytest.approx(0.0)
+    # 159 of 256 matches: binom.sf(158, 256, 0.5) is about 5e-5, above 1e-6
+    near = np.zeros((1, n), dtype=bool)
+    near[0, :159] = True
+    assert exact_tpr(near, ones[:1])[0] == 0.0
+    assert exact_tpr(near, ones[:1], fpr=1e-4)[0] == 1.0

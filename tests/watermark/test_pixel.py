@@ -189,6 +189,9 @@ def test_cli_embed_detect_resume_and_errors(tmp_path, capsys):
     assert found[str(tmp_path / "out" / "a.png")]["payload"] == "0badc0de"
     assert found[str(tmp_path / "out" / "b.jpg")]["detected"]
     assert not found[str(src / "a.png")]["detected"]
+    main(["watermark", "detect", str(tmp_path / "out" / "a.png"), "--require-payload", "--json"])
+    strict = json.loads(capsys.readouterr().out)["files"][0]
+    assert strict["detected"] and strict["present"] and strict["payload"] == "0badc0de"
     code = main(["watermark", "embed", str(src / "a.png"), "-o", str(src / "a.png"), "--force"])
     assert code == 1 and "overwrite the input" in capsys.readouterr().out
     other = KeyRing.generate()
@@ -220,3 +223,31 @@ def test_max_z_matches_detect(marked):
     _, out, _ = marked
     zs = pixel.max_z(out, [KEY, bytes(32)])
     assert zs[0] == pytest.approx(pixel.detect(out, KEY).z) and zs[1] < pixel.threshold(1e-3)
+
+
+def test_require_payload_gates_detection_on_the_verified_payload(marked, monkeypatch):
+    _, out, _ = marked
+    d = pixel.detect(out, KEY, require_payload=True)
+    assert d.detected and d.present and d.payload == PAYLOAD
+    clean = pixel.detect(_photo("coffee"), KEY, require_payload=True)
+    assert not clean.detected and not clean.present
+    # a mark whose payload does not verify: present, but not detected when it is required
+    monkeypatch.setattr(pixel, "chase_decode", lambda key, soft: (None, None))
+    d = pixel.detect(out, KEY)
+    assert d.detected and d.present and d.payload is None
+    d = pixel.detect(out, KEY, require_payload=True)
+    assert not d.detected and d.present and d.p_value < 1e-20
+    assert pixel.PAYLOAD_FALSE_ACCEPT == 2.0**-10
+
+
+def test_strict_rows_count_released_payloads():
+    from trustgain.bench.watermark import strict_rows
+
+    log = [(1e-9, True), (1e-9, None), (1e-4, True), (0.5, None)]
+    rows = {r.metric.split(": ", 1)[1]: r for r in strict_rows("none", log, exempt=False)}
+    assert rows["TPR@1e-6 none"].value == 0.5
+    assert rows["payload released of detected, none"].value == pytest.approx(2 / 3)
+    assert rows["released payloads exact, none"].value == 1.0
+    assert rows["TPR@1e-3 payload required, none"].value == 0.5
+    assert rows["TPR@1e-3 payload required, none"].ok is False
+    assert rows["TPR@1e-6 payload required, none"].value == 0.25

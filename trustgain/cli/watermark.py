@@ -161,11 +161,21 @@ def _embed_one(
     show_default=True,
     help="False-positive rate: detected when the p-value is at most this.",
 )
+@click.option(
+    "--require-payload",
+    is_flag=True,
+    help="Count a file as detected only when its payload verifies (BCH + keyed tag).",
+)
 @keyring_option
 @json_option
 @progress_option
 def detect(
-    inputs: tuple[str, ...], fpr: float, keyring_path: str | None, as_json: bool, no_progress: bool
+    inputs: tuple[str, ...],
+    fpr: float,
+    require_payload: bool,
+    keyring_path: str | None,
+    as_json: bool,
+    no_progress: bool,
 ) -> None:
     """Look for your key's mark; prints p-value and payload per file.
 
@@ -176,13 +186,14 @@ def detect(
     Examples:
       trustgain watermark detect suspect.jpg
       trustgain watermark detect downloads/ --json --fpr 1e-6
+      trustgain watermark detect repost.jpg --require-payload
     """
     files = collect_images(inputs, IMAGE_SUFFIXES)
     key, key_id = _key(keyring_path)
     results, failed = [], 0
     for src, _ in progress(files, desc="detect", disable=no_progress or len(files) < 2):
         try:
-            d = pixel.detect(open_image(src), key, fpr=fpr)
+            d = pixel.detect(open_image(src), key, fpr=fpr, require_payload=require_payload)
         except TrustgainError as exc:
             failed += 1
             results.append({"file": str(src), "status": "error", "reason": str(exc)})
@@ -192,6 +203,7 @@ def detect(
                 "file": str(src),
                 "status": "ok",
                 "detected": d.detected,
+                "present": d.present,
                 "p_value": d.p_value,
                 "z": round(d.z, 3),
                 "payload": d.payload.hex() if d.payload else None,

@@ -53,10 +53,12 @@ def ddim_invert(
     latents: torch.Tensor,
     *,
     num_inference_steps: int,
-    prompt: str = "",
+    prompt: str | Sequence[str] = "",
     refine: int = 0,
+    guidance_scale: float = 1.0,
 ) -> torch.Tensor:
-    """Run DDIM backwards from clean latents to the initial noise, conditioned on ``prompt``.
+    """Run DDIM backwards from clean latents to the initial noise, conditioned on ``prompt``
+    (one for all, or one per latent) with classifier-free ``guidance_scale`` (1: none).
 
     Plain DDIM inversion evaluates the noise at the step's start instead of its end;
     ``refine`` > 0 adds that many fixed-point iterations per step (the noise re-evaluated at
@@ -66,16 +68,27 @@ def ddim_invert(
     unet = pipe.unet  # type: ignore[attr-defined]
     scheduler = DDIMInverseScheduler.from_config(pipe.scheduler.config)  # type: ignore[attr-defined]
     scheduler.set_timesteps(num_inference_steps)
-    embeds, _ = pipe.encode_prompt(  # type: ignore[attr-defined]
-        prompt, unet.device, latents.shape[0], False
+    prompts = [prompt] * latents.shape[0] if isinstance(prompt, str) else list(prompt)
+    guided = guidance_scale != 1.0
+    embeds, empty = pipe.encode_prompt(  # type: ignore[attr-defined]
+        prompts, unet.device, 1, guided, negative_prompt=[""] * len(prompts) if guided else None
     )
     x = latents.to(device=unet.device, dtype=unet.dtype)
     embeds = embeds.to(unet.dtype)
+    if guided:
+        embeds = torch.cat([empty.to(unet.dtype), embeds])
+
+    def noise(sample: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        if not guided:
+            return unet(sample, t, encoder_hidden_states=embeds).sample
+        uncond, cond = unet(torch.cat([sample, sample]), t, encoder_hidden_states=embeds
+                            ).sample.chunk(2)
+        return uncond + guidance_scale * (cond - uncond)
+
     for t in scheduler.timesteps:
-        nxt = scheduler.step(unet(x, t, encoder_hidden_states=embeds).sample, int(t), x)
+        nxt = scheduler.step(noise(x, t), int(t), x)
         for _ in range(refine):
-            eps = unet(nxt.prev_sample, t, encoder_hidden_states=embeds).sample
-            nxt = scheduler.step(eps, int(t), x)
+            nxt = scheduler.step(noise(nxt.prev_sample, t), int(t), x)
         x = nxt.prev_sample
     return x.float().cpu()
 

@@ -18,7 +18,15 @@ Null and p-value. Under "not marked with this key", the chip signs are independe
 image, so for a fixed offset ``z`` is a Rademacher sum with unit variance and
 P(z >= t) <= exp(-t^2 / 2) (Hoeffding). A union bound over every offset, nonce and lattice
 candidate searched gives ``p_value = min(1, M * exp(-z^2 / 2))``, a conservative p-value
-checked empirically by ``python -m trustgain.bench watermark``.
+checked empirically by ``python -m trustgain.bench watermark``. The bound is nearly tight
+(the statistic is close to Gaussian), so at FPR 1e-3 a few in 10,000 wrong-key tests may pass.
+
+Payload. It is released only when BCH decoding succeeds and the 16-bit keyed tag verifies, so a
+released payload is right unless a wrong codeword passes the tag (at most ``2**6 / 2**16`` per
+decode with Chase-II's 64 trials). ``detect(..., require_payload=True)`` also makes
+``detected`` require that release: "detected" then always comes with the payload, and under the
+null the message chips (disjoint from the sync chips, with independent keyed signs) must also
+pass the tag, so the decision's false-positive rate is at most ``fpr * PAYLOAD_FALSE_ACCEPT``.
 
 Why hand-written: no maintained package offers a keyed, synchronised image watermark with a
 calibrated detector (invisible-watermark's methods are unkeyed and lose synchronisation on
@@ -60,12 +68,18 @@ _PERIOD_RANGE = (44.0, 230.0)  # lattice periods searched, pixels (scales ~0.35 
 _ANGLE_RANGE = 20.0  # degrees either way
 _CANDIDATES = 6  # lattice hypotheses tried: unchanged geometry + 5 from the autocorrelation
 MIN_SIDE = TILE
+#: Bound on the chance that noise passes BCH + Chase-II + the 16-bit keyed tag (64 / 65536).
+PAYLOAD_FALSE_ACCEPT = 2.0**6 / 2.0**16
 STRENGTH = 2.35  # RMS luminance change, 8-bit units: PSNR about 40.7 dB before clipping
 
 
 @dataclass(frozen=True)
 class Detection:
-    """What the detector found. ``payload`` is set only when the BCH code and keyed tag agree."""
+    """What the detector found. ``payload`` is set only when the BCH code and keyed tag agree.
+
+    ``present``: the p-value alone is at most ``fpr``. ``detected``: ``present``, and with
+    ``require_payload`` also the payload released.
+    """
 
     detected: bool
     p_value: float
@@ -77,6 +91,7 @@ class Detection:
     bit_errors: int | None
     #: Hard decisions on the codeword bits before ECC (for bit-accuracy measurements).
     code_bits: np.ndarray | None = None
+    present: bool | None = None
 
 
 def _rng(key: bytes, nonce: int) -> np.random.Generator:
@@ -342,11 +357,14 @@ def max_z(image: Image.Image, keys: list[bytes]) -> list[float]:
     return [best[0] if (best := _score(k, folds)) else 0.0 for k in keys]
 
 
-def detect(image: Image.Image, key: bytes, *, fpr: float = 1e-3) -> Detection:
-    """Look for this key's mark; ``detected`` when the p-value is at most ``fpr``."""
+def detect(
+    image: Image.Image, key: bytes, *, fpr: float = 1e-3, require_payload: bool = False
+) -> Detection:
+    """Look for this key's mark; ``detected`` when the p-value is at most ``fpr`` (and, with
+    ``require_payload``, the payload verifies: see the module docstring)."""
     best = _score(key, _analyse(image))
     if best is None:
-        return Detection(False, 1.0, 0.0, None, None, None, None, None)
+        return Detection(False, 1.0, 0.0, None, None, None, None, None, present=False)
     z, nonce, fold, chips = best
     p = p_value(z)
     layout = _layout(key, nonce)
@@ -354,4 +372,8 @@ def detect(image: Image.Image, key: bytes, *, fpr: float = 1e-3) -> Detection:
     np.add.at(soft, layout.bit_of, layout.signs[layout.message] * chips[layout.message])
     payload, errors = chase_decode(key, soft)
     hard = (soft > 0).astype(np.uint8)
-    return Detection(p <= fpr, p, z, payload, nonce, fold.period, fold.angle, errors, hard)
+    present = p <= fpr
+    detected = present and (payload is not None or not require_payload)
+    return Detection(
+        detected, p, z, payload, nonce, fold.period, fold.angle, errors, hard, present=present
+    )
