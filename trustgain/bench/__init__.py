@@ -18,6 +18,9 @@ AREAS: dict[str, str] = {
     "privacy": "trustgain.bench.privacy",
     "privacy-finetune": "trustgain.bench.privacy_finetune",
     "privacy-audit": "trustgain.bench.privacy_audit",
+    "protection": "trustgain.bench.protection",
+    "protection-modes": "trustgain.bench.protection_modes",
+    "protection-ray": "trustgain.bench.protection_ray",
 }
 
 

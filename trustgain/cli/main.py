@@ -12,6 +12,7 @@ from trustgain.cli.audit import audit
 from trustgain.cli.finetune import finetune
 from trustgain.cli.generate import generate
 from trustgain.cli.keys import keys
+from trustgain.cli.protect import protect, recover
 from trustgain.cli.stages import stages
 from trustgain.cli.verify import verify
 from trustgain.cli.watermark import watermark
@@ -28,6 +29,8 @@ def cli() -> None:
       trustgain keys create                  # your signing keyring
       trustgain generate "a handwritten seven" --model MODEL -o seven.png
       trustgain verify seven.png
+      trustgain protect photos/ -o protected/      # reversible protection (recover restores)
+      trustgain finetune --data mine/ --dp --target-epsilon 8 -o my-model
     Environment: TRUSTGAIN_HOME (keys, default ~/.trustgain), TRUSTGAIN_PASSPHRASE,
     TRUSTGAIN_NO_PROGRESS=1, TRUSTGAIN_DEBUG=1 (tracebacks).
     """
@@ -38,6 +41,8 @@ cli.add_command(verify)
 cli.add_command(generate)
 cli.add_command(stages)
 cli.add_command(watermark)
+cli.add_command(protect)
+cli.add_command(recover)
 cli.add_command(finetune)
 cli.add_command(audit)
 

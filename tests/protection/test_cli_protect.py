@@ -1,0 +1,193 @@
+"""`trustgain protect` / `trustgain recover` end to end on small folders."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from trustgain.cli.main import cli, main
+from trustgain.cli.protect import protect, recover
+from trustgain.protection.batch_manifest import read_manifest
+from trustgain.protection.residual import PNG_CHUNK
+from trustgain.provenance.embed import _png_chunks
+
+FAST = ["--steps", "2", "--no-progress"]
+
+
+@pytest.fixture(autouse=True)
+def _commands(monkeypatch):
+    monkeypatch.setitem(cli.commands, "protect", protect)
+    monkeypatch.setitem(cli.commands, "recover", recover)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """One torch thread: on a shared 2-core machine more threads thrash (10x slower)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def ring(tmp_path, keyring):
+    path = tmp_path / "ring.json"
+    keyring.save(path)
+    return str(path)
+
+
+@pytest.fixture
+def photos(tmp_path):
+    rng = np.random.default_rng(0)
+    src = tmp_path / "photos"
+    (src / "sub").mkdir(parents=True)
+    originals = {
+        "a.png": rng.integers(0, 256, (32, 32, 3), dtype=np.uint8),
+        "sub/gray.png": rng.integers(0, 256, (24, 40), dtype=np.uint8),
+    }
+    for rel, arr in originals.items():
+        Image.fromarray(arr).save(src / rel)
+    Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(src / "b.jpg")
+    originals["b.png"] = np.asarray(Image.open(src / "b.jpg"))  # JPEG: its decoded pixels
+    return src, originals
+
+
+def run(capsys, *args):
+    code = main([str(a) for a in args])
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_help_has_examples(capsys):
+    for command in ("protect", "recover"):
+        code, out, _ = run(capsys, command, "--help")
+        assert code == 0 and "Examples:" in out and "--json" in out
+
+
+def test_protect_then_recover_is_bit_exact(capsys, tmp_path, photos, ring):
+    src, originals = photos
+    out, back = tmp_path / "protected", tmp_path / "back"
+    (src / "alpha.png").write_bytes(b"")
+    Image.fromarray(np.zeros((32, 32, 4), np.uint8)).save(src / "alpha.png")
+    code, stdout, err = run(capsys, "protect", src, "-o", out, "--keyring", ring, "--json", *FAST)
+    summary = json.loads(stdout)
+    assert code == 1 and summary["done"] == 3 and summary["refused"] == 1
+    assert "alpha.png: refused (has an alpha channel" in err
+    assert summary["key_id"].startswith("hkdf:") and "hkdf" not in err
+    for rel, arr in originals.items():
+        prot = np.asarray(Image.open(out / rel))
+        assert prot.shape == arr.shape
+        diff = np.abs(prot.astype(int) - arr.astype(int))
+        assert 0 < diff.max() <= 8
+        assert any(c == PNG_CHUNK for _, c, _, _ in _png_chunks((out / rel).read_bytes()))
+    code, stdout, _ = run(capsys, "recover", out, "-o", back, "--keyring", ring, "--no-progress")
+    assert code == 0 and "3 recovered, 0 already done, 0 refused" in stdout
+    for rel, arr in originals.items():
+        assert np.array_equal(np.asarray(Image.open(back / rel)), arr)
+    code, stdout, _ = run(capsys, "protect", src, "-o", out, "--keyring", ring, *FAST)
+    assert "0 protected, 3 already done, 1 refused" in stdout
+
+
+def test_key_never_reaches_manifest_or_output(capsys, tmp_path, photos, ring, keyring):
+    import base64
+
+    from trustgain.protection.batch_jobs import KEY_PURPOSE, KEY_STAGE, ProtectJob
+
+    src, _ = photos
+    out = tmp_path / "protected"
+    code, stdout, err = run(capsys, "protect", src, "-o", out, "--keyring", ring, "--json",
+                            *FAST)
+    assert code == 0
+    key = keyring.derive(KEY_STAGE, KEY_PURPOSE)
+    text = (out / "trustgain-manifest.jsonl").read_text() + stdout + err
+    for form in (key.material.hex(), base64.b64encode(key.material).decode()):
+        assert form not in text
+    assert key.key_id in text
+    job = ProtectJob(config=None, key=key.material, key_id=key.key_id)
+    assert key.material.hex() not in repr(job) and repr(key.material) not in repr(job)
+
+
+def test_sidecar_wrong_key_and_tamper(capsys, tmp_path, photos, ring, other_keyring):
+    src, originals = photos
+    out = tmp_path / "protected"
+    code, _, _ = run(capsys, "protect", src, "-o", out, "--keyring", ring, "--residual",
+                     "sidecar", *FAST)
+    assert code == 0 and (out / "a.png.rae").is_file() and (out / "sub/gray.png.rae").is_file()
+    assert not any(c == PNG_CHUNK for _, c, _, _ in _png_chunks((out / "a.png").read_bytes()))
+    other = tmp_path / "other.json"
+    other_keyring.save(other)
+    code, stdout, err = run(capsys, "recover", out, "-o", tmp_path / "r1", "--keyring", other,
+                            "--json", "--no-progress")
+    assert code == 1 and json.loads(stdout)["refused"] == 3 and "another key" in err
+    prot = np.array(Image.open(out / "a.png"))
+    prot[0, 0, 0] ^= 1
+    Image.fromarray(prot).save(out / "a.png")
+    (out / "b.png.rae").unlink()
+    code, stdout, err = run(capsys, "recover", out, "-o", tmp_path / "r2", "--keyring", ring,
+                            "--no-progress")
+    assert code == 1 and "1 recovered" in stdout
+    assert "a.png: refused" in err and "modified" in err
+    assert "b.png: refused (carries no residual" in err
+    code, stdout, err = run(capsys, "recover", out, "-o", tmp_path / "r3", "--keyring", ring,
+                            "--lenient", "--json", "--no-progress")
+    assert json.loads(stdout)["done"] == 2 and "a.png: warning:" in err and "approximate" in err
+    exact = {e["input"]: e["info"]["exact"] for e in read_manifest(tmp_path / "r3")
+             if e["kind"] == "item" and e["status"] == "ok"}
+    assert exact == {"a.png": False, "sub/gray.png": True}
+    lenient = np.asarray(Image.open(tmp_path / "r3" / "a.png")).astype(int)
+    assert np.abs(lenient - originals["a.png"]).sum() == 1
+
+
+def test_output_inside_input_is_an_error(capsys, tmp_path, photos, ring):
+    src, _ = photos
+    code, _, err = run(capsys, "protect", src, "-o", src / "out", "--keyring", ring, *FAST)
+    assert code == 1 and err.startswith("error: output folder") and "hint:" in err
+    assert not (src / "out").exists()
+
+
+def test_workers_needs_a_local_ray(capsys, tmp_path, photos, ring):
+    src, _ = photos
+    code, _, err = run(capsys, "protect", src, "-o", tmp_path / "o", "--keyring", ring,
+                       "--workers", "2", *FAST)
+    assert code == 2 and "--workers" in err and not (tmp_path / "o").exists()
+    code, _, err = run(capsys, "protect", src, "-o", tmp_path / "o", "--keyring", ring,
+                       "--method", "ddpm", *FAST)
+    assert code == 2 and "--ddpm PATH" in err and not (tmp_path / "o").exists()
+
+
+def test_unknown_method_fails_once_not_per_image(capsys, tmp_path, photos, ring,
+                                                 monkeypatch):
+    src, _ = photos
+    monkeypatch.setattr("importlib.util.find_spec", lambda name: None)
+    code, _, err = run(capsys, "protect", src, "-o", tmp_path / "o", "--keyring", ring,
+                       "--method", "poison", *FAST)
+    assert code == 1 and "not available" in err
+
+
+# A local Ray takes ~13 s to start on a 2-core machine; it runs in the normal suite all the same.
+def test_ray_protect_and_recover_match_serial(capsys, tmp_path, photos, ring):
+    ray = pytest.importorskip("ray")
+    src, originals = photos
+    serial, distributed, back = tmp_path / "serial", tmp_path / "ray", tmp_path / "back"
+    code, _, _ = run(capsys, "protect", src, "-o", serial, "--keyring", ring, *FAST)
+    assert code == 0
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        code, stdout, _ = run(capsys, "protect", src, "-o", distributed, "--keyring", ring,
+                              "--json", *FAST, "--ray")
+        assert code == 0 and json.loads(stdout)["done"] == 3
+        code, stdout, _ = run(capsys, "recover", distributed, "-o", back, "--keyring", ring,
+                              "--no-progress", "--ray", "--json")
+        assert code == 0 and json.loads(stdout)["done"] == 3
+    finally:
+        ray.shutdown()
+    for rel, arr in originals.items():  # PGD is seeded by key and image id: same pixels
+        assert np.array_equal(np.asarray(Image.open(distributed / rel)),
+                              np.asarray(Image.open(serial / rel)))
+        assert np.array_equal(np.asarray(Image.open(back / rel)), arr)
+    entries = [e for e in read_manifest(distributed) if e["kind"] == "item"]
+    assert sorted(e["input"] for e in entries) == sorted(originals.keys() - {"b.png"} | {"b.jpg"})

@@ -1,0 +1,124 @@
+"""Dataset mode: error-maximizing (targeted) poisons and unlearnable examples on a tiny set."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from trustgain.errors import ConfigError, InputError
+from trustgain.protection import poison, surrogates, victim
+from trustgain.protection.api import ProtectConfig
+
+KEY = bytes(range(32))
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def data() -> tuple[np.ndarray, np.ndarray]:
+    """Three classes of 32x32 RGB noise textures, told apart by a colour tint."""
+    rng = np.random.default_rng(0)
+    labels = np.repeat(np.arange(3), 16)
+    tint = np.array([[24, 0, 0], [0, 24, 0], [0, 0, 24]])[labels][:, None, None, :]
+    images = np.clip(rng.normal(110, 30, (48, 32, 32, 3)) + tint, 0, 255).astype(np.uint8)
+    return images, labels
+
+
+@pytest.fixture(scope="module")
+def crafter(data):
+    images, labels = data
+    return surrogates.train("mlp", images, labels, epochs=4)
+
+
+def _cfg(**extra) -> ProtectConfig:
+    return ProtectConfig(method="poison", eps=8, steps=5, diversity=0.0, extra=extra)
+
+
+def test_targeted_poison_stays_in_budget_and_points_to_the_next_class(data, crafter):
+    images, labels = data
+    out = poison.protect_dataset(images, labels, key=KEY, config=_cfg(), surrogates=[crafter])
+    assert out.shape == images.shape and out.dtype == np.uint8
+    diff = np.abs(out.astype(int) - images.astype(int))
+    assert diff.max() <= 8 and diff.mean() > 2
+    target = (labels + 1) % 3
+    with torch.no_grad():
+        def p_target(imgs: np.ndarray) -> float:
+            probs = crafter(surrogates.to_tensor(imgs)).softmax(1)
+            return float(probs[torch.arange(len(imgs)), torch.from_numpy(target)].mean())
+
+        before, after = p_target(images), p_target(out)
+    assert after > before + 0.1  # a sign error in the objective would lower it
+    again = poison.protect_dataset(images, labels, key=KEY, config=_cfg(), surrogates=[crafter])
+    assert np.array_equal(out, again)
+
+
+def test_crafting_models_are_trained_when_none_are_given(data):
+    images, labels = data
+    cfg = _cfg(crafting_archs=("mlp",), crafting_epochs=2)
+    out = poison.protect_dataset(images[::4], labels[::4], key=KEY, config=cfg)
+    assert np.abs(out.astype(int) - images[::4].astype(int)).max() <= 8
+
+
+def test_unlearnable_noise_is_error_minimizing(data):
+    images, labels = data
+    cfg = _cfg(poison="ue", ue_rounds=2, ue_arch="mlp")
+    out = poison.protect_dataset(images, labels, key=KEY, config=cfg)
+    assert np.abs(out.astype(int) - images.astype(int)).max() <= 8
+    assert not np.array_equal(out, images)
+
+
+def test_shortcut_noise_is_one_keyed_pattern_per_class(data):
+    images, labels = data
+    out = poison.protect_dataset(images, labels, key=KEY, config=_cfg(poison="shortcut"))
+    assert np.abs(out.astype(int) - images.astype(int)).max() <= 8
+    pats = poison.shortcut_patterns(KEY, _cfg(), 3, (3, 32, 32))
+    assert torch.equal(pats.abs(), torch.full_like(pats, 8 / 255))
+    assert not torch.equal(pats[0], pats[1])
+    assert not torch.equal(pats, poison.shortcut_patterns(bytes(32), _cfg(), 3, (3, 32, 32)))
+    # away from clipping, the change is exactly the class pattern
+    mid = (images > 10) & (images < 245)
+    delta = out.astype(int) - images.astype(int)
+    want = np.rint(pats.numpy().transpose(0, 2, 3, 1) * 255).astype(int)[labels]
+    assert np.array_equal(delta[mid], want[mid])
+
+
+def test_per_image_perturb_and_the_api(data, crafter):
+    from trustgain.protection import api
+
+    images, labels = data
+    x = surrogates.to_tensor(images[:2])
+    adv = poison.perturb(x, key=KEY, config=_cfg(), surrogates=[crafter], labels=labels[:2])
+    assert adv.shape == x.shape and float((adv - x).abs().max()) <= 8 / 255 + 1e-6
+    protected, sealed = api.protect(images[0], key=KEY, config=_cfg(), surrogates=[crafter],
+                                    image_id="p0")
+    assert np.abs(protected.astype(int) - images[0].astype(int)).max() <= 8
+    assert np.array_equal(api.recover(protected, sealed, key=KEY), images[0])
+
+
+def test_victim_training_and_jpeg(data):
+    images, labels = data
+    squeezed = victim.jpeg(images, 50)
+    assert squeezed.shape == images.shape and not np.array_equal(squeezed, images)
+    model = victim.train_victim(images, labels, arch="mlp", epochs=2, adversarial_eps=4,
+                                pgd_steps=1)
+    assert 0 <= victim.accuracy(model, images, labels) <= 1
+
+
+def test_bad_inputs_are_refused(data, crafter):
+    images, labels = data
+    with pytest.raises(InputError, match="labels"):
+        poison.protect_dataset(images, labels[:-1], key=KEY, config=_cfg())
+    with pytest.raises(InputError, match="uint8"):
+        poison.protect_dataset(images.astype(np.float32), labels, key=KEY, config=_cfg())
+    with pytest.raises(ConfigError, match="unknown poison kind"):
+        poison.protect_dataset(images, labels, key=KEY, config=_cfg(poison="nope"))
+    with pytest.raises(ConfigError, match="whole labelled dataset"):
+        poison.perturb(surrogates.to_tensor(images[:1]), key=KEY, config=_cfg(poison="ue"),
+                       surrogates=[crafter])

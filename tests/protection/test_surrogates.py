@@ -1,0 +1,87 @@
+"""Patches data, surrogate training/saving, the training command, and the bench's quick mode."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from trustgain.errors import ConfigError, InputError
+from trustgain.protection import patches as P
+from trustgain.protection import surrogates as S
+
+
+def test_patch_splits_are_region_disjoint_and_seeded():
+    img = np.random.default_rng(0).integers(0, 256, (64, 128, 3), dtype=np.uint8)
+    rng = np.random.default_rng(1)
+    cut = int(128 * P.TRAIN_FRACTION)
+    train, test = P.crop(img, 20, "train", rng), P.crop(img, 20, "test", rng)
+    left, right = img[:, :cut], img[:, cut:]
+
+    def inside(p, region):
+        return any(np.array_equal(p, region[y:y + 32, x:x + 32])
+                   for y in range(region.shape[0] - 31) for x in range(region.shape[1] - 31))
+
+    assert all(inside(p, left) for p in train[:3]) and all(inside(p, right) for p in test[:3])
+    x1, y1, names = P.load("test", 2)
+    x2, _, _ = P.load("test", 2)
+    assert np.array_equal(x1, x2) and x1.shape[1:] == (32, 32, 3) and len(names) >= 8
+    assert np.array_equal(np.bincount(y1), np.full(len(names), 2))
+
+
+@pytest.mark.parametrize("arch", S.ARCHS)
+def test_architectures_take_any_size(arch):
+    model = S.wrap(arch, S.make_net(arch, 5))
+    for size in (32, 48, 20):
+        assert model(torch.rand(2, 3, size, size)).shape == (2, 5)
+    with pytest.raises(ConfigError, match="known"):
+        S.make_net("vgg", 5)
+
+
+def test_train_save_load_round_trip(tmp_path):
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, (40, 32, 32, 3), dtype=np.uint8)
+    y = np.repeat([0, 1], 20)
+    x[y == 1, ..., 0] = 255  # a learnable cue
+    model = S.train("cnn", x, y, epochs=2)
+    S.save({"cnn": model}, tmp_path, meta={"n_classes": 2, "channels": 3})
+    (loaded,) = S.load(tmp_path)
+    t = S.to_tensor(x)
+    assert torch.allclose(model(t), loaded(t), atol=1e-5)
+    rf = S.train_sklearn("rf", x, y, trees=5)
+    assert S.predict(rf, x).shape == (40,)
+    with pytest.raises(InputError, match=r"surrogates\.json"):
+        S.load(tmp_path / "nothing")
+
+
+def test_training_command_on_a_folder(tmp_path, capsys):
+    rng = np.random.default_rng(1)
+    for cls, colour in (("cats", 0), ("dogs", 2)):
+        (tmp_path / "data" / cls).mkdir(parents=True)
+        for i in range(4):
+            img = rng.integers(0, 100, (40, 40, 3), dtype=np.uint8)
+            img[..., colour] = 250
+            Image.fromarray(img).save(tmp_path / "data" / cls / f"{i}.png")
+    (tmp_path / "data" / "cats" / "broken.png").write_bytes(b"not a png")
+    out = tmp_path / "sur"
+    assert S.main(["--data", str(tmp_path / "data"), "-o", str(out), "--archs", "cnn,mlp",
+                   "--epochs", "1"]) == 0
+    assert len(S.load(out)) == 2
+    assert "skipping unreadable" in capsys.readouterr().err
+    with pytest.raises(InputError, match="two classes"):
+        S.folder_dataset(tmp_path / "data" / "dogs")
+
+
+def test_bench_quick_runs_and_recovery_is_exact():
+    from trustgain.bench import Row
+    from trustgain.bench import protection as B
+
+    rows = B.run(quick=True)
+    assert all(isinstance(r, Row) for r in rows)
+    by = {r.metric: r for r in rows}
+    for metric in ("bit-exact recovery", "wrong key rejected", "one-bit residual tamper detected",
+                   "one-bit image tamper detected", "every bit flip of a residual detected"):
+        assert by[metric].value == 100 and by[metric].ok is True
+    assert by["[block2] max |protected - original|"].value <= B.EPS
+    assert any(r.metric.startswith("peer torchattacks") for r in rows)

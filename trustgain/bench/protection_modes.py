@@ -1,0 +1,197 @@
+"""Protection modes area: the RAEDiff-style ``ddpm`` mode and the dataset (``poison``) mode.
+
+``ddpm`` mode, digits domain (the embedded judge is the surrogate; 32x32 grey ink maps of the
+digits' held-out test split): self-recovery PSNR without the residual (target >= 30 dB),
+authorized accuracy = the judge on self-recovered images against the judge on the originals
+(target: within 1 point), and, reported without target, ASR (fraction of originally correct
+images the judge gets wrong) and PSNR of the protected images, and the same-run peer:
+torchattacks PGD at the same budget. The DDPM is ``$TRUSTGAIN_DDPM`` or the shipped
+``trustgain-digits-ddpm`` when present, else one trained here (``pixel_ddpm``, small).
+
+``poison`` mode, natural 32x32 patches (:mod:`trustgain.protection.patches`, region-disjoint
+split): a CNN trained from scratch on the protected training set, scored on the clean test set
+(target <= 0.35), the same under PGD adversarial training at the same budget (<= 0.55) and after
+JPEG-50 of the training set (reported), next to the same trainer on clean data.
+
+    python -m trustgain.bench protection-modes [--quick]
+    python -m trustgain.bench.protection_modes [--quick]      (this module alone)
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from trustgain.bench import Row
+
+EPS_DDPM = 64  # digits are robust: 8/255 does nothing to them (research note, section 6.1)
+DDPM_EXTRA = {"rank": 64}
+CHUNK = 25
+EPS_POISON = 8
+
+
+def _psnr(a: np.ndarray, b: np.ndarray) -> float:
+    from skimage.metrics import peak_signal_noise_ratio
+
+    pairs = zip(a, b, strict=True)
+    return float(np.mean([peak_signal_noise_ratio(x, y, data_range=255) for x, y in pairs]))
+
+
+def digits_ddpm(quick: bool) -> Path:
+    """The DDPM used for the digits rows (see the module docstring)."""
+    env = os.environ.get("TRUSTGAIN_DDPM")
+    if env:
+        return Path(env)
+    shipped = Path(__file__).resolve().parents[1] / "models" / "trustgain-digits-ddpm"
+    if (shipped / "unet").is_dir():
+        return shipped
+    from trustgain.fileio import trustgain_home
+    from trustgain.protection import pixel_ddpm
+
+    out = trustgain_home() / "cache" / ("ddpm-digits-quick" if quick else "ddpm-digits")
+    if not (out / "unet").is_dir():
+        pixel_ddpm.train_ddpm(pixel_ddpm.digits_images(), out, steps=400 if quick else 3000,
+                              max_timestep=300, progress=False)
+    return out
+
+
+def ddpm_rows(quick: bool) -> list[Row]:
+    import torchattacks
+
+    from trustgain.keys import KeyRing
+    from trustgain.models.data import load_split, upsample
+    from trustgain.protection import ddpm
+    from trustgain.protection.api import ProtectConfig
+    from trustgain.protection.surrogates import JudgeSurrogate
+
+    n = 25 if quick else 50
+    images, _labels = load_split("test")
+    x = upsample(images[:n])
+    x = x.mul(255).round().div(255)  # what a user has: uint8 images
+    x_u8 = x.mul(255).round().to(torch.uint8).numpy()
+    judge = JudgeSurrogate().eval()
+    judge.requires_grad_(False)
+    model = ddpm.resolve_ddpm(digits_ddpm(quick))
+    key = KeyRing.generate().derive("protect.rae", "ddpm").material
+    cfg = ProtectConfig(method="ddpm", eps=EPS_DDPM, steps=10 if quick else 40,
+                        extra=DDPM_EXTRA)
+    t0 = time.perf_counter()
+    prot, rec = [], []
+    y_true = torch.as_tensor(_labels[:n])
+    for i in range(0, n, CHUNK):  # a chunk shares one id; image j of it is f"c{i}/{j}"
+        xb = x[i:i + CHUNK]
+        p = ddpm.perturb(xb, key=key, config=cfg, surrogates=[judge], image_id=f"c{i}",
+                         ddpm=model, labels=y_true[i:i + CHUNK])
+        p = p.mul(255).round().div(255)
+        prot.append(p.mul(255).round().to(torch.uint8).numpy().transpose(0, 2, 3, 1))
+        rec.append(ddpm.self_recover(p, key=key, ddpm=model, image_id=f"c{i}",
+                                     config=cfg).transpose(0, 2, 3, 1))
+    per_img = (time.perf_counter() - t0) / n
+    prot_a, rec_a = np.concatenate(prot), np.concatenate(rec)
+    orig_a = x_u8.transpose(0, 2, 3, 1)
+    with torch.no_grad():
+        def pred(a: np.ndarray) -> np.ndarray:
+            t = torch.from_numpy(a.transpose(0, 3, 1, 2).copy()).float() / 255
+            return judge(t).argmax(1).numpy()
+
+        p_clean, p_prot, p_rec = pred(orig_a), pred(prot_a), pred(rec_a)
+    ok = p_clean == y_true.numpy()
+    acc_clean = float(ok.mean())
+    acc_rec = float((p_rec == y_true.numpy()).mean())
+    asr = float((p_prot[ok] != y_true.numpy()[ok]).mean())
+    psnr_rec, psnr_prot = _psnr(rec_a, orig_a), _psnr(prot_a, orig_a)
+    # the peer: torchattacks PGD at the same L-inf budget on the same judge and images
+    atk = torchattacks.PGD(judge, eps=EPS_DDPM / 255, alpha=2.5 * EPS_DDPM / 255 / 20, steps=20)
+    adv = atk(x, y_true).mul(255).round().to(torch.uint8).numpy().transpose(0, 2, 3, 1)
+    asr_peer = float((pred(adv)[ok] != y_true.numpy()[ok]).mean())
+    opts = ddpm.options(cfg)
+    note = (f"digits test split, n={n}, eps={EPS_DDPM}/255, t*={opts['t_star']}, "
+            f"rank {opts['rank']}, {cfg.steps} Adam steps")
+    return [
+        Row("ddpm self-recovery PSNR (no residual)", psnr_rec, "dB", ">= 30", psnr_rec >= 30,
+            note),
+        Row("ddpm authorized accuracy drop", 100 * (acc_clean - acc_rec), "points", "<= 1",
+            acc_clean - acc_rec <= 0.01, f"judge clean {acc_clean:.3f}, self-recovered "
+            f"{acc_rec:.3f}"),
+        Row("ddpm protected ASR (judge, white-box)", 100 * asr, "%", "", None, note),
+        Row("ddpm protected PSNR", psnr_prot, "dB", "", None, note),
+        Row("peer torchattacks PGD-20 ASR (judge)", 100 * asr_peer, "%", "", None,
+            f"same images and budget, PSNR {_psnr(adv, orig_a):.1f} dB"),
+        Row("ddpm protect + self-recover time", 1000 * per_img, "ms/img", "", None,
+            "1 thread, shared machine"),
+    ]
+
+
+POISON_KINDS = ("shortcut", "targeted")
+
+
+def poison_rows(quick: bool, kinds: tuple[str, ...] = POISON_KINDS,
+                steps: int | None = None) -> list[Row]:
+    from trustgain.keys import KeyRing
+    from trustgain.protection import patches, poison, victim
+    from trustgain.protection.api import ProtectConfig
+
+    per_train, per_test, epochs = (30, 20, 3) if quick else (100, 50, 8)
+    xtr, ytr, _ = patches.load("train", per_train)
+    xte, yte, _ = patches.load("test", per_test)
+    key = KeyRing.generate().derive("protect.rae", "poison").material
+    setup = f"patches {len(xtr)} train / {len(xte)} test, {epochs} epochs, eps={EPS_POISON}/255"
+
+    def acc(data: np.ndarray, **kw: int) -> float:
+        return victim.accuracy(victim.train_victim(data, ytr, epochs=epochs, seed=7, **kw),
+                               xte, yte)
+
+    rows = [Row("poison: clean-data CNN accuracy (reference)", acc(xtr), "acc", "", None,
+                setup),
+            Row("poison: adversarially trained CNN on clean set (reference)",
+                acc(xtr, adversarial_eps=EPS_POISON, pgd_steps=2), "acc", "", None,
+                f"{setup}, PGD-2 adversarial training")]
+    for kind in kinds:
+        cfg = ProtectConfig(method="poison", eps=EPS_POISON, steps=steps or (5 if quick else 10),
+                            diversity=0.0, extra={"poison": kind, "crafting_archs": ("cnn",),
+                                                  "crafting_epochs": epochs})
+        t0 = time.perf_counter()
+        xp = poison.protect_dataset(xtr, ytr, key=key, config=cfg)
+        linf = int(np.abs(xp.astype(int) - xtr.astype(int)).max())
+        note = (f"{setup} (max |d| {linf}), PGD-{cfg.steps}, made in "
+                f"{time.perf_counter() - t0:.0f} s")
+        plain = acc(xp)
+        rows.append(Row(f"poison {kind}: fresh CNN on protected set", plain, "acc", "<= 0.35",
+                        plain <= 0.35, note))
+        rows.append(Row(f"poison {kind}: fresh CNN, JPEG-50 of protected set",
+                        acc(victim.jpeg(xp, 50)), "acc", "", None, note))
+        at = acc(xp, adversarial_eps=EPS_POISON, pgd_steps=2)
+        rows.append(Row(f"poison {kind}: adversarially trained CNN on protected set", at, "acc",
+                        "<= 0.55", at <= 0.55, f"PGD-2 adversarial training at {EPS_POISON}/255"))
+    return rows
+
+
+def run(quick: bool = False, device: str = "cpu") -> list[Row]:
+    """All rows (``device`` is unused: everything runs on the CPU)."""
+    return ddpm_rows(quick) + poison_rows(quick)
+
+
+if __name__ == "__main__":  # pragma: no cover - manual runs
+    import argparse
+
+    from trustgain.bench import format_table
+
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--only", choices=("ddpm", "poison"), default=None)
+    ap.add_argument("--kinds", default=",".join(POISON_KINDS), help="poison kinds to measure")
+    ap.add_argument("--poison-steps", type=int, default=None, help="PGD steps of the poisons")
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    kinds = tuple(args.kinds.split(","))
+    if args.only == "ddpm":
+        rows = ddpm_rows(args.quick)
+    elif args.only == "poison":
+        rows = poison_rows(args.quick, kinds, args.poison_steps)
+    else:
+        rows = run(args.quick)
+    print(format_table(rows))

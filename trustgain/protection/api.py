@@ -1,0 +1,209 @@
+"""Library entry points: :func:`protect`, :func:`recover`, :func:`self_recover`.
+
+``protect`` perturbs an image against unauthorized classifiers (the surrogates) within an
+L-infinity budget in pixel units, rounds to uint8 with the budget enforced exactly, and seals
+the residual ``original - protected`` (see :mod:`trustgain.protection.residual`), so a key
+holder recovers the original bit for bit. Method ``"pgd"`` lives in
+:mod:`trustgain.protection.pgd`; any other method ``m`` is the module
+``trustgain.protection.m`` exposing ``perturb(x, *, key, config, surrogates) -> x_adv``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import re
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from trustgain.errors import ConfigError, InputError
+
+#: Transformations the PGD core can average over (expectation over transformation).
+EOT_TRANSFORMS = ("jpeg", "blur", "resize", "noise")
+
+
+@dataclass(frozen=True)
+class ProtectConfig:
+    """How to protect. Budgets are integers in pixel units (0..255), never fractions.
+
+    - ``method``: ``"pgd"`` (this package), ``"ddpm"`` or ``"poison"`` (their modules).
+    - ``eps``: L-infinity budget; ``|protected - original| <= eps`` holds exactly in uint8.
+    - ``steps`` / ``step_size``: PGD iterations and step (pixel units; 0 = ``2.5 * eps / steps``,
+      the Madry et al. rule).
+    - ``momentum``: MI-FGSM decay (0 turns momentum off).
+    - ``diversity``: probability of DI-FGSM random resize-and-pad per step (0 = off).
+    - ``eot``: transformations averaged over each step, a subset of :data:`EOT_TRANSFORMS`;
+      ``eot_samples`` draws per step.
+    - ``kappa``: CW margin: the loss stops pushing once the wrong class leads by ``kappa``.
+    - ``block``: one perturbation value per ``block x block`` pixels (2 by default: a
+      low-frequency perturbation that survives blur/JPEG better and whose residual compresses
+      to under 1 bit per subpixel at 8/255; 1 = per-pixel PGD).
+    - ``seed``: seeds the random start and transformations (with the image id), so a run is
+      reproducible.
+    """
+
+    method: str = "pgd"
+    eps: int = 8
+    steps: int = 20
+    step_size: float = 0.0
+    momentum: float = 1.0
+    diversity: float = 0.5
+    eot: tuple[str, ...] = ("jpeg", "blur", "resize", "noise")
+    eot_samples: int = 1
+    kappa: float = 5.0
+    random_start: bool = True
+    block: int = 2
+    seed: int = 0
+    extra: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
+
+    def __post_init__(self) -> None:
+        if not re.fullmatch(r"[a-z][a-z0-9_]*", self.method):
+            raise ConfigError(f"protection method {self.method!r} is not a method name")
+        if isinstance(self.eps, bool) or not isinstance(self.eps, int) or not 1 <= self.eps <= 64:
+            raise ConfigError(
+                f"eps must be an integer in [1, 64] pixel units, got {self.eps!r}",
+                hint="8 means 8/255; budgets on a [-1, 1] scale are twice as large in pixels",
+            )
+        if not isinstance(self.steps, int) or not 0 <= self.steps <= 10_000:
+            raise ConfigError(f"steps must be an integer in [0, 10000], got {self.steps!r}")
+        if not 0 <= self.step_size <= 255:
+            raise ConfigError(f"step_size must be in [0, 255] pixel units, got {self.step_size}")
+        if not 0 <= self.momentum <= 10 or not 0 <= self.diversity <= 1:
+            raise ConfigError("momentum must be in [0, 10] and diversity in [0, 1]")
+        object.__setattr__(self, "eot", tuple(self.eot))
+        unknown = set(self.eot) - set(EOT_TRANSFORMS)
+        if unknown:
+            raise ConfigError(
+                f"unknown EoT transform(s) {', '.join(sorted(unknown))}; "
+                f"known: {', '.join(EOT_TRANSFORMS)}"
+            )
+        if not 1 <= self.block <= 16:
+            raise ConfigError(f"block must be in [1, 16] pixels, got {self.block!r}")
+        if not 1 <= self.eot_samples <= 64 or self.kappa < 0:
+            raise ConfigError("eot_samples must be in [1, 64] and kappa >= 0")
+
+    @property
+    def alpha(self) -> float:
+        """The step size in pixel units."""
+        return self.step_size or 2.5 * self.eps / max(self.steps, 1)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["eot"] = list(self.eot)
+        return d
+
+
+def as_tensor(image: np.ndarray) -> tuple[torch.Tensor, tuple[int, ...]]:
+    """uint8 HxW / HxWxC (C = 1 or 3) -> float tensor [1, C, H, W] in [0, 1], and the shape."""
+    if not isinstance(image, np.ndarray) or image.dtype != np.uint8:
+        raise InputError(
+            "image must be a uint8 numpy array", hint="use np.asarray(PIL.Image.open(path))"
+        )
+    if image.ndim == 2:
+        chw = image[None]
+    elif image.ndim == 3 and image.shape[2] in (1, 3):
+        chw = image.transpose(2, 0, 1)
+    else:
+        raise InputError(f"image shape {image.shape} is not HxW, HxWx1 or HxWx3")
+    if min(image.shape[:2]) < 8:
+        raise InputError(f"image {image.shape[1]}x{image.shape[0]} is smaller than 8x8")
+    x = torch.from_numpy(np.array(chw, dtype=np.float32)).div(255.0)[None]
+    return x, image.shape
+
+
+def quantize(x: np.ndarray, x_adv: torch.Tensor, eps: int) -> np.ndarray:
+    """Round the perturbed image to uint8 with ``|result - x| <= eps`` exactly (x: uint8)."""
+    adv = x_adv.detach().to("cpu", torch.float64)[0].numpy() * 255.0
+    adv = adv.transpose(1, 2, 0).reshape(x.shape) if x.ndim == 3 else adv[0]
+    base = x.astype(np.int16)
+    out = np.clip(np.rint(adv), base - eps, base + eps)
+    return np.clip(out, 0, 255).astype(np.uint8)
+
+
+def _perturb(x: torch.Tensor, *, key: bytes, config: ProtectConfig,
+             surrogates: Sequence[torch.nn.Module], labels: int | None,
+             image_id: str) -> torch.Tensor:
+    if config.method == "pgd":
+        from trustgain.protection import pgd
+
+        return pgd.perturb(x, key=key, config=config, surrogates=surrogates, labels=labels,
+                           image_id=image_id)
+    try:
+        module = importlib.import_module(f"trustgain.protection.{config.method}")
+    except ModuleNotFoundError as exc:
+        if exc.name != f"trustgain.protection.{config.method}":
+            raise
+        raise ConfigError(f"unknown protection method {config.method!r}",
+                          hint="methods: pgd, ddpm, poison") from None
+    fn = getattr(module, "perturb", None)
+    if fn is None:
+        raise ConfigError(f"protection method {config.method!r} has no perturb()")
+    return fn(x, key=key, config=config, surrogates=surrogates, labels=labels, image_id=image_id)
+
+
+def protect(image: np.ndarray, *, key: bytes, config: ProtectConfig,
+            surrogates: Sequence[torch.nn.Module], image_id: str,
+            labels: int | None = None) -> tuple[np.ndarray, bytes]:
+    """Protect ``image``; return ``(protected uint8 same shape, sealed residual bytes)``.
+
+    ``key`` (32 bytes, e.g. ``keyring.derive("protect.rae", "residual").material``) seals the
+    residual; ``labels`` is the true class if known (else the surrogates' prediction is used).
+    """
+    from trustgain.protection import residual
+
+    residual.check_key(key)
+    if not surrogates and config.method == "pgd":
+        raise ConfigError("pgd protection needs at least one surrogate model",
+                          hint="see trustgain.protection.surrogates")
+    x, _ = as_tensor(image)
+    x_adv = _perturb(x, key=key, config=config, surrogates=surrogates, labels=labels,
+                     image_id=image_id)
+    if x_adv.shape != x.shape:
+        raise ConfigError(f"method {config.method!r} returned shape {tuple(x_adv.shape)}, "
+                          f"expected {tuple(x.shape)}")
+    protected = quantize(image, x_adv, config.eps)
+    sealed = residual.seal(image, protected, key=key, image_id=image_id,
+                           method=config.method, eps=config.eps)
+    return protected, sealed
+
+
+def recover(protected: np.ndarray, residual: bytes | str | os.PathLike[str], *, key: bytes,
+            lenient: bool = False) -> np.ndarray:
+    """The original image from ``protected`` and its sealed ``residual`` (bit-exact).
+
+    ``residual``: the sealed bytes, or a file holding them (a ``.rae`` sidecar, or a PNG
+    written by :func:`trustgain.protection.residual.save` that carries them in its chunk).
+    Refuses (:class:`~trustgain.protection.residual.RecoveryError`) on a wrong key or any
+    modification; with ``lenient=True`` a modified (e.g. re-encoded) protected image of the
+    right shape gets the residual applied anyway, with a warning.
+    """
+    from trustgain.protection import residual as _residual
+
+    if isinstance(residual, str | os.PathLike):
+        path = Path(residual)
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            raise InputError(f"cannot read residual {path}: {exc.strerror}") from None
+        if data.startswith(b"\x89PNG"):
+            _, sealed = _residual.from_png(data)
+            if sealed is None:
+                raise _residual.RecoveryError(f"{path} carries no residual chunk")
+            data = sealed
+        residual = data
+    return _residual.open_and_apply(protected, residual, key=key, lenient=lenient)
+
+
+def self_recover(*args: Any, **kwargs: Any) -> Any:
+    """DDPM-mode self-recovery without the residual (see :mod:`trustgain.protection.ddpm`)."""
+    try:
+        from trustgain.protection.ddpm import self_recover as _self_recover
+    except ImportError as exc:
+        raise ConfigError("self-recovery needs the ddpm protection mode, "
+                          f"which is unavailable here ({exc})") from None
+    return _self_recover(*args, **kwargs)

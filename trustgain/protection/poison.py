@@ -1,0 +1,211 @@
+"""Method ``"poison"``: protect a dataset that someone may train on without permission.
+
+Two published availability attacks, both within an L-infinity budget in pixel units and
+rounded to uint8 exactly like the other methods:
+
+- ``"targeted"`` (default): error-maximizing, class-targeted adversarial poisons (Fowl et al.,
+  "Adversarial Examples Make Strong Poisons", NeurIPS 2021, arXiv 2106.10807): each image is
+  pushed by PGD towards the class ``(y + 1) mod K`` of models trained on the clean data, so a
+  model trained on the protected set learns features that point to the wrong class.
+- ``"untargeted"``: the same with the untargeted CW margin (the research note's baseline).
+- ``"shortcut"``: class-wise synthetic noise ("Availability Attacks Create Shortcuts", Yu et
+  al., KDD 2022, arXiv 2111.00898): one keyed pattern per class of random +-eps values on
+  4x4-pixel blocks, added to every image of that class; a network learns the pattern instead of
+  the content. Needs no crafting model and works for any labelled dataset.
+- ``"ue"``: sample-wise error-minimizing noise, "Unlearnable Examples" (Huang et al., ICLR 2021,
+  arXiv 2101.04898): a min-min game between a model trained on the noisy data and noise that
+  makes its training loss vanish, so nothing is left to learn.
+
+The PGD loops are short and written here: torchattacks' targeted PGD takes one model and no
+error-minimizing mode, and the perturbation must match the integer budget rule of
+:func:`trustgain.protection.api.quantize`. Known limits (the research note, section 4):
+adversarial training at the same budget and JPEG/grayscale squeezing weaken all of these, so the
+benchmark always reports those alongside (``python -m trustgain.bench protection-modes``).
+
+Options in ``ProtectConfig.extra``: ``poison`` (``targeted``/``untargeted``/``ue``),
+``ue_rounds`` (10), ``ue_arch`` (``cnn``, the model of the min-min game), ``crafting_archs``
+(``("cnn", "resnet")``, trained here when no surrogates are given), ``crafting_epochs`` (12).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from trustgain.errors import ConfigError, InputError
+
+if TYPE_CHECKING:
+    from trustgain.protection.api import ProtectConfig
+
+KINDS = ("targeted", "untargeted", "shortcut", "ue")
+DEFAULTS: dict[str, Any] = {"poison": "targeted", "ue_rounds": 10, "ue_arch": "cnn",
+                            "crafting_archs": ("cnn", "resnet"), "crafting_epochs": 12}
+
+
+def options(config: ProtectConfig) -> dict[str, Any]:
+    opts = dict(DEFAULTS)
+    opts.update({k: v for k, v in config.extra.items() if k in DEFAULTS})
+    if opts["poison"] not in KINDS:
+        raise ConfigError(f"unknown poison kind {opts['poison']!r}; known: {', '.join(KINDS)}")
+    return opts
+
+
+def _generator(key: bytes, config: ProtectConfig, tag: str) -> torch.Generator:
+    digest = hmac.new(bytes(key), f"trustgain/poison/v1/{config.seed}/{tag}".encode(),
+                      hashlib.sha256).digest()
+    return torch.Generator().manual_seed(int.from_bytes(digest[:8], "big") >> 1)
+
+
+def _ensemble_ce(models: Sequence[torch.nn.Module], x: torch.Tensor,
+                 y: torch.Tensor) -> torch.Tensor:
+    return sum(F.cross_entropy(m(x), y, reduction="sum") for m in models)
+
+
+def pgd_steps(x: torch.Tensor, objective: Callable[[torch.Tensor], torch.Tensor], *,
+              eps: float, alpha: float, steps: int, g: torch.Generator,
+              delta: torch.Tensor | None = None, p_div: float = 0.0) -> torch.Tensor:
+    """Signed-gradient *descent* on ``objective(x + delta)`` within ``|delta| <= eps``
+    ([0, 1] units); returns the new delta. ``p_div``: DI-FGSM input diversity."""
+    from trustgain.protection.pgd import diversity
+
+    if delta is None:
+        delta = (torch.rand(x.shape, generator=g) * 2 - 1) * eps
+    delta = ((x + delta).clamp(0, 1) - x).detach()
+    for _ in range(steps):
+        delta.requires_grad_(True)
+        xa = x + delta
+        if p_div and float(torch.rand((), generator=g)) < p_div:
+            xa = diversity(xa, g)
+        (grad,) = torch.autograd.grad(objective(xa), delta)
+        with torch.no_grad():
+            delta = (delta - alpha * grad.sign()).clamp(-eps, eps)
+            delta = (x + delta).clamp(0, 1) - x
+    return delta.detach()
+
+
+def _targets(y: torch.Tensor, n_classes: int) -> torch.Tensor:
+    return (y + 1) % n_classes
+
+
+def _objective(kind: str, models: Sequence[torch.nn.Module], y: torch.Tensor,
+               n_classes: int, kappa: float) -> Callable[[torch.Tensor], torch.Tensor]:
+    from trustgain.protection.pgd import margin_loss
+
+    if kind == "targeted":
+        target = _targets(y, n_classes)
+        return lambda xa: _ensemble_ce(models, xa, target)
+    if kind == "untargeted":
+        return lambda xa: -sum(margin_loss(m(xa), y, kappa) for m in models)
+    raise ConfigError(f"poison kind {kind!r} has no per-image objective")
+
+
+def perturb(x: torch.Tensor, *, key: bytes, config: ProtectConfig,
+            surrogates: Sequence[torch.nn.Module], labels: int | Sequence[int] | None = None,
+            image_id: str = "") -> torch.Tensor:
+    """Per-image use (``protect(..., method="poison")``): the error-maximizing poison of
+    ``x`` [B, C, H, W] against the surrogates (``targeted`` or ``untargeted``; ``ue`` needs a
+    whole dataset, see :func:`protect_dataset`). Labels default to the surrogates' vote."""
+    opts = options(config)
+    kind = opts["poison"]
+    if opts["poison"] in ("ue", "shortcut"):
+        raise ConfigError(f"{opts['poison']!r} noise is made for a whole labelled dataset",
+                          hint="use trustgain.protection.poison.protect_dataset")
+    if not surrogates:
+        raise ConfigError("the poison method needs at least one surrogate model")
+    for m in surrogates:
+        m.eval()
+    with torch.no_grad():
+        logits = sum(m(x).softmax(1) for m in surrogates)
+    y = logits.argmax(1) if labels is None else \
+        torch.as_tensor(labels, dtype=torch.long).reshape(-1).expand(len(x))
+    g = _generator(key, config, image_id)
+    delta = pgd_steps(x, _objective(kind, surrogates, y, logits.shape[1], config.kappa),
+                      eps=config.eps / 255, alpha=config.alpha / 255, steps=config.steps, g=g,
+                      p_div=config.diversity)
+    return (x + delta).clamp(0, 1)
+
+
+def quantize_batch(images: np.ndarray, adv: torch.Tensor, eps: int) -> np.ndarray:
+    """Float [N, C, H, W] in [0, 1] -> uint8 N x H x W x C with ``|out - images| <= eps``."""
+    a = np.rint(adv.detach().double().numpy().transpose(0, 2, 3, 1) * 255.0)
+    a = a.reshape(images.shape)
+    base = images.astype(np.int16)
+    return np.clip(np.clip(a, base - eps, base + eps), 0, 255).astype(np.uint8)
+
+
+def shortcut_patterns(key: bytes, config: ProtectConfig, n_classes: int, shape: tuple[int, ...],
+                      block: int = 4) -> torch.Tensor:
+    """Keyed class-wise patterns [K, C, H, W] of +-eps ([0, 1] units) on ``block``-px blocks."""
+    c, h, w = shape
+    g = _generator(key, config, "shortcut")
+    coarse = torch.randint(0, 2, (n_classes, c, -(-h // block), -(-w // block)), generator=g)
+    full = coarse.repeat_interleave(block, 2).repeat_interleave(block, 3)[:, :, :h, :w]
+    return (full.float() * 2 - 1) * config.eps / 255
+
+
+def _train_crafting(images: np.ndarray, labels: np.ndarray, opts: dict[str, Any],
+                    seed: int) -> list[torch.nn.Module]:
+    from trustgain.protection import surrogates as sg
+
+    return [sg.train(arch, images, labels, epochs=int(opts["crafting_epochs"]), seed=seed + i)
+            for i, arch in enumerate(opts["crafting_archs"])]
+
+
+def _check_dataset(images: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    if not isinstance(images, np.ndarray) or images.dtype != np.uint8 or images.ndim not in (3, 4):
+        raise InputError("images must be a uint8 array N x H x W [x C]")
+    labels = np.asarray(labels)
+    if labels.shape != (len(images),) or not np.issubdtype(labels.dtype, np.integer):
+        raise InputError(f"labels must be {len(images)} integers, got shape {labels.shape}")
+    if labels.min() < 0:
+        raise InputError("labels must be non-negative class indices")
+    return images, labels.astype(np.int64)
+
+
+def protect_dataset(images: np.ndarray, labels: np.ndarray, *, key: bytes,
+                    config: ProtectConfig, surrogates: Sequence[torch.nn.Module] | None = None,
+                    batch: int = 128, progress: bool = False) -> np.ndarray:
+    """Protected copy of a labelled dataset (uint8 N x H x W [x C]) for training-time
+    protection. Without ``surrogates``, crafting models are trained here on the clean data
+    (not needed for ``ue``, which trains its own)."""
+    from tqdm import tqdm
+
+    from trustgain.protection import surrogates as sg
+
+    images, labels = _check_dataset(images, labels)
+    opts = options(config)
+    eps, alpha = config.eps / 255, config.alpha / 255
+    if opts["poison"] == "ue":
+        from trustgain.protection.unlearnable import error_minimizing
+
+        delta = error_minimizing(images, labels, eps=eps, alpha=alpha, steps=config.steps,
+                                 rounds=int(opts["ue_rounds"]), arch=str(opts["ue_arch"]),
+                                 g=_generator(key, config, "ue"), progress=progress)
+        return quantize_batch(images, sg.to_tensor(images) + delta, config.eps)
+    if opts["poison"] == "shortcut":
+        x = sg.to_tensor(images)
+        pats = shortcut_patterns(key, config, int(labels.max()) + 1, tuple(x.shape[1:]))
+        return quantize_batch(images, (x + pats[torch.from_numpy(labels)]).clamp(0, 1),
+                              config.eps)
+    models = list(surrogates) if surrogates else _train_crafting(images, labels, opts,
+                                                                 config.seed)
+    for m in models:
+        m.eval()
+        m.requires_grad_(False)
+    n_classes = int(labels.max()) + 1
+    x = sg.to_tensor(images)
+    y = torch.from_numpy(labels)
+    g = _generator(key, config, "dataset")
+    out = torch.empty_like(x)
+    for i in tqdm(range(0, len(x), batch), disable=not progress, desc="poison", leave=False):
+        xb, yb = x[i:i + batch], y[i:i + batch]
+        obj = _objective(opts["poison"], models, yb, n_classes, config.kappa)
+        out[i:i + batch] = xb + pgd_steps(xb, obj, eps=eps, alpha=alpha, steps=config.steps,
+                                          g=g, p_div=config.diversity)
+    return quantize_batch(images, out, config.eps)
