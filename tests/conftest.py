@@ -20,6 +20,18 @@ def _isolated_home(tmp_path_factory, monkeypatch):
     monkeypatch.delenv("TRUSTGAIN_DEBUG", raising=False)
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One torch thread: on small shared machines several threads make tiny models many times
+    slower (measured 3-30x on 2 busy cores)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def keyring() -> KeyRing:
     return KeyRing.generate()

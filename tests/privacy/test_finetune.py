@@ -21,13 +21,7 @@ from trustgain.privacy.ledger import BudgetExceeded, Ledger
 FAST = dict(epochs=1, batch_size=4, progress=False, lr=1e-3, accountant="rdp")  # prv is slow
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Two threads on a shared 2-core machine are ~3x slower than one."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

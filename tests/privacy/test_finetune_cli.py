@@ -6,7 +6,6 @@ import json
 
 import numpy as np
 import pytest
-import torch
 from click.testing import CliRunner
 from tiny import tiny_sd_pipeline
 
@@ -14,14 +13,7 @@ from trustgain.cli.finetune import finetune
 from trustgain.cli.main import cli, main
 from trustgain.privacy.finetune_data import write_folder
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Two threads on a shared 2-core machine are ~3x slower than one."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture()

@@ -1,14 +1,10 @@
-"""One torch thread for the protection tests: the suite runs on small shared machines."""
+"""One torch thread for every protection test (see ``one_torch_thread`` in tests/conftest.py)."""
 
 from __future__ import annotations
 
 import pytest
-import torch
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+@pytest.fixture(autouse=True)
+def _one_thread(one_torch_thread):
+    """Applies the shared fixture to every test in this folder."""

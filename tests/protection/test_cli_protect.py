@@ -6,7 +6,6 @@ import json
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from trustgain.cli.main import cli, main
@@ -22,15 +21,6 @@ FAST = ["--steps", "2", "--no-progress"]
 def _commands(monkeypatch):
     monkeypatch.setitem(cli.commands, "protect", protect)
     monkeypatch.setitem(cli.commands, "recover", recover)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One torch thread: on a shared 2-core machine more threads thrash (10x slower)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture

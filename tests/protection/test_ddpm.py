@@ -16,15 +16,6 @@ KEY = bytes(range(32))
 OTHER = bytes(range(1, 33))
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Small convolutions on a shared CPU are far slower with several threads."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def model() -> PixelDDPM:
     torch.manual_seed(0)

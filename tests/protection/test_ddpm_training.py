@@ -13,14 +13,6 @@ from trustgain.protection import pixel_ddpm
 KW = {"steps": 3, "batch": 4, "width": 8, "checkpoint_every": 1, "progress": False}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def data() -> np.ndarray:
     return np.random.default_rng(0).random((8, 1, 16, 16)).astype(np.float32)

@@ -13,14 +13,6 @@ from trustgain.protection.api import ProtectConfig
 KEY = bytes(range(32))
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def data() -> tuple[np.ndarray, np.ndarray]:
     """Three classes of 32x32 RGB noise textures, told apart by a colour tint."""
