@@ -225,6 +225,18 @@ def train(arch: str, images: np.ndarray, labels: np.ndarray, *, epochs: int = 12
         (len(x) + batch - 1) // batch))
     g = torch.Generator().manual_seed(seed)
     net.train()
+    for idx, xb in augmented_batches(x, epochs=epochs, batch=batch, g=g):
+        loss = F.cross_entropy(model(xb), y[idx], label_smoothing=0.1)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        sched.step()
+    return model.eval()
+
+
+def augmented_batches(x: torch.Tensor, *, epochs: int, batch: int, g: torch.Generator):
+    """Shuffled minibatches ``(indices, images)`` with random horizontal flips and one random
+    2-px shift per batch, drawn from ``g`` (shared by surrogate and victim training)."""
     for _ in range(epochs):
         order = torch.randperm(len(x), generator=g)
         for i in range(0, len(x), batch):
@@ -233,13 +245,7 @@ def train(arch: str, images: np.ndarray, labels: np.ndarray, *, epochs: int = 12
             flip = torch.rand(len(xb), generator=g) < 0.5
             xb = torch.where(flip.view(-1, 1, 1, 1), xb.flip(-1), xb)
             dy, dx = (int(v) for v in torch.randint(-2, 3, (2,), generator=g))
-            xb = torch.roll(xb, (dy, dx), (2, 3))
-            loss = F.cross_entropy(model(xb), y[idx], label_smoothing=0.1)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            sched.step()
-    return model.eval()
+            yield idx, torch.roll(xb, (dy, dx), (2, 3))
 
 
 def train_sklearn(kind: str, images: np.ndarray, labels: np.ndarray, *, seed: int = 0,

@@ -58,22 +58,14 @@ def train_victim(images: np.ndarray, labels: np.ndarray, *, arch: str = "cnn",
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, lr, total_steps=epochs * per_epoch)
     g = torch.Generator().manual_seed(seed)
     model.train()
-    for _ in range(epochs):
-        order = torch.randperm(len(x), generator=g)
-        for i in range(0, len(x), batch):
-            idx = order[i:i + batch]
-            xb = x[idx]
-            flip = torch.rand(len(xb), generator=g) < 0.5
-            xb = torch.where(flip.view(-1, 1, 1, 1), xb.flip(-1), xb)
-            dy, dx = (int(v) for v in torch.randint(-2, 3, (2,), generator=g))
-            xb = torch.roll(xb, (dy, dx), (2, 3))
-            if adversarial_eps:
-                xb = _pgd_train_batch(model, xb, y[idx], adversarial_eps / 255, pgd_steps, g)
-            loss = F.cross_entropy(model(xb), y[idx])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            sched.step()
+    for idx, xb in sg.augmented_batches(x, epochs=epochs, batch=batch, g=g):
+        if adversarial_eps:
+            xb = _pgd_train_batch(model, xb, y[idx], adversarial_eps / 255, pgd_steps, g)
+        loss = F.cross_entropy(model(xb), y[idx])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        sched.step()
     return model.eval()
 
 
