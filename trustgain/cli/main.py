@@ -12,6 +12,7 @@ from trustgain.cli.audit import audit
 from trustgain.cli.finetune import finetune
 from trustgain.cli.generate import generate
 from trustgain.cli.keys import keys
+from trustgain.cli.ledger import ledger
 from trustgain.cli.protect import protect, recover
 from trustgain.cli.stages import stages
 from trustgain.cli.verify import verify
@@ -45,6 +46,7 @@ cli.add_command(protect)
 cli.add_command(recover)
 cli.add_command(finetune)
 cli.add_command(audit)
+cli.add_command(ledger)
 
 
 def main(argv: list[str] | None = None) -> int:
