@@ -91,3 +91,7 @@ def speed_table(seed: int = 0) -> dict[str, dict[str, float]]:
         + "\n"
     )
     return out
+
+
+if __name__ == "__main__":  # the decision-time table alone: python -m schedulers.bench_speed
+    speed_table()

@@ -220,6 +220,7 @@ def solve_slots(
         cand[np.arange(n)[:, None], region[rng.integers(0, region.size, (n, 2))]] = True
         if edges is not None:  # carried over from before the slots were extended
             cand[edges[0], offset[edges[1]] + edges[2] - 1] = True
+        reduced = np.empty_like(cost)  # reduced costs, rewritten in place each round
         while True:
             rows, cols = np.nonzero(cand)
             graph = csr_matrix((cost[rows, cols].astype(np.float64), (rows, cols)), (n, s_n))
@@ -227,7 +228,7 @@ def solve_slots(
             match = np.empty(n, dtype=np.int64)
             match[r] = c
             d = _potentials(cost, rows, cols, match)
-            reduced = cost + d[None, :]
+            np.add(cost, d[None, :], out=reduced)
             reduced -= (cost[np.arange(n), match] + d[match])[:, None]
             by_row = reduced.argmin(axis=1)
             bad = reduced[np.arange(n), by_row] < 0
