@@ -93,5 +93,24 @@ def speed_table(seed: int = 0) -> dict[str, dict[str, float]]:
     return out
 
 
+def exact_spread(instances: int = 5, repeat: int = 5) -> list[float]:
+    """Best-of-``repeat`` wall ms of the exact contract allocator on ``instances`` random
+    1,000x100 scenarios (seeds 0, 1, ...): how much the one-instance table's figure varies."""
+    from schedulers.contract import eligible, make_scenario
+    from schedulers.contract_alloc import exact
+
+    out = []
+    for seed in range(instances):
+        rng = np.random.default_rng(seed)
+        sc = make_scenario(rng, 1000, 100)
+        allowed = eligible(sc, sc.labels("vlm", rng))
+        wall, _ = timeit2(lambda sc=sc, allowed=allowed: exact(sc, allowed), repeat)
+        out.append(1000 * wall)
+    print("exact contract allocator over instances (ms): "
+          + ", ".join(f"{v:.0f}" for v in out) + f"; median {np.median(out):.0f}")
+    return out
+
+
 if __name__ == "__main__":  # the decision-time table alone: python -m schedulers.bench_speed
     speed_table()
+    exact_spread()
