@@ -7,12 +7,12 @@ can recompute a signed record's bytes.
 from __future__ import annotations
 
 import hashlib
+import sys
 from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
 import rfc8785
-import torch
 from PIL import Image
 
 from trustgain.errors import ConfigError
@@ -43,7 +43,7 @@ def output_sha256(output: Any) -> str:
     """Digest of one generator output: a PIL image, an array or tensor, or text."""
     if isinstance(output, Image.Image):
         return pixels_sha256(output)
-    if isinstance(output, torch.Tensor):
+    if _is_tensor(output):
         output = output.detach().cpu().contiguous().numpy()
     if isinstance(output, np.ndarray):
         array = np.ascontiguousarray(output)
@@ -79,4 +79,13 @@ def _jsonable(value: Any) -> Any:
         return value
     if isinstance(value, float):
         return value if np.isfinite(value) else str(value)
-    return output_sha256(value) if isinstance(value, (np.ndarray, torch.Tensor)) else repr(value)
+    if isinstance(value, np.ndarray) or _is_tensor(value):
+        return output_sha256(value)
+    return repr(value)
+
+
+def _is_tensor(value: Any) -> bool:
+    """A torch tensor, without importing torch (a tensor exists only once torch is imported):
+    keeps ``import trustgain`` and the CLI's start-up free of torch's import time."""
+    torch = sys.modules.get("torch")
+    return torch is not None and isinstance(value, torch.Tensor)

@@ -5,16 +5,17 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from types import MappingProxyType
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from trustgain.errors import ConfigError
+
+if TYPE_CHECKING:  # torch is imported by whoever makes tensors; not at `import trustgain`
+    import torch
 
 #: A step hook receives (step index, timestep, the tensors it asked for) and returns the
 #: tensors it changes (or None). The pipeline folds all hooks into one diffusers
 #: ``callback_on_step_end``.
-StepFn = Callable[[int, int, Mapping[str, torch.Tensor]], Mapping[str, torch.Tensor] | None]
+StepFn = Callable[[int, int, Mapping[str, "torch.Tensor"]], "Mapping[str, torch.Tensor] | None"]
 
 
 #: Largest seed: records are RFC 8785 JSON, whose integers are exact up to 2**53 - 1.

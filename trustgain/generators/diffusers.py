@@ -13,13 +13,15 @@ import inspect
 import json
 from collections.abc import Sequence
 from types import MappingProxyType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
 from trustgain.errors import ConfigError, GeneratorError
 from trustgain.types import GenerationRequest, StepHook
+
+if TYPE_CHECKING:
+    import torch
 
 _RESERVED = {
     "generator",
@@ -129,6 +131,8 @@ class DiffusersGenerator:
         elif n != 1:
             raise GeneratorError(f"{type(self.pipe).__name__} makes one output per call")
         if request.seed is not None:
+            import torch
+
             kwargs["generator"] = torch.Generator(device="cpu").manual_seed(request.seed)
         for key, value in request.extra.items():
             if key in _RESERVED:
@@ -160,6 +164,8 @@ class DiffusersGenerator:
     ) -> tuple[Any, ...]:
         result = self.pipe(**self.kwargs(request, latents=latents, hooks=hooks))
         images = result.images if hasattr(result, "images") else result[0]
+        import torch
+
         if isinstance(images, (np.ndarray, torch.Tensor)):
             return tuple(images[i] for i in range(images.shape[0]))
         return tuple(images)

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from trustgain.errors import ConfigError, GeneratorError
 from trustgain.generators.diffusers import DiffusersGenerator
 from trustgain.types import GenerationRequest, StepHook
+
+if TYPE_CHECKING:
+    import torch
 
 
 class MultiGenerator:
