@@ -14,7 +14,7 @@ from trustgain.protection.batch_manifest import read_manifest
 from trustgain.protection.residual import PNG_CHUNK
 from trustgain.provenance.embed import _png_chunks
 
-FAST = ["--steps", "2", "--no-progress"]
+FAST = ["--steps", "2", "--no-progress", "--threads", "1"]
 
 
 @pytest.fixture(autouse=True)
