@@ -68,6 +68,7 @@ def test_protect_then_recover_is_bit_exact(capsys, tmp_path, photos, ring):
     assert code == 1 and summary["done"] == 3 and summary["refused"] == 1
     assert "alpha.png: refused (has an alpha channel" in err
     assert summary["key_id"].startswith("hkdf:") and "hkdf" not in err
+    assert "no --surrogate given" in err  # the default targets the digits judge: said so
     for rel, arr in originals.items():
         prot = np.asarray(Image.open(out / rel))
         assert prot.shape == arr.shape
