@@ -132,15 +132,15 @@ def protect(in_dir: str, out_dir: str, method: str, eps: int, steps: int,
         torch.set_num_threads(threads)
     key, key_id = _key(keyring_path)
     folders = tuple(str(Path(s).resolve()) for s in surrogates)
-    if not folders:
-        note("no --surrogate given: the attack targets the embedded digits judge only; for "
-             "other images train surrogates first: python -m trustgain.protection.surrogates "
-             "--data DIR -o SURROGATES")
     load_surrogates(folders)  # a bad folder fails here, once, not once per image
     job = ProtectJob(config=config, key=key, key_id=key_id, store=store, surrogates=folders,
                      surrogate_digests=tuple(surrogate_digest(f) for f in folders))
     summary = run_batch(in_dir, out_dir, job, ray_address=ray_address, workers=workers,
                         show_progress=not no_progress)
+    if not folders:
+        note("no --surrogate given: the attack targets the embedded digits judge only; for "
+             "other images train surrogates first: python -m trustgain.protection.surrogates "
+             "--data DIR -o SURROGATES")
     _report(summary, key_id, as_json, "protected")
 
 
