@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from schedulers.core import ModelProfile, QualityCurve
+from schedulers.core import ModelProfile, QualityCurve, split_units
 from schedulers.data import load
 
 CATEGORIES = ("Basic", "Detail", "Imagination", "Complex")
@@ -157,21 +157,6 @@ def best_configuration(p: AssignmentProblem, model: np.ndarray) -> Plan:
     counts = np.zeros((len(p.models), len(CATEGORIES)))
     np.add.at(counts, (model, p.categories), 1)
     value, arg = model_values(p, counts)
-    k_n, u_n = value.shape[0], p.units
-    best = np.full(u_n + 1, -np.inf)
-    best[0] = 0.0
-    take = np.zeros((k_n, u_n + 1), dtype=np.int64)
-    used = np.arange(u_n + 1)
-    rest = used[:, None] - used[None, :]  # units left for the models before k
-    valid = rest >= 0
-    for k in range(k_n):  # cand[used, give]: give k ``give`` of ``used`` units
-        cand = np.where(valid, best[np.clip(rest, 0, None)] + value[k][None, :], -np.inf)
-        take[k] = cand.argmax(axis=1)
-        best = cand[used, take[k]]
-    units = np.zeros(k_n, dtype=np.int64)
-    left = int(np.argmax(best))
-    for k in reversed(range(k_n)):
-        units[k] = take[k, left]
-        left -= units[k]
-    steps = np.array([arg[k, units[k]] for k in range(k_n)], dtype=np.int64)
+    units = split_units(-value, p.units)  # maximise value = minimise its negation
+    steps = arg[np.arange(len(units)), units]
     return Plan(model.astype(np.int64), steps, units)

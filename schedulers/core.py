@@ -122,6 +122,34 @@ def service_matrix(
     return np.broadcast_to(lat, (len(jobs), len(servers))).copy(), upload[:, None] + relay
 
 
+def split_units(cost: np.ndarray, units: int) -> np.ndarray:
+    """Units per row minimising ``sum cost[i, u_i]`` subject to ``sum u_i <= units``.
+
+    ``cost`` is (rows, units + 1), ``inf`` where a share is not allowed. Exact multiple-choice
+    knapsack by dynamic programming over the units used so far, O(rows x units^2), vectorised
+    per row; shared by the offloading and model-assignment policies (a MILP solver would also
+    do, but this is exact, dependency-free and ~100x faster at these sizes).
+    """
+    n = cost.shape[0]
+    used = np.arange(units + 1)
+    give = used[None, :]  # units given to this row
+    rest = used[:, None] - give  # units left for the rows before
+    valid = rest >= 0
+    best = np.full(units + 1, np.inf)
+    best[0] = 0.0
+    take = np.zeros((n, units + 1), dtype=np.int64)
+    for i in range(n):
+        cand = np.where(valid, best[np.clip(rest, 0, None)] + cost[i][give], np.inf)
+        take[i] = cand.argmin(axis=1)
+        best = cand[used, take[i]]
+    share = np.zeros(n, dtype=np.int64)
+    left = int(np.argmin(best))
+    for i in reversed(range(n)):
+        share[i] = take[i, left]
+        left -= share[i]
+    return share
+
+
 def mean_ci(samples: ArrayLike, z: float = 1.96) -> tuple[float, float]:
     """Mean and half-width of the normal-approximation 95% confidence interval."""
     x = np.asarray(samples, dtype=np.float64)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import numpy as np
 from scipy.optimize import Bounds, LinearConstraint, milp
 
+from schedulers.core import split_units
 from schedulers.offloading import (
     INFEASIBLE,
     Decision,
@@ -27,32 +28,10 @@ from schedulers.offloading import (
 )
 
 
-def _knapsack(cost: np.ndarray, u_n: int) -> np.ndarray:
-    """Units per user minimising ``sum cost[i, u_i]`` s.t. ``sum u_i <= u_n`` (exact DP)."""
-    n = cost.shape[0]
-    used = np.arange(u_n + 1)
-    give = used[None, :]  # units given to this user
-    rest = used[:, None] - give  # units left for the users before
-    valid = rest >= 0
-    best = np.full(u_n + 1, np.inf)
-    best[0] = 0.0
-    take = np.zeros((n, u_n + 1), dtype=np.int64)
-    for i in range(n):
-        cand = np.where(valid, best[np.clip(rest, 0, None)] + cost[i][give], np.inf)
-        take[i] = cand.argmin(axis=1)
-        best = cand[used, take[i]]
-    units = np.zeros(n, dtype=np.int64)
-    left = int(np.argmin(best))
-    for i in reversed(range(n)):
-        units[i] = take[i, left]
-        left -= units[i]
-    return units
-
-
 def ours(p: OffloadingProblem, rng: np.random.Generator | None = None) -> Decision:
     """Exact optimum: tabulate each user's best option per unit count, then the knapsack DP."""
     cost, steps = option_costs(p)
-    units = _knapsack(cost, p.units)
+    units = split_units(cost, p.units)
     return Decision(units, steps[np.arange(p.n), units])
 
 
@@ -206,4 +185,4 @@ def fixed_steps(
         [local_terms(p, t)["cost"][:, 0]]
         + [edge_terms(p, t, u)["cost"][:, 0] for u in range(1, p.units + 1)]
     )
-    return Decision(_knapsack(cost, p.units), np.full(p.n, steps))
+    return Decision(split_units(cost, p.units), np.full(p.n, steps))
