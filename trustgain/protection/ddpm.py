@@ -134,12 +134,7 @@ def perturb(x: torch.Tensor, *, key: bytes, config: ProtectConfig,
         raise ConfigError("the ddpm method needs at least one surrogate model")
     unet, acp = model.unet, model.alphas_cumprod
     ts = ddim.grid(t_star, int(opts["ddim_steps"]))
-    for m in surrogates:
-        m.eval()
-    y = None if labels is None else torch.as_tensor(labels, dtype=torch.long).reshape(-1)
-    if y is not None and len(y) == 1 and len(x) > 1:
-        y = y.expand(len(x))
-    refs = references(surrogates, x, y)
+    refs = references(surrogates, x, labels)
     z = ddim.invert(unet, acp, x * 2 - 1, ts, fixed_point=int(opts["fixed_point"]))
     basis = _bases(key, image_id, x, rank)  # (B, d, r)
     d = x[0].numel()

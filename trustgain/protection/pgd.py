@@ -97,9 +97,16 @@ def _loss(model: torch.nn.Module, xt: torch.Tensor, ref: Any, kappa: float) -> t
 
 @torch.no_grad()
 def references(models: Sequence[torch.nn.Module], x: torch.Tensor,
-               labels: torch.Tensor | None) -> list[Any]:
-    """Per surrogate: the class to move away from (given labels, else the ensemble's vote),
-    or the clean features for feature surrogates."""
+               labels: int | Sequence[int] | torch.Tensor | None) -> list[Any]:
+    """Per surrogate: the class to move away from (given labels, one per image or one for
+    all, else the ensemble's vote), or the clean features for feature surrogates. Puts the
+    surrogates in eval mode."""
+    for m in models:
+        m.eval()
+    if labels is not None:
+        labels = torch.as_tensor(labels, dtype=torch.long).reshape(-1)
+        if len(labels) == 1 and len(x) > 1:
+            labels = labels.expand(len(x))
     classifiers = [m for m in models if not hasattr(m, "adv_loss")]
     if labels is None and classifiers:
         labels = sum(m(x).softmax(1) for m in classifiers).argmax(1)
@@ -163,12 +170,7 @@ def perturb(x: torch.Tensor, *, key: bytes, config: ProtectConfig,
     ``key`` is unused: randomness comes from ``config.seed`` and ``image_id`` so runs repeat.
     """
     del key
-    for m in surrogates:
-        m.eval()
-    y = None if labels is None else torch.as_tensor(labels, dtype=torch.long).reshape(-1)
-    if y is not None and len(y) == 1 and len(x) > 1:
-        y = y.expand(len(x))
-    refs = references(surrogates, x, y)
+    refs = references(surrogates, x, labels)
     g = torch.Generator().manual_seed(seed_for(config, image_id))
     return attack(x, surrogates, refs, eps=config.eps / 255, alpha=config.alpha / 255,
                   steps=config.steps, momentum=config.momentum, p_div=config.diversity,
