@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -39,6 +39,18 @@ class Invert:
             return Refused(str(exc))
         time.sleep(self.delay)
         return Produced(png_bytes(255 - pixels), info={"id": image_id})
+
+
+@dataclass(frozen=True)
+class ChunkedInvert(Invert):
+    """Invert through ``call_many``, ``batch_size`` inputs per call (the serial chunked path)."""
+
+    batch_size: int = 4
+    calls: list = field(default_factory=list, compare=False, hash=False)
+
+    def call_many(self, inputs):
+        self.calls.append(len(inputs))
+        return [Invert.__call__(self, *one) for one in inputs]
 
 
 def make_images(folder: Path, n: int, seed: int = 0) -> list[Path]:
@@ -281,3 +293,19 @@ def test_ray_path_writes_from_the_driver_out_of_order(tmp_path, monkeypatch):
     order = [e["input"] for e in items(tmp_path / "ray")]
     assert sorted(order) == sorted(e["input"] for e in items(tmp_path / "serial"))
     assert order != sorted(order)  # results were settled as they came back
+
+
+def test_chunked_jobs_settle_every_input_once_in_chunks(tmp_path):
+    src = tmp_path / "in"
+    make_images(src, 10)
+    (src / "b" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    job = ChunkedInvert(batch_size=4)
+    s = run_batch(src, tmp_path / "out", job, show_progress=False)
+    assert (s.done, s.refused) == (10, 1)
+    assert job.calls == [4, 4, 3]  # the broken file is refused inside its chunk
+    for path in sorted(src.rglob("img*.png")):
+        out = tmp_path / "out" / path.relative_to(src)
+        assert np.array_equal(np.asarray(Image.open(out)), 255 - np.asarray(Image.open(path)))
+    again = ChunkedInvert(batch_size=4)
+    s = run_batch(src, tmp_path / "out", again, show_progress=False)
+    assert (s.done, s.skipped) == (0, 10) and again.calls == [1]  # only the refused one redone

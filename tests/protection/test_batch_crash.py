@@ -10,7 +10,8 @@ import sys
 import time
 from pathlib import Path
 
-from test_batch import Invert, items, make_images, tree_digest
+import pytest
+from test_batch import ChunkedInvert, Invert, items, make_images, tree_digest
 
 from trustgain.protection.batch import run_batch
 from trustgain.protection.batch_manifest import MANIFEST_NAME, read_manifest
@@ -21,9 +22,10 @@ KILL_AFTER = 8  # manifest item lines seen before the kill
 SCRIPT = """
 import sys
 sys.path.insert(0, {here!r})
-from test_batch import Invert
+from test_batch import ChunkedInvert, Invert
 from trustgain.protection.batch import run_batch
-run_batch(sys.argv[1], sys.argv[2], Invert(delay=0.02), show_progress=False)
+job = Invert(delay=0.02) if sys.argv[3] == "1" else ChunkedInvert(delay=0.02, batch_size=3)
+run_batch(sys.argv[1], sys.argv[2], job, show_progress=False)
 """
 
 
@@ -34,12 +36,13 @@ def _count_items(manifest: Path) -> int:
         return 0
 
 
-def test_kill_9_midway_then_rerun(tmp_path):
+@pytest.mark.parametrize("chunk", [1, 3])
+def test_kill_9_midway_then_rerun(tmp_path, chunk):
     src, out, clean = tmp_path / "in", tmp_path / "out", tmp_path / "clean"
     make_images(src, N)
     before = tree_digest(src)
     script = SCRIPT.format(here=str(Path(__file__).parent))
-    proc = subprocess.Popen([sys.executable, "-c", script, str(src), str(out)],
+    proc = subprocess.Popen([sys.executable, "-c", script, str(src), str(out), str(chunk)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 60
     while _count_items(out / MANIFEST_NAME) < KILL_AFTER and proc.poll() is None:
@@ -51,7 +54,8 @@ def test_kill_9_midway_then_rerun(tmp_path):
     done_before = _count_items(out / MANIFEST_NAME)
     assert KILL_AFTER <= done_before < N, "killed too late to test anything"
 
-    s = run_batch(src, out, Invert(), show_progress=False)
+    job = Invert() if chunk == 1 else ChunkedInvert(batch_size=chunk)
+    s = run_batch(src, out, job, show_progress=False)
     assert s.refused == 0 and s.skipped >= KILL_AFTER and s.done + s.skipped == N
     run_batch(src, clean, Invert(), show_progress=False)
 

@@ -180,3 +180,41 @@ def test_judge_surrogate_and_ensemble(key):
     xp, sealed = protect(img, key=key, config=cfg, surrogates=models, image_id="j")
     assert np.abs(xp.astype(int) - img).max() <= 8
     assert np.array_equal(recover(xp, sealed, key=key), img)
+
+
+def test_protect_batch_draws_per_image_and_recovers(key):
+    """An image's noise comes from its id, not its batch-mates; every image recovers exactly."""
+    from trustgain.protection import protect_batch
+
+    rng = np.random.default_rng(5)
+    a, b, c = (rng.integers(0, 256, (16, 16, 3), dtype=np.uint8) for _ in range(3))
+    cfg = ProtectConfig(eps=8, steps=3, eot=("noise", "blur"), diversity=0.5)
+    model = _tiny_cnn()
+    ab = protect_batch([a, b], key=key, config=cfg, surrogates=[model], image_ids=["a", "b"])
+    ac = protect_batch([a, c], key=key, config=cfg, surrogates=[model], image_ids=["a", "c"])
+    assert np.array_equal(ab[0][0], ac[0][0])  # same id, same draws, other batch-mate
+    aa = protect_batch([a, a], key=key, config=cfg, surrogates=[model], image_ids=["a", "a2"])
+    assert not np.array_equal(aa[0][0], aa[1][0])  # another id, other noise
+    one = protect(a, key=key, config=cfg, surrogates=[model], image_id="a")
+    assert np.mean(one[0] == ab[0][0]) > 0.9  # batch of 1 vs 2: float rounding at most
+    for (prot, sealed), orig in zip(ab + ac, [a, b, a, c], strict=True):
+        assert np.abs(prot.astype(int) - orig.astype(int)).max() <= 8
+        assert np.array_equal(recover(prot, sealed, key=key), orig)
+
+
+def test_protect_batch_mixed_shapes_and_bad_input(key):
+    from trustgain.protection import protect_batch
+
+    rng = np.random.default_rng(6)
+    imgs = [rng.integers(0, 256, s, dtype=np.uint8) for s in [(16, 16, 3), (16, 16), (16, 16, 3)]]
+    out = protect_batch(imgs, key=key, config=ProtectConfig(eps=4, steps=2, eot=()),
+                        surrogates=[S.Classifier(_tiny_cnn(), channels=3)],
+                        image_ids=["x", "y", "z"], batch_size=1)
+    assert [o[0].shape for o in out] == [im.shape for im in imgs]
+    with pytest.raises(InputError, match="tiny:"):
+        protect_batch([imgs[0], np.zeros((4, 4, 3), np.uint8)], key=key,
+                      config=ProtectConfig(eps=4, steps=2), surrogates=[_tiny_cnn()],
+                      image_ids=["ok", "tiny"])
+    with pytest.raises(InputError, match="image ids"):
+        protect_batch(imgs, key=key, config=ProtectConfig(), surrogates=[_tiny_cnn()],
+                      image_ids=["x"])

@@ -287,6 +287,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--device", default="cpu")
     p.add_argument("--only", choices=["utility", "cost"], default=None,
                    help="run one half of the area")
+    p.add_argument("--json", type=Path, default=None, help="also write the rows here")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     if args.public:
@@ -300,6 +301,8 @@ def main(argv: list[str] | None = None) -> None:
         rows = (utility_rows(args.quick, args.device) if args.only == "utility" else
                 cost_rows(args.quick) if args.only == "cost" else run(args.quick, args.device))
         print(format_table(rows))
+        if args.json:
+            args.json.write_text(json.dumps([r.as_dict() for r in rows], indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -89,13 +89,17 @@ def _report(summary: Any, key_id: str, as_json: bool, verb: str) -> None:
 @click.option("--threads", type=click.IntRange(1, 256), default=None,
               help="torch threads for the work in this process [default: torch's]; on a busy "
                    "machine 1 is often fastest. Ray workers always use 1.")
+@click.option("--batch-size", type=click.IntRange(1, 1024), default=16, show_default=True,
+              help="Same-size images per forward pass (pgd, in this process; Ray tasks take "
+                   "one image each). A crash redoes at most one batch; an image's result "
+                   "can differ from --batch-size 1 by floating-point rounding only.")
 @json_option
 @progress_option
 def protect(in_dir: str, out_dir: str, method: str, eps: int, steps: int,
             surrogates: tuple[str, ...], ddpm_path: str | None, store: str,
             keyring_path: str | None,
-            ray_address: str | None, workers: int | None, threads: int | None, as_json: bool,
-            no_progress: bool) -> None:
+            ray_address: str | None, workers: int | None, threads: int | None,
+            batch_size: int, as_json: bool, no_progress: bool) -> None:
     """Protect every image under IN_DIR against unauthorized models; exactly reversible.
 
     Outputs are PNG (same relative paths) with a sealed residual from which `trustgain
@@ -134,7 +138,8 @@ def protect(in_dir: str, out_dir: str, method: str, eps: int, steps: int,
     folders = tuple(str(Path(s).resolve()) for s in surrogates)
     load_surrogates(folders)  # a bad folder fails here, once, not once per image
     job = ProtectJob(config=config, key=key, key_id=key_id, store=store, surrogates=folders,
-                     surrogate_digests=tuple(surrogate_digest(f) for f in folders))
+                     surrogate_digests=tuple(surrogate_digest(f) for f in folders),
+                     batch_size=batch_size)
     summary = run_batch(in_dir, out_dir, job, ray_address=ray_address, workers=workers,
                         show_progress=not no_progress)
     if not folders:

@@ -7,7 +7,7 @@ points (:mod:`trustgain.protection.api`); the sealed residual format is in
 models and adapters in :mod:`trustgain.protection.surrogates`.
 """
 
-from trustgain.protection.api import ProtectConfig, protect, recover, self_recover
+from trustgain.protection.api import ProtectConfig, protect, protect_batch, recover, self_recover
 from trustgain.protection.residual import (
     ProtectedImageModifiedError,
     RecoveryError,
@@ -26,6 +26,7 @@ __all__ = [
     "TamperedResidualError",
     "WrongKeyError",
     "protect",
+    "protect_batch",
     "recover",
     "self_recover",
 ]

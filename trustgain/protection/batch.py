@@ -141,10 +141,13 @@ def run_batch(
         _remove_stale_temps(out_root, manifest.state.owned)
         inputs = {item.src.resolve() for item in items}
         tasks = (_prepare(item, out_root, manifest, inputs, job.companions) for item in items)
-        results = _execute_ray(tasks, job, ray_address, workers) if ray_address else (
-            (task, job(task.data, task.item.rel, task.companions)
-             if task.data is not None else None)
-            for task in tasks)
+        if ray_address:
+            results = _execute_ray(tasks, job, ray_address, workers)
+        elif getattr(job, "batch_size", 1) > 1 and hasattr(job, "call_many"):
+            results = _execute_chunked(tasks, job)
+        else:
+            results = ((task, job(task.data, task.item.rel, task.companions)
+                        if task.data is not None else None) for task in tasks)
         for task, result in progress(results, total=len(items), desc=job.name,
                                      disable=not show_progress):
             status, detail = _settle(task, result, out_root, manifest)
@@ -164,6 +167,33 @@ def run_batch(
                          "skipped": summary.skipped, "refused": summary.refused,
                          "seconds": round(summary.seconds, 3)})
     return summary
+
+
+def _execute_chunked(tasks: Iterator[_Task], job: Any
+                     ) -> Iterator[tuple[_Task, Produced | Refused | None]]:
+    """Serial path for jobs with ``call_many``: ``job.batch_size`` inputs per call.
+
+    Tasks with nothing to compute are settled at once; the others as their chunk finishes, so
+    a crash loses at most one chunk of work (it is redone on the rerun).
+    """
+    pending: list[_Task] = []
+    for task in tasks:
+        if task.data is None:
+            yield task, None
+            continue
+        pending.append(task)
+        if len(pending) >= job.batch_size:
+            yield from _run_chunk(pending, job)
+            pending = []
+    yield from _run_chunk(pending, job)
+
+
+def _run_chunk(pending: list[_Task], job: Any
+               ) -> Iterator[tuple[_Task, Produced | Refused | None]]:
+    if not pending:
+        return
+    outs = job.call_many([(t.data, t.item.rel, t.companions) for t in pending])
+    yield from zip(pending, outs, strict=True)
 
 
 def _check_folders(in_dir: Path, out_dir: Path) -> tuple[Path, Path]:

@@ -120,6 +120,7 @@ class ProtectJob:
     store: str = "png"
     surrogates: tuple[str, ...] = ()  # folders saved by trustgain.protection.surrogates.save
     surrogate_digests: tuple[str, ...] = ()
+    batch_size: int = 1  # images per forward pass (serial runs); not a setting: same outputs
     name: str = "protect"
     output_suffix: str = ".png"
     companions: tuple[str, ...] = ()
@@ -147,18 +148,43 @@ class ProtectJob:
 
     def __call__(self, data: bytes, image_id: str, companions: dict[str, bytes]
                  ) -> Produced | Refused:
-        from trustgain.protection.api import protect
+        return self.call_many([(data, image_id, companions)])[0]
+
+    def call_many(self, inputs: list[tuple[bytes, str, dict[str, bytes]]]
+                  ) -> list[Produced | Refused]:
+        """Protect several inputs with one :func:`~trustgain.protection.api.protect_batch`;
+        each unreadable or unsupported input is refused on its own."""
+        from trustgain.protection.api import as_tensor, protect_batch
+
+        results: list[Produced | Refused | None] = [None] * len(inputs)
+        good: list[tuple[int, np.ndarray, str]] = []
+        for i, (data, image_id, _) in enumerate(inputs):
+            try:
+                pixels = decode(data, image_id)
+                as_tensor(pixels)  # its shape and size, before the batch runs
+            except TrustgainError as exc:
+                results[i] = Refused(str(exc))
+                continue
+            good.append((i, pixels, residual_image_id(image_id)))
+        if good:
+            try:
+                done = protect_batch([g[1] for g in good], key=self.key, config=self.config,
+                                     surrogates=load_surrogates(self.surrogates),
+                                     image_ids=[g[2] for g in good],
+                                     batch_size=max(1, self.batch_size))
+            except ConfigError:
+                raise  # the settings are wrong for every image: stop the batch
+            except TrustgainError as exc:  # pragma: no cover - inputs were checked above
+                done = None
+                for i, _, _ in good:
+                    results[i] = Refused(str(exc))
+            for (i, pixels, _), (protected, sealed) in zip(good, done or [], strict=False):
+                results[i] = self._produced(pixels, protected, sealed)
+        return [r for r in results if r is not None]
+
+    def _produced(self, pixels: np.ndarray, protected: np.ndarray, sealed: bytes) -> Produced:
         from trustgain.protection.residual import to_png
 
-        try:
-            pixels = decode(data, image_id)
-            protected, sealed = protect(pixels, key=self.key, config=self.config,
-                                        surrogates=load_surrogates(self.surrogates),
-                                        image_id=residual_image_id(image_id))
-        except ConfigError:
-            raise  # the settings are wrong for every image: stop the batch
-        except TrustgainError as exc:
-            return Refused(str(exc))
         chunk = sealed if self.store in ("png", "both") else None
         extras = ((self.extra_suffixes[0], sealed),) if self.extra_suffixes else ()
         diff = np.abs(pixels.astype(np.int16) - protected.astype(np.int16))

@@ -60,8 +60,10 @@ def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
     return F.conv2d(x, k.view(1, 1, -1, 1).repeat(c, 1, 1, 1), groups=c)
 
 
-def transform(x: torch.Tensor, name: str, g: torch.Generator) -> torch.Tensor:
-    """One random draw of the EoT transformation ``name``."""
+def transform(x: torch.Tensor, name: str, g: torch.Generator,
+              gens: Sequence[torch.Generator] | None = None) -> torch.Tensor:
+    """One random draw of the EoT transformation ``name``: its strength from ``g`` (shared
+    by the batch), its noise pixels from each image's own generator in ``gens`` if given."""
     u = float(torch.rand((), generator=g))
     h, w = x.shape[-2:]
     if name == "jpeg":
@@ -74,8 +76,22 @@ def transform(x: torch.Tensor, name: str, g: torch.Generator) -> torch.Tensor:
                               mode="bilinear", align_corners=False, antialias=True)
         return F.interpolate(small, size=(h, w), mode="bilinear", align_corners=False)
     if name == "noise":
-        return (x + torch.randn(x.shape, generator=g).to(x) * (2 + 6 * u) / 255).clamp(0, 1)
+        return (x + _randn(x.shape, g, gens).to(x) * (2 + 6 * u) / 255).clamp(0, 1)
     raise ValueError(f"unknown transform {name!r}")
+
+
+def _randn(shape: Sequence[int], g: torch.Generator,
+           gens: Sequence[torch.Generator] | None) -> torch.Tensor:
+    if gens is None:
+        return torch.randn(tuple(shape), generator=g)
+    return torch.cat([torch.randn((1, *shape[1:]), generator=gi) for gi in gens])
+
+
+def _rand(shape: Sequence[int], g: torch.Generator,
+          gens: Sequence[torch.Generator] | None) -> torch.Tensor:
+    if gens is None:
+        return torch.rand(tuple(shape), generator=g)
+    return torch.cat([torch.rand((1, *shape[1:]), generator=gi) for gi in gens])
 
 
 def diversity(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
@@ -116,15 +132,23 @@ def references(models: Sequence[torch.nn.Module], x: torch.Tensor,
 def attack(x: torch.Tensor, models: Sequence[torch.nn.Module], refs: Sequence[Any], *,
            eps: float, alpha: float, steps: int, momentum: float, p_div: float,
            eot: Sequence[str], samples: int, kappa: float, g: torch.Generator,
-           random_start: bool = True, block: int = 1) -> torch.Tensor:
+           random_start: bool = True, block: int = 1,
+           gens: Sequence[torch.Generator] | None = None) -> torch.Tensor:
     """The PGD loop on [0, 1] images; ``eps``/``alpha`` in [0, 1] units. Returns x_adv.
+
+    Randomness: ``g`` draws what the batch shares (which transformation, its strength, the
+    diversity crop); ``gens``, one generator per image, draws the per-pixel noise (random
+    start, noise transformation). With ``gens`` an image's draws do not depend on which other
+    images share its batch, so batching changes results only by floating-point rounding.
 
     ``block`` > 1 optimises one value per ``block x block`` pixels (a low-frequency
     perturbation: it survives blur/JPEG better and its residual compresses ``block**2``-fold).
     """
     h, w = x.shape[-2:]
     shape = (*x.shape[:2], -(-h // block), -(-w // block))
-    delta = (torch.rand(shape, generator=g) * 2 - 1).to(x) * eps if random_start else \
+    if gens is not None and len(gens) != x.shape[0]:
+        raise ValueError(f"{len(gens)} generators for a batch of {x.shape[0]}")
+    delta = (_rand(shape, g, gens) * 2 - 1).to(x) * eps if random_start else \
         x.new_zeros(shape)
     velocity = torch.zeros_like(delta)
     for _ in range(steps):
@@ -134,7 +158,8 @@ def attack(x: torch.Tensor, models: Sequence[torch.nn.Module], refs: Sequence[An
         for _s in range(samples):
             xt = xa
             if eot:
-                xt = transform(xt, eot[int(torch.randint(0, len(eot), (), generator=g))], g)
+                xt = transform(xt, eot[int(torch.randint(0, len(eot), (), generator=g))], g,
+                               gens)
             if p_div and float(torch.rand((), generator=g)) < p_div:
                 xt = diversity(xt, g)
             for model, ref in zip(models, refs, strict=True):
@@ -164,15 +189,27 @@ def seed_for(config: ProtectConfig, image_id: str) -> int:
 
 def perturb(x: torch.Tensor, *, key: bytes, config: ProtectConfig,
             surrogates: Sequence[torch.nn.Module], labels: int | Sequence[int] | None = None,
-            image_id: str = "") -> torch.Tensor:
+            image_id: str | Sequence[str] = "") -> torch.Tensor:
     """Method ``"pgd"``: ``x`` [B, C, H, W] in [0, 1] -> adversarial images, same shape.
 
     ``key`` is unused: randomness comes from ``config.seed`` and ``image_id`` so runs repeat.
+    ``image_id`` one string: one generator for the whole batch. A sequence of B ids: each
+    image's noise from its own id, and the transformation schedule from ``config.seed``
+    alone, so an image gets the same draws whichever batch it is in (what
+    :func:`trustgain.protection.api.protect_batch` uses).
     """
     del key
     refs = references(surrogates, x, labels)
-    g = torch.Generator().manual_seed(seed_for(config, image_id))
+    gens = None
+    if isinstance(image_id, str):
+        g = torch.Generator().manual_seed(seed_for(config, image_id))
+    else:
+        ids = list(image_id)
+        if len(ids) != x.shape[0]:
+            raise ValueError(f"{len(ids)} image ids for a batch of {x.shape[0]}")
+        g = torch.Generator().manual_seed(seed_for(config, "\0schedule"))
+        gens = [torch.Generator().manual_seed(seed_for(config, i)) for i in ids]
     return attack(x, surrogates, refs, eps=config.eps / 255, alpha=config.alpha / 255,
                   steps=config.steps, momentum=config.momentum, p_div=config.diversity,
                   eot=config.eot, samples=config.eot_samples, kappa=config.kappa, g=g,
-                  random_start=config.random_start, block=config.block)
+                  random_start=config.random_start, block=config.block, gens=gens)
