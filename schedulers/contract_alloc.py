@@ -25,8 +25,11 @@ with release-aware FIFO (:func:`fifo_completion`). Two solvers give the same opt
   scipy's sparse LAPJV (``min_weight_full_bipartite_matching``) and *certified* optimal for all
   pairs and all slot counts by LP duality. After each sparse solve, dual prices come from
   shortest paths in the residual graph (a vectorised Bellman-Ford: scipy's matching returns no
-  duals, hence hand-written); every pair's reduced cost is checked in one numpy pass, pairs with
-  a negative one are added and the sparse problem is solved again. When no reduced cost is
+  duals, hence hand-written); every pair's reduced cost is checked, pairs with
+  a negative one are added and the sparse problem is solved again. The check never builds
+  the (task, slot) matrix: a slot's cost is ``ready + tpi`` before the task arrives and
+  ``k tpi`` after, so prefix and suffix minima per server give every task's best slot and
+  every slot's best task in O(tasks x servers) (:class:`_Slots`). When no reduced cost is
   negative and no server's last slot is used, the matching is optimal for unlimited slots,
   since a slot's cost never falls with its position (the free last slot's zero price bounds all
   later ones). Candidates to start: the earliest-finish greedy's own slots (so a full matching
@@ -158,25 +161,121 @@ def slot_cost(ready: np.ndarray, tpi: np.ndarray, k: np.ndarray, srv: np.ndarray
     return _us(done, deadline)
 
 
-def _potentials(cost: np.ndarray, rows: np.ndarray, cols: np.ndarray, match: np.ndarray):
+class _Slots:
+    """The slots of one class: back-to-back positions ``k = 1..K_m`` on each server ``m``.
+
+    Task j in slot (m, k) finishes at ``max(ready_jm, start) + tpi_m``, ``start = (k - 1)
+    tpi_m``: ``ready_jm + tpi_m`` if the slot starts before the task arrives (region A, the
+    first ``split[j, m]`` slots of m) and ``k tpi_m`` otherwise (region B), which does not
+    depend on j. So the least reduced cost over a server's slots for each task (prefix minima
+    over A, suffix minima over B) and over the tasks for each slot (tasks sorted by arrival:
+    prefix maxima of the task prices before the slot's start, suffix minima after it) cost
+    O(tasks x servers) instead of O(tasks x slots): the dense check was most of the time.
+    """
+
+    def __init__(self, ready: np.ndarray, tpi: np.ndarray, deadline: float, k_m: np.ndarray):
+        n, m = ready.shape
+        self.ready, self.tpi, self.deadline, self.k_m = ready, tpi, deadline, k_m
+        self.srv = np.repeat(np.arange(m), k_m)
+        self.k = np.concatenate([np.arange(1, x + 1) for x in k_m])
+        self.offset = np.concatenate([[0], np.cumsum(k_m)[:-1]])
+        self.start = (self.k - 1) * tpi[self.srv]
+        self.cost_b = _us(self.start + tpi[self.srv], deadline)  # slot cost in region B
+        self.cost_a = _us(ready + tpi[None, :], deadline)  # (tasks, servers), region A
+        kmax = int(k_m.max())
+        self.pad = np.arange(kmax)[None, :] < k_m[:, None]  # (servers, kmax) real slots
+        self.grid = np.where(self.pad, self.offset[:, None] + np.arange(kmax)[None, :], 0)
+        self.order = np.argsort(ready.T, axis=1, kind="stable")  # (servers, tasks) by arrival
+        r_sorted = np.take_along_axis(ready.T, self.order, axis=1)
+        self.split = np.empty((n, m), dtype=np.int64)  # slots of m in region A for j
+        self.before = np.zeros((m, kmax), dtype=np.int64)  # tasks arrived before the slot
+        for s in range(m):
+            seg = self.start[self.offset[s]:self.offset[s] + k_m[s]]
+            self.split[:, s] = np.searchsorted(seg, ready[:, s], side="right")
+            self.before[s, :k_m[s]] = np.searchsorted(r_sorted[s], seg, side="left")
+        self.cost_a_sorted = np.take_along_axis(self.cost_a.T, self.order, axis=1)
+
+    @property
+    def n_slots(self) -> int:
+        return int(self.srv.size)
+
+    def pair_cost(self, j: np.ndarray, s: np.ndarray) -> np.ndarray:
+        srv = self.srv[s]
+        done = np.maximum(self.ready[j, srv], self.start[s]) + self.tpi[srv]
+        return _us(done, self.deadline)
+
+    def row_best(self, d: np.ndarray, u: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Per task: least reduced cost ``cost + d[s] - u[j]`` over all slots, and the slot."""
+        big = _BIG
+        p = np.where(self.pad, d[self.grid], big)
+        pre = np.minimum.accumulate(p, axis=1)
+        cb = np.where(self.pad, self.cost_b[self.grid] + d[self.grid], big)
+        suf = np.minimum.accumulate(cb[:, ::-1], axis=1)[:, ::-1]
+        suf = np.concatenate([suf, np.full((suf.shape[0], 1), big)], axis=1)
+        srv = np.arange(self.tpi.size)[None, :]
+        val_a = self.cost_a + pre[srv, self.split - 1]
+        val_b = suf[srv, self.split]
+        val = np.minimum(val_a, val_b)
+        task = np.arange(val.shape[0])
+        m = val.argmin(axis=1)
+        split = self.split[task, m][:, None]
+        idx = np.arange(p.shape[1])[None, :]
+        a = np.where(idx < split, p[m], big).argmin(axis=1)
+        b = np.where(idx >= split, cb[m], big).argmin(axis=1)
+        local = np.where(val_a[task, m] <= val_b[task, m], a, b)
+        return val[task, m] - u, self.offset[m] + local
+
+    def col_best(self, d: np.ndarray, u: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Per slot: least reduced cost over all tasks, and the task."""
+        n = self.order.shape[1]
+        big = _BIG
+        us = u[self.order]  # (servers, tasks) in arrival order
+        pm = np.maximum.accumulate(us, axis=1)
+        pm_i = np.maximum.accumulate(np.where(us == pm, np.arange(n), -1), axis=1)
+        w = self.cost_a_sorted - us
+        sm = np.minimum.accumulate(w[:, ::-1], axis=1)[:, ::-1]
+        sm_i = np.minimum.accumulate(np.where(w == sm, np.arange(n), n)[:, ::-1], axis=1)[:, ::-1]
+        sm = np.concatenate([sm, np.full((sm.shape[0], 1), big)], axis=1)
+        sm_i = np.concatenate([sm_i, np.zeros((sm.shape[0], 1), dtype=np.int64)], axis=1)
+        srv = np.arange(self.order.shape[0])[:, None]
+        nb = self.before
+        val_b = np.where(nb > 0, self.cost_b[self.grid] - pm[srv, np.maximum(nb - 1, 0)], big)
+        val_a = sm[srv, nb]
+        use_b = val_b < val_a
+        who = np.where(use_b, pm_i[srv, np.maximum(nb - 1, 0)], sm_i[srv, nb])
+        val = np.minimum(val_a, val_b) + d[self.grid]
+        task = self.order[srv, np.minimum(who, n - 1)]
+        return val[self.pad], task[self.pad]  # slot order: grid rows are servers in turn
+
+
+_BIG = np.iinfo(np.int64).max // 4
+
+
+def _potentials(slots: _Slots, rows: np.ndarray, cols: np.ndarray, pair: np.ndarray,
+                match: np.ndarray) -> np.ndarray:
     """Dual prices (as distances ``d >= 0``, price ``-d``) of an optimal sparse matching.
 
     Residual arcs ``s -> match[j]`` of weight ``cost[j, s] - cost[j, match[j]]`` for every
-    candidate pair (j, s): moving task j into slot s frees its slot. Distances from the free
-    slots (0) by Bellman-Ford; unreachable slots start from a bound above any path.
+    candidate pair (j, s) (``pair``: their costs): moving task j into slot s frees its slot.
+    Distances from the free slots (0) by Bellman-Ford; unreachable slots start from a bound
+    above any path.
     """
-    n, s_n = cost.shape
-    dst = match[rows]
-    keep = cols != dst
-    r, src, dst = rows[keep], cols[keep], dst[keep]
-    w = cost[r, src] - cost[r, dst]
+    n, s_n = match.size, slots.n_slots
+    own = np.empty(n, dtype=np.int64)
+    hit = cols == match[rows]
+    own[rows[hit]] = pair[hit]
+    keep = ~hit
+    r, src = rows[keep], cols[keep]
+    dst = match[r]
+    w = pair[keep] - own[r]
     order = np.argsort(dst, kind="stable")
     src, dst, w = src[order], dst[order], w[order]
     starts = np.flatnonzero(np.r_[True, dst[1:] != dst[:-1]])
     target = dst[starts] if dst.size else dst
     used = np.zeros(s_n, dtype=bool)
     used[match] = True
-    big = 2 * n * (int(cost.max()) + 1)
+    top = max(int(slots.cost_a.max()), int(slots.cost_b.max()))
+    big = 2 * n * (top + 1)
     d = np.where(used, big, 0).astype(np.int64)
     if not dst.size:
         return d
@@ -205,42 +304,40 @@ def solve_slots(
     order = np.lexsort((ready[np.arange(n), greedy_srv], greedy_srv))
     pos[order] = np.arange(n) - np.searchsorted(greedy_srv[order], greedy_srv[order])
     rng = np.random.default_rng(seed)
-    edges: tuple[np.ndarray, np.ndarray] | None = None
+    task = np.arange(n)
+    edges: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
     while True:
-        srv = np.repeat(np.arange(m), k_m)
-        k = np.concatenate([np.arange(1, x + 1) for x in k_m])
-        offset = np.concatenate([[0], np.cumsum(k_m)[:-1]])
-        cost = slot_cost(ready, tpi, k, srv, deadline)
-        s_n = cost.shape[1]
+        slots = _Slots(ready, tpi, deadline, k_m)
+        s_n = slots.n_slots
         cand = np.zeros((n, s_n), dtype=bool)
-        cand[np.arange(n), offset[greedy_srv] + pos] = True
-        cand[np.arange(n), cost.argmin(axis=1)] = True
-        level = k * tpi[srv]
+        cand[task, slots.offset[greedy_srv] + pos] = True
+        _, cheapest = slots.row_best(np.zeros(s_n, dtype=np.int64), np.zeros(n, dtype=np.int64))
+        cand[task, cheapest] = True
+        level = slots.k * tpi[slots.srv]
         region = np.flatnonzero(level <= np.partition(level, min(n, s_n) - 1)[min(n, s_n) - 1])
-        cand[np.arange(n)[:, None], region[rng.integers(0, region.size, (n, 2))]] = True
+        cand[task[:, None], region[rng.integers(0, region.size, (n, 2))]] = True
         if edges is not None:  # carried over from before the slots were extended
-            cand[edges[0], offset[edges[1]] + edges[2] - 1] = True
-        reduced = np.empty_like(cost)  # reduced costs, rewritten in place each round
+            cand[edges[0], slots.offset[edges[1]] + edges[2] - 1] = True
         while True:
             rows, cols = np.nonzero(cand)
-            graph = csr_matrix((cost[rows, cols].astype(np.float64), (rows, cols)), (n, s_n))
+            pair = slots.pair_cost(rows, cols)
+            graph = csr_matrix((pair.astype(np.float64), (rows, cols)), (n, s_n))
             r, c = min_weight_full_bipartite_matching(graph)
             match = np.empty(n, dtype=np.int64)
             match[r] = c
-            d = _potentials(cost, rows, cols, match)
-            np.add(cost, d[None, :], out=reduced)
-            reduced -= (cost[np.arange(n), match] + d[match])[:, None]
-            by_row = reduced.argmin(axis=1)
-            bad = reduced[np.arange(n), by_row] < 0
+            d = _potentials(slots, rows, cols, pair, match)
+            u = slots.pair_cost(task, match) + d[match]
+            gap, by_row = slots.row_best(d, u)
+            bad = gap < 0
             if not bad.any():
                 break
-            cand[np.flatnonzero(bad), by_row[bad]] = True
-            by_col = reduced.argmin(axis=0)
-            bad_c = reduced[by_col, np.arange(s_n)] < 0
+            cand[task[bad], by_row[bad]] = True
+            gap_c, by_col = slots.col_best(d, u)
+            bad_c = gap_c < 0
             cand[by_col[bad_c], np.flatnonzero(bad_c)] = True
-        last_used = np.isin(offset + k_m - 1, match)
+        last_used = np.isin(slots.offset + k_m - 1, match)
         if not last_used.any():
-            return srv[match], int(cost[np.arange(n), match].sum())
+            return slots.srv[match], int(slots.pair_cost(task, match).sum())
         rows, cols = np.nonzero(cand)
-        edges = (rows, srv[cols], k[cols])
+        edges = (rows, slots.srv[cols], slots.k[cols])
         k_m = np.where(last_used, 2 * k_m, k_m)
