@@ -146,3 +146,23 @@ def test_exact_matches_the_old_hungarian_allocator_on_the_scenario():
         return out
 
     assert total(exact(sc, allowed)) == total(exact_hungarian(sc, allowed))
+
+
+def test_slot_minima_equal_the_dense_reduced_costs():
+    """The O(tasks x servers) per-task and per-slot minima equal a dense check's."""
+    from schedulers.contract_alloc import _Slots, slot_cost
+
+    rng = np.random.default_rng(11)
+    for _ in range(40):
+        n, m = int(rng.integers(2, 30)), int(rng.integers(1, 6))
+        ready, tpi = rng.uniform(0, 300, (n, m)), rng.uniform(20, 90, m)
+        deadline = float(rng.choice([1000.0, 200.0]))
+        slots = _Slots(ready, tpi, deadline, rng.integers(1, 8, m))
+        d, u = rng.integers(0, 10**6, slots.n_slots), rng.integers(0, 10**6, n)
+        full = slot_cost(ready, tpi, slots.k, slots.srv, deadline) + d[None, :] - u[:, None]
+        gap, best_slot = slots.row_best(d, u)
+        gap_c, best_task = slots.col_best(d, u)
+        assert np.array_equal(gap, full.min(1))
+        assert np.array_equal(full[np.arange(n), best_slot], gap)
+        assert np.array_equal(gap_c, full.min(0))
+        assert np.array_equal(full[best_task, np.arange(slots.n_slots)], gap_c)
