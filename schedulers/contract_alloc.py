@@ -204,26 +204,34 @@ class _Slots:
         done = np.maximum(self.ready[j, srv], self.start[s]) + self.tpi[srv]
         return _us(done, self.deadline)
 
-    def row_best(self, d: np.ndarray, u: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Per task: least reduced cost ``cost + d[s] - u[j]`` over all slots, and the slot."""
+    def row_best(self, d: np.ndarray, u: np.ndarray, top: int = 1
+                 ) -> tuple[np.ndarray, np.ndarray]:
+        """Per task and its ``top`` best servers: least reduced cost ``cost + d[s] - u[j]``
+        over the server's slots, and that slot; both (tasks, top), best first."""
         big = _BIG
+        kmax = self.pad.shape[1]
+        idx = np.arange(kmax)[None, :]
         p = np.where(self.pad, d[self.grid], big)
         pre = np.minimum.accumulate(p, axis=1)
+        pre_i = np.maximum.accumulate(np.where(p == pre, idx, -1), axis=1)
         cb = np.where(self.pad, self.cost_b[self.grid] + d[self.grid], big)
         suf = np.minimum.accumulate(cb[:, ::-1], axis=1)[:, ::-1]
+        suf_i = np.minimum.accumulate(np.where(cb == suf, idx, kmax)[:, ::-1], axis=1)[:, ::-1]
         suf = np.concatenate([suf, np.full((suf.shape[0], 1), big)], axis=1)
+        suf_i = np.concatenate([suf_i, np.zeros((suf.shape[0], 1), dtype=np.int64)], axis=1)
         srv = np.arange(self.tpi.size)[None, :]
         val_a = self.cost_a + pre[srv, self.split - 1]
         val_b = suf[srv, self.split]
-        val = np.minimum(val_a, val_b)
-        task = np.arange(val.shape[0])
-        m = val.argmin(axis=1)
-        split = self.split[task, m][:, None]
-        idx = np.arange(p.shape[1])[None, :]
-        a = np.where(idx < split, p[m], big).argmin(axis=1)
-        b = np.where(idx >= split, cb[m], big).argmin(axis=1)
-        local = np.where(val_a[task, m] <= val_b[task, m], a, b)
-        return val[task, m] - u, self.offset[m] + local
+        val = np.minimum(val_a, val_b) - u[:, None]
+        local = np.where(val_a <= val_b, pre_i[srv, self.split - 1], suf_i[srv, self.split])
+        task = np.arange(val.shape[0])[:, None]
+        if top == 1:
+            ms = val.argmin(axis=1)[:, None]
+        else:
+            top = min(top, val.shape[1])
+            ms = np.argpartition(val, top - 1, axis=1)[:, :top]
+            ms = np.take_along_axis(ms, np.argsort(val[task, ms], axis=1), axis=1)
+        return val[task, ms], self.offset[ms] + local[task, ms]
 
     def col_best(self, d: np.ndarray, u: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Per slot: least reduced cost over all tasks, and the task."""
@@ -312,7 +320,7 @@ def solve_slots(
         cand = np.zeros((n, s_n), dtype=bool)
         cand[task, slots.offset[greedy_srv] + pos] = True
         _, cheapest = slots.row_best(np.zeros(s_n, dtype=np.int64), np.zeros(n, dtype=np.int64))
-        cand[task, cheapest] = True
+        cand[task, cheapest[:, 0]] = True
         level = slots.k * tpi[slots.srv]
         region = np.flatnonzero(level <= np.partition(level, min(n, s_n) - 1)[min(n, s_n) - 1])
         cand[task[:, None], region[rng.integers(0, region.size, (n, 2))]] = True
@@ -328,10 +336,10 @@ def solve_slots(
             d = _potentials(slots, rows, cols, pair, match)
             u = slots.pair_cost(task, match) + d[match]
             gap, by_row = slots.row_best(d, u)
-            bad = gap < 0
+            bad = gap[:, 0] < 0
             if not bad.any():
                 break
-            cand[task[bad], by_row[bad]] = True
+            cand[task[bad], by_row[bad, 0]] = True
             gap_c, by_col = slots.col_best(d, u)
             bad_c = gap_c < 0
             cand[by_col[bad_c], np.flatnonzero(bad_c)] = True

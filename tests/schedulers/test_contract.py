@@ -162,7 +162,10 @@ def test_slot_minima_equal_the_dense_reduced_costs():
         full = slot_cost(ready, tpi, slots.k, slots.srv, deadline) + d[None, :] - u[:, None]
         gap, best_slot = slots.row_best(d, u)
         gap_c, best_task = slots.col_best(d, u)
-        assert np.array_equal(gap, full.min(1))
-        assert np.array_equal(full[np.arange(n), best_slot], gap)
+        assert np.array_equal(gap[:, 0], full.min(1))
+        assert np.array_equal(full[np.arange(n), best_slot[:, 0]], gap[:, 0])
+        gap3, slot3 = slots.row_best(d, u, top=3)
+        assert np.array_equal(gap3[:, 0], gap[:, 0]) and (np.diff(gap3, axis=1) >= 0).all()
+        assert np.array_equal(full[np.arange(n)[:, None], slot3], gap3)
         assert np.array_equal(gap_c, full.min(0))
         assert np.array_equal(full[best_task, np.arange(slots.n_slots)], gap_c)
