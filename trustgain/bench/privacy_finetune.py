@@ -72,15 +72,19 @@ def _base(quick: bool, device: str = "cpu") -> Path:
 
 
 def prepare(name: str, trainable: str = "attention", quick: bool = False,
-            device: str = "cpu") -> dict[str, Any]:
-    """Fine-tune one setting into the cache (reused if there); returns its privacy.json."""
+            device: str = "cpu", size: int | None = None) -> dict[str, Any]:
+    """Fine-tune one setting into the cache (reused if there); returns its privacy.json.
+
+    ``size``: fine-tune on a seeded subset of that many private records (the set-size curve).
+    """
     from trustgain.privacy.finetune import finetune
     from trustgain.privacy.finetune_public import private_set
 
     eps = settings(quick)[name]
-    out = cache_dir() / ("quick" if quick else "full") / f"ft-{trainable}-{name}"
+    tail = f"-n{size}" if size else ""
+    out = cache_dir() / ("quick" if quick else "full") / f"ft-{trainable}-{name}{tail}"
     if not (out / "privacy.json").is_file():
-        images, captions, _ = private_set(limit=60 if quick else None)
+        images, captions, _ = private_set(limit=60 if quick else size)
         recipe = QUICK if quick else RECIPES[trainable]
         finetune(_base(quick, device), (images, captions), out, dp=eps is not None,
                  target_epsilon=eps, delta=DELTA, accountant="prv", progress=not quick,
@@ -149,6 +153,34 @@ def utility_rows(quick: bool, device: str = "cpu") -> list[Row]:
                         target=f">= {TARGET_RATIO}",
                         ok=None if quick else bool(ratio >= TARGET_RATIO),
                         note="quick: not a figure" if quick else ""))
+    return rows
+
+
+SIZES = (182, 364)  # a quarter and a half of the 729 private records
+
+
+def size_rows(device: str = "cpu", trainable: str = "attention") -> list[Row]:
+    """Accuracy against private-set size, without DP and at the largest epsilon (same recipe:
+    the same epochs, so smaller sets take fewer steps; DP noise is calibrated per size)."""
+    from trustgain.privacy.finetune_public import PRIVATE_DIGITS
+
+    rows: list[Row] = []
+    top = f"eps{EPSILONS[-1]:g}"
+    for size in SIZES:  # the full set (729) is the utility table's own row
+        acc = {}
+        for name in ("nodp", top):
+            facts = prepare(name, trainable, False, device, size)
+            acc[name] = judge_accuracy(facts["path"], PRIVATE_DIGITS, per_digit=40,
+                                       device=device)
+            spent = "no DP" if name == "nodp" else (
+                f"eps={facts['epsilon']:.3g} sigma={facts['noise_multiplier']:.3g}")
+            n = facts["n_records"]
+            rows.append(Row(f"judge acc, {trainable} {name}, n={n}", acc[name],
+                            note=f"{spent}; q={facts['sample_rate']:.3g} "
+                                 f"steps={facts['steps']}; 200 samples"))
+        ratio = acc[top] / acc["nodp"] if acc["nodp"] > 0 else math.nan
+        rows.append(Row(f"acc ratio {top} / nodp, n={n}", ratio, target=f">= {TARGET_RATIO}",
+                        ok=bool(ratio >= TARGET_RATIO), note=f"{trainable}; private set of {n}"))
     return rows
 
 
@@ -285,7 +317,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--public", action="store_true", help="train the public 0-4 model only")
     p.add_argument("--quick", action="store_true")
     p.add_argument("--device", default="cpu")
-    p.add_argument("--only", choices=["utility", "cost"], default=None,
+    p.add_argument("--only", choices=["utility", "cost", "sizes"], default=None,
                    help="run one half of the area")
     p.add_argument("--json", type=Path, default=None, help="also write the rows here")
     args = p.parse_args(argv)
@@ -299,7 +331,8 @@ def main(argv: list[str] | None = None) -> None:
         from trustgain.bench import format_table
 
         rows = (utility_rows(args.quick, args.device) if args.only == "utility" else
-                cost_rows(args.quick) if args.only == "cost" else run(args.quick, args.device))
+                cost_rows(args.quick) if args.only == "cost" else
+                size_rows(args.device) if args.only == "sizes" else run(args.quick, args.device))
         print(format_table(rows))
         if args.json:
             args.json.write_text(json.dumps([r.as_dict() for r in rows], indent=2) + "\n")
