@@ -38,6 +38,7 @@ with release-aware FIFO (:func:`fifo_completion`). Two solvers give the same opt
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -139,14 +140,37 @@ def exact_hungarian(sc: Scenario, allowed: np.ndarray) -> np.ndarray:
     return choice
 
 
-def exact(sc: Scenario, allowed: np.ndarray) -> np.ndarray:
-    """Our allocation: per class, the optimal slot assignment (certified sparse solver)."""
+def exact(sc: Scenario, allowed: np.ndarray, budget_ms: float | None = None,
+          stats: list[SolveStats] | None = None) -> np.ndarray:
+    """Our allocation: per class, the optimal slot assignment (certified sparse solver).
+
+    ``budget_ms``: decide within about this much time; a class still unproven then keeps the
+    best assignment found and its proven gap (``stats``, one :class:`SolveStats` per class).
+    """
+    stop_at = None if budget_ms is None else time.perf_counter() + budget_ms / 1000
     choice = np.empty(allowed.shape[0], dtype=np.int64)
     for tasks, servers in _classes(allowed):
         ready = sc.trans_ms[np.ix_(tasks, servers)]
-        srv, _ = solve_slots(ready, sc.time_per_img_ms[servers], sc.deadline_ms)
+        one = SolveStats()
+        srv, _ = solve_slots(ready, sc.time_per_img_ms[servers], sc.deadline_ms,
+                             stop_at=stop_at, stats=one)
+        if stats is not None:
+            stats.append(one)
         choice[tasks] = servers[srv]
     return choice
+
+
+def slot_total(sc: Scenario, choice: np.ndarray) -> int:
+    """Total slot-model cost (integer us) of an allocation: each server's tasks in arrival
+    order in back-to-back slots, the objective :func:`exact` minimises."""
+    total = 0
+    for k in np.unique(choice):
+        r = np.sort(sc.trans_ms[choice == k, k])
+        srv = np.zeros(r.size, dtype=np.int64)
+        cost = slot_cost(r[:, None], sc.time_per_img_ms[[k]], np.arange(1, r.size + 1), srv,
+                         sc.deadline_ms)
+        total += int(np.diag(cost).sum())
+    return total
 
 
 def _us(done_ms: np.ndarray, deadline_ms: float) -> np.ndarray:
@@ -295,14 +319,48 @@ def _potentials(slots: _Slots, rows: np.ndarray, cols: np.ndarray, pair: np.ndar
     raise RuntimeError("negative cycle: the sparse matching was not optimal")
 
 
+@dataclass
+class SolveStats:
+    """How a :func:`solve_slots` call ended (filled in when passed)."""
+
+    certified: bool = False  # the returned assignment is proven optimal
+    cost: int = 0  # its total cost, integer microseconds
+    lower_bound: int = 0  # a proven lower bound on the optimum (= cost when certified)
+    rounds: int = 0  # sparse solves
+
+    @property
+    def gap(self) -> float:
+        """Relative distance to the optimum at most this (0 when certified)."""
+        return 0.0 if self.certified else (self.cost - self.lower_bound) / max(1, self.cost)
+
+
+def lower_bound(slots: _Slots, d: np.ndarray) -> int:
+    """LP-dual lower bound on the optimum for any prices ``d >= 0`` on the slots.
+
+    Slot prices ``p = d`` (0 beyond the last slot of each server) and task prices ``u_j =
+    min_s cost + p`` are dual feasible, so ``sum u - sum p`` bounds the assignment from below
+    (weak duality). Slots past ``K_m`` cost at least slot ``K_m + 1``, which is included.
+    """
+    best, _ = slots.row_best(d, np.zeros(slots.split.shape[0], dtype=np.int64))
+    after = np.maximum(slots.ready, (slots.k_m * slots.tpi)[None, :]) + slots.tpi[None, :]
+    u = np.minimum(best[:, 0], _us(after, slots.deadline).min(axis=1))
+    return int(u.sum() - d.sum())
+
+
 def solve_slots(
-    ready: np.ndarray, tpi: np.ndarray, deadline: float, seed: int = 0
+    ready: np.ndarray, tpi: np.ndarray, deadline: float, seed: int = 0, *,
+    stop_at: float | None = None, stats: SolveStats | None = None,
 ) -> tuple[np.ndarray, int]:
     """Optimal assignment of tasks to back-to-back slots of servers (one contract class).
 
     ``ready`` is (tasks, servers) arrival time (ms), ``tpi`` (servers,) time per image. Returns
     the server index per task and the optimal total cost in integer microseconds. See the
     module docstring for the method and its optimality certificate.
+
+    ``stop_at`` (a ``time.perf_counter()`` value) makes it an anytime solver: once passed, the
+    current sparse solve's assignment is returned (feasible, optimal on its candidate pairs),
+    with ``stats.certified`` False and ``stats.lower_bound`` from :func:`lower_bound` (the
+    better of the current prices and prices capped at the largest slot cost).
     """
     n, m = ready.shape
     greedy_srv = earliest_finish(np.broadcast_to(tpi, (n, m)).copy(), ready)
@@ -313,6 +371,7 @@ def solve_slots(
     pos[order] = np.arange(n) - np.searchsorted(greedy_srv[order], greedy_srv[order])
     rng = np.random.default_rng(seed)
     task = np.arange(n)
+    rounds = 0
     edges: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
     while True:
         slots = _Slots(ready, tpi, deadline, k_m)
@@ -337,15 +396,34 @@ def solve_slots(
             u = slots.pair_cost(task, match) + d[match]
             gap, by_row = slots.row_best(d, u)
             bad = gap[:, 0] < 0
+            rounds += 1
             if not bad.any():
                 break
+            if stop_at is not None and time.perf_counter() > stop_at:
+                return _stopped(slots, match, d, rounds, stats)
             cand[task[bad], by_row[bad, 0]] = True
             gap_c, by_col = slots.col_best(d, u)
             bad_c = gap_c < 0
             cand[by_col[bad_c], np.flatnonzero(bad_c)] = True
         last_used = np.isin(slots.offset + k_m - 1, match)
         if not last_used.any():
-            return slots.srv[match], int(slots.pair_cost(task, match).sum())
+            total = int(slots.pair_cost(task, match).sum())
+            if stats is not None:
+                stats.certified, stats.cost, stats.lower_bound = True, total, total
+                stats.rounds = rounds
+            return slots.srv[match], total
+        if stop_at is not None and time.perf_counter() > stop_at:
+            return _stopped(slots, match, d, rounds, stats)
         rows, cols = np.nonzero(cand)
         edges = (rows, slots.srv[cols], slots.k[cols])
         k_m = np.where(last_used, 2 * k_m, k_m)
+
+
+def _stopped(slots: _Slots, match: np.ndarray, d: np.ndarray, rounds: int,
+             stats: SolveStats | None) -> tuple[np.ndarray, int]:
+    total = int(slots.pair_cost(np.arange(match.size), match).sum())
+    if stats is not None:
+        cap = max(int(slots.cost_a.max()), int(slots.cost_b.max()))
+        stats.certified, stats.cost, stats.rounds = False, total, rounds
+        stats.lower_bound = max(lower_bound(slots, d), lower_bound(slots, np.minimum(d, cap)))
+    return slots.srv[match], total
