@@ -208,3 +208,24 @@ def test_record_carries_finetune_privacy(tmp_path):
     assert d["privacy"]["epsilon"] == rep.epsilon and d["privacy"]["accountant"] == "rdp"
     base = DiffusersGenerator(StableDiffusionPipeline.from_pretrained(tmp_path / "b")).describe()
     assert "privacy" not in base
+
+
+def test_train_tokens_moves_word_embeddings_under_dp_and_nothing_else(base, records, tmp_path):
+    """Words the base never saw can be learned: the text encoder's word embeddings train
+    (per-record clipped and noised with the UNet); its other weights stay bit-identical."""
+    from transformers import CLIPTextModel
+
+    out = tmp_path / "out"
+    rep = finetune(base, records, out, dp=True, noise_multiplier=1.0, trainable="attention",
+                   train_tokens=True, **FAST)
+    before = CLIPTextModel.from_pretrained(base, subfolder="text_encoder").state_dict()
+    after = CLIPTextModel.from_pretrained(out, subfolder="text_encoder").state_dict()
+    words = [k for k in before if k.endswith("token_embedding.weight")]
+    assert len(words) == 1
+    assert not torch.equal(before[words[0]], after[words[0]])
+    assert all(torch.equal(before[k], after[k]) for k in before if k not in words)
+    facts = json.loads((out / "privacy.json").read_text())
+    assert facts["train_tokens"] is True and rep.train_tokens
+    assert rep.trainable_params > finetune(
+        base, records, tmp_path / "plain", dp=True, noise_multiplier=1.0,
+        trainable="attention", **FAST).trainable_params

@@ -7,9 +7,10 @@ the cost of DP-SGD per step.
 (a) Utility. trustgain-mini-sd's recipe trained on digits 0-4 only is the public model
 (:mod:`trustgain.privacy.finetune_public`, cached under ``$TRUSTGAIN_BENCH_CACHE``, default
 ``/work/notes/privacy``); it is fine-tuned on the train scans of 5-9 (one record per scan)
-without DP and with DP at epsilon 1, 4 and 10 (delta 1e-5, PRV accountant), once training
-the attention weights and once LoRA adapters, each with one recipe (batch, epochs, learning
-rate, clipping) for every setting. For each model, the digits judge names
+without DP and with DP at epsilon 1, 4 and 10 (delta 1e-5, PRV accountant), training the
+full UNet with one recipe (batch, epochs, learning rate, clipping at about the median
+per-sample gradient norm) for every setting (``UTILITY_TRAINABLES``; the attention and LoRA
+recipes stay for ``--prepare``). For each model, the digits judge names
 the digit in samples prompted for 5-9; accuracy = share named as prompted. Target: at
 epsilon 10, at least 80% of the non-private accuracy.
 
@@ -45,11 +46,17 @@ TARGET_COST = 3.0
 # median per-sample gradient norm of those weights on mini-sd (attention ~0.10, LoRA ~0.04),
 # the usual DP-SGD choice (clip about half the samples).
 RECIPES: dict[str, dict[str, Any]] = {
+    "full": dict(trainable="full", train_tokens=True, batch_size=64, epochs=40, lr=5e-4,
+                 max_grad_norm=0.5),
     "attention": dict(trainable="attention", batch_size=128, epochs=20, lr=1e-3,
                       max_grad_norm=0.1),
     "lora": dict(trainable="lora", lora_rank=4, batch_size=128, epochs=20, lr=2e-3,
                  max_grad_norm=0.05),
 }
+# The utility table fine-tunes the full UNet: the 0-4 base has never seen 5-9, and the
+# attention-only recipe (20 epochs, 120 steps) taught it too little even without DP (judge
+# accuracy 0.16 on 5-9, and 0-4 fell from 1.00 to 0.56; 2026-11-28, 50 samples each).
+UTILITY_TRAINABLES = ("full",)
 QUICK = dict(trainable="attention", batch_size=20, epochs=2, lr=1e-3, max_grad_norm=0.1)
 PROMPTS = ("a handwritten {w}", "the digit {d}", "a {d}", "the number {w}")
 
@@ -133,7 +140,7 @@ def utility_rows(quick: bool, device: str = "cpu") -> list[Row]:
     if not quick:
         rows.append(Row(metric="judge acc, base on 0-4", value=judge_accuracy(
             base, PUBLIC_DIGITS, per_digit=per_digit, device=device), note=basis))
-    for trainable in ("attention",) if quick else tuple(RECIPES):
+    for trainable in ("attention",) if quick else UTILITY_TRAINABLES:
         acc: dict[str, float] = {}
         for name, eps in settings(quick).items():
             facts = prepare(name, trainable, quick, device)

@@ -30,6 +30,9 @@ from trustgain.cli.common import emit, json_option, note, progress_option
               show_default=True, help="Privacy accountant (opacus).")
 @click.option("--trainable", type=click.Choice(["full", "attention", "lora"]), default="full",
               show_default=True, help="UNet weights to train.")
+@click.option("--train-tokens", is_flag=True,
+              help="Also train the text encoder's word embeddings (under DP too): for words "
+                   "the base model never saw, such as new classes.")
 @click.option("--lora-rank", type=int, default=4, show_default=True)
 @click.option("--epochs", type=int, default=10, show_default=True)
 @click.option("--batch-size", type=int, default=64, show_default=True,
@@ -46,8 +49,8 @@ from trustgain.cli.common import emit, json_option, note, progress_option
 @json_option
 @progress_option
 def finetune(data, model, out, dp, target_epsilon, noise_multiplier, delta, max_grad_norm,
-             accountant, trainable, lora_rank, epochs, batch_size, physical_batch_size, lr,
-             seed, ledger, restart, force, as_json, no_progress) -> None:
+             accountant, trainable, train_tokens, lora_rank, epochs, batch_size,
+             physical_batch_size, lr, seed, ledger, restart, force, as_json, no_progress) -> None:
     """Fine-tune a text-to-image model's UNet; the spent privacy goes into its model card.
 
     \b
@@ -68,7 +71,8 @@ def finetune(data, model, out, dp, target_epsilon, noise_multiplier, delta, max_
     report = run(model, data, out, dp=dp, target_epsilon=target_epsilon,
                  noise_multiplier=noise_multiplier, delta=delta, max_grad_norm=max_grad_norm,
                  epochs=epochs, batch_size=batch_size, lr=lr, trainable=trainable,
-                 lora_rank=lora_rank, accountant=accountant, seed=seed, ledger=ledger,
+                 train_tokens=train_tokens, lora_rank=lora_rank, accountant=accountant,
+                 seed=seed, ledger=ledger,
                  resume=not restart, progress=not no_progress,
                  physical_batch_size=physical_batch_size, overwrite=force)
     if report.resumed_from_step:

@@ -12,8 +12,12 @@ given, or it is computed for ``target_epsilon`` by opacus' ``get_noise_multiplie
 (:class:`trustgain.privacy.ledger.Ledger`) can refuse the run before anything is spent.
 The ledger is charged with the accountant's epsilon once, just before the model is written.
 
-Only the UNet trains (``full``, ``attention`` or ``lora``: :mod:`.finetune_trainable`); the
-VAE and text encoder are frozen, so latents and text states are computed once. The loss is
+The UNet trains (``full``, ``attention`` or ``lora``: :mod:`.finetune_trainable`); the
+VAE and text encoder are frozen, so latents and text states are computed once, unless
+``train_tokens`` also trains the text encoder's word embeddings (words the base model never
+saw, e.g. new classes, start with untrained embeddings that the UNet cannot tell apart); the
+states are then computed every step and opacus clips and noises those embeddings' per-record
+gradients with the UNet's (:class:`~trustgain.privacy.finetune_run.TextUNet`). The loss is
 the standard denoising MSE, reduced **per sample** to shape ``[B]`` and then averaged,
 matching opacus' ``loss_reduction="mean"`` (it rescales by the expected batch size).
 
@@ -69,6 +73,7 @@ class FinetuneReport:
     seconds: float
     resumed_from_step: int
     ledger: str | None
+    train_tokens: bool = False  # the text encoder's word embeddings trained too (under DP)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -162,8 +167,10 @@ def _load_pipeline(model: str | os.PathLike[str]) -> Any:
 
 @torch.no_grad()
 def _encode(pipe: Any, images: np.ndarray, captions: list[str], chunk: int = 64,
+            tokens: bool = False,
             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """VAE posterior (mean, std), text states per caption, and the empty prompt's states."""
+    """VAE posterior (mean, std), text states per caption, and the empty prompt's states
+    (with ``tokens``: the token ids instead of the states, which then train)."""
     vae, te, tok = pipe.vae, pipe.text_encoder, pipe.tokenizer
     dev = vae.device
     x = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1
@@ -176,6 +183,8 @@ def _encode(pipe: Any, images: np.ndarray, captions: list[str], chunk: int = 64,
     def states(texts: list[str]) -> torch.Tensor:
         ids = tok(texts, padding="max_length", max_length=tok.model_max_length,
                   truncation=True, return_tensors="pt").input_ids
+        if tokens:
+            return ids
         return torch.cat([te(ids[i:i + chunk].to(dev))[0].cpu()
                           for i in range(0, len(ids), chunk)])
 
@@ -200,6 +209,7 @@ def finetune(
     batch_size: int = 64,
     lr: float = 1e-4,
     trainable: str = "full",
+    train_tokens: bool = False,
     lora_rank: int = 4,
     accountant: str = "prv",
     seed: int = 0,
@@ -258,9 +268,9 @@ def finetune(
                     sample_rate=sample_rate, steps=steps, batch_size=batch_size, lr=lr,
                     trainable=trainable, lora_rank=lora_rank, max_grad_norm=max_grad_norm,
                     accountant=accountant if dp else None, delta=delta, seed=seed,
-                    cfg_dropout=cfg_dropout)
+                    cfg_dropout=cfg_dropout, train_tokens=train_tokens)
     torch.manual_seed(seed)
-    encoded = _encode(pipe, images, captions)
+    encoded = _encode(pipe, images, captions, tokens=train_tokens)
     run = Run(pipe=pipe, encoded=encoded, settings=settings,
               scaling=float(pipe.vae.config.scaling_factor),
               physical_batch_size=physical_batch_size, progress=progress)
@@ -276,7 +286,8 @@ def finetune(
         max_grad_norm=max_grad_norm, steps=steps, epochs=epochs, batch_size=batch_size, lr=lr,
         n_records=n, trainable=trainable, trainable_params=run.n_trainable,
         dataset_sha256=digest, final_loss=run.final_loss(), seconds=round(time.time() - t0, 1),
-        resumed_from_step=start, ledger=str(ledger) if ledger is not None else None)
+        resumed_from_step=start, ledger=str(ledger) if ledger is not None else None,
+        train_tokens=train_tokens)
     if book is not None:  # charge before the model (the release) is written
         book.charge(what=f"finetune {out.name} (data sha256 {digest[:16]})",
                     accountant=accountant, epsilon=epsilon, delta=delta)

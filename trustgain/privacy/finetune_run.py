@@ -29,6 +29,19 @@ def _entropy_generator(device: str | torch.device = "cpu") -> torch.Generator:
     return torch.Generator(device=device).manual_seed(seed)
 
 
+class TextUNet(torch.nn.Module):
+    """UNet conditioned on token ids through the text encoder, for ``train_tokens``: the
+    word embeddings train with the UNet, so opacus clips and noises them per record too.
+    Returns the UNet's output object (``.sample``), as the UNet does."""
+
+    def __init__(self, unet: Any, text_encoder: Any) -> None:
+        super().__init__()
+        self.unet, self.text_encoder = unet, text_encoder
+
+    def forward(self, noisy: torch.Tensor, t: torch.Tensor, ids: torch.Tensor) -> Any:
+        return self.unet(noisy, t, self.text_encoder(ids)[0])
+
+
 class Run:
     """One fine-tune in progress (built by ``finetune``; not a public API)."""
 
@@ -52,23 +65,30 @@ class Run:
         pipe.vae.requires_grad_(False)
         pipe.text_encoder.requires_grad_(False)
         self.params = tr.select(unet, s["trainable"], lora_rank=s["lora_rank"], seed=s["seed"])
+        self.tokens = bool(s.get("train_tokens"))
+        if self.tokens:  # states are then computed per step from the ids in ``encoded``
+            words = pipe.text_encoder.get_input_embeddings().weight
+            words.requires_grad_(True)
+            self.params.append(("text_encoder.token_embedding.weight", words))
+            pipe.text_encoder.train()
         self.n_trainable = sum(p.numel() for _, p in self.params)
         ids = {id(p) for _, p in self.params}
         self.frozen = [(f"unet.{n}", p) for n, p in unet.named_parameters() if id(p) not in ids]
         self.frozen += [(f"vae.{n}", p) for n, p in pipe.vae.named_parameters()]
-        self.frozen += [(f"text_encoder.{n}", p) for n, p in pipe.text_encoder.named_parameters()]
+        self.frozen += [(f"text_encoder.{n}", p) for n, p in pipe.text_encoder.named_parameters()
+                        if id(p) not in ids]
         self.frozen_print = tr.Fingerprint.of(self.frozen)
         opt = torch.optim.AdamW([p for _, p in self.params], lr=s["lr"], weight_decay=0.0)
         loader = DataLoader(TensorDataset(torch.arange(len(self.mean))),
                             batch_size=s["batch_size"], shuffle=not s["dp"],
                             generator=_entropy_generator() if s["dp"] else self.gen)
         self.engine = None
-        self.model: Any = unet
+        self.model: Any = TextUNet(unet, pipe.text_encoder) if self.tokens else unet
         if s["dp"]:
             from opacus import PrivacyEngine
             from opacus.validators import ModuleValidator
 
-            errors = ModuleValidator.validate(unet, strict=False)
+            errors = ModuleValidator.validate(self.model, strict=False)
             if errors:
                 raise ConfigError(f"opacus cannot train this UNet: {errors[0]}",
                                   hint="opacus.validators.ModuleValidator.fix may help")
@@ -76,7 +96,7 @@ class Run:
                 warnings.filterwarnings("ignore", message="Secure RNG turned off")
                 self.engine = PrivacyEngine(accountant=s["accountant"])
             self.model, opt, loader = self.engine.make_private(
-                module=unet, optimizer=opt, data_loader=loader,
+                module=self.model, optimizer=opt, data_loader=loader,
                 noise_multiplier=s["noise_multiplier"], max_grad_norm=s["max_grad_norm"],
                 poisson_sampling=True, noise_generator=_entropy_generator(unet.device),
                 grad_sample_mode="hooks")
@@ -92,7 +112,8 @@ class Run:
         latents = (self.mean[idx] + self.std[idx] * eps) * self.scaling
         states = self.states[idx]
         drop = torch.rand(len(idx), generator=self.gen) < self.settings["cfg_dropout"]
-        states = torch.where(drop[:, None, None], self.empty[None], states)
+        states = torch.where(drop.view(-1, *([1] * (states.dim() - 1))), self.empty[None],
+                             states)  # text states, or token ids with ``train_tokens``
         dev = self.pipe.unet.device
         return latents.to(dev), states.to(dev)
 
@@ -177,6 +198,7 @@ class Run:
             self.model._close()  # drop opacus hooks and grad_sample attributes
         tr.finish(self.pipe.unet, self.settings["trainable"])
         self.pipe.unet.eval()
+        self.pipe.text_encoder.eval().requires_grad_(False)
 
     def state(self, step: int) -> bytes:
         from trustgain.privacy.finetune import checkpoint_bytes
