@@ -357,8 +357,9 @@ def solve_slots(
     the server index per task and the optimal total cost in integer microseconds. See the
     module docstring for the method and its optimality certificate.
 
-    ``stop_at`` (a ``time.perf_counter()`` value) makes it an anytime solver: once passed, the
-    current sparse solve's assignment is returned (feasible, optimal on its candidate pairs),
+    ``stop_at`` (a ``time.perf_counter()`` value) makes it an anytime solver: when another
+    round (as long as the last one) would end past it, the current sparse solve's
+    assignment is returned (feasible, optimal on its candidate pairs),
     with ``stats.certified`` False and ``stats.lower_bound`` from :func:`lower_bound` (the
     better of the current prices and prices capped at the largest slot cost).
     """
@@ -386,6 +387,7 @@ def solve_slots(
         if edges is not None:  # carried over from before the slots were extended
             cand[edges[0], slots.offset[edges[1]] + edges[2] - 1] = True
         while True:
+            began = time.perf_counter()
             rows, cols = np.nonzero(cand)
             pair = slots.pair_cost(rows, cols)
             graph = csr_matrix((pair.astype(np.float64), (rows, cols)), (n, s_n))
@@ -399,8 +401,9 @@ def solve_slots(
             rounds += 1
             if not bad.any():
                 break
-            if stop_at is not None and time.perf_counter() > stop_at:
-                return _stopped(slots, match, d, rounds, stats)
+            took = time.perf_counter() - began
+            if stop_at is not None and time.perf_counter() + took > stop_at:
+                return _stopped(slots, match, d, rounds, stats)  # the next round would overrun
             cand[task[bad], by_row[bad, 0]] = True
             gap_c, by_col = slots.col_best(d, u)
             bad_c = gap_c < 0
@@ -412,8 +415,8 @@ def solve_slots(
                 stats.certified, stats.cost, stats.lower_bound = True, total, total
                 stats.rounds = rounds
             return slots.srv[match], total
-        if stop_at is not None and time.perf_counter() > stop_at:
-            return _stopped(slots, match, d, rounds, stats)
+        if stop_at is not None and time.perf_counter() + 2 * took > stop_at:
+            return _stopped(slots, match, d, rounds, stats)  # more slots: at least 2 rounds
         rows, cols = np.nonzero(cand)
         edges = (rows, slots.srv[cols], slots.k[cols])
         k_m = np.where(last_used, 2 * k_m, k_m)
