@@ -166,7 +166,7 @@ def utility_rows(quick: bool, device: str = "cpu") -> list[Row]:
 SIZES = (182, 364)  # a quarter and a half of the 729 private records
 
 
-def size_rows(device: str = "cpu", trainable: str = "attention") -> list[Row]:
+def size_rows(device: str = "cpu", trainable: str = "full") -> list[Row]:
     """Accuracy against private-set size, without DP and at the largest epsilon (same recipe:
     the same epochs, so smaller sets take fewer steps; DP noise is calibrated per size)."""
     from trustgain.privacy.finetune_public import PRIVATE_DIGITS
