@@ -43,19 +43,22 @@ EPSILONS = (1.0, 4.0, 10.0)
 TARGET_RATIO = 0.8
 TARGET_COST = 3.0
 # One recipe per trainable part, the same for every epsilon and without DP. C is about the
-# median per-sample gradient norm of those weights on mini-sd (attention ~0.10, LoRA ~0.04),
-# the usual DP-SGD choice (clip about half the samples).
+# median per-sample gradient norm of those weights (attention ~0.10 and LoRA ~0.04 on mini-sd,
+# full UNet 0.54 on the 0-4 base), the usual DP-SGD choice (clip about half the samples).
 RECIPES: dict[str, dict[str, Any]] = {
     "full": dict(trainable="full", train_tokens=True, batch_size=64, epochs=40, lr=5e-4,
                  max_grad_norm=0.5),
     "attention": dict(trainable="attention", batch_size=128, epochs=20, lr=1e-3,
                       max_grad_norm=0.1),
-    "lora": dict(trainable="lora", lora_rank=4, batch_size=128, epochs=20, lr=2e-3,
-                 max_grad_norm=0.05),
+    "lora": dict(trainable="lora", train_tokens=True, lora_rank=8, batch_size=64, epochs=40,
+                 lr=2e-3, max_grad_norm=0.1),
+    "lora-b256": dict(trainable="lora", train_tokens=True, lora_rank=8, batch_size=256,
+                      epochs=40, lr=5e-4, max_grad_norm=0.1),
 }
-# The utility table fine-tunes the full UNet: the 0-4 base has never seen 5-9, and the
-# attention-only recipe (20 epochs, 120 steps) taught it too little even without DP (judge
-# accuracy 0.16 on 5-9, and 0-4 fell from 1.00 to 0.56; 2026-11-28, 50 samples each).
+# The utility table fine-tunes the full UNet and the word embeddings (``train_tokens``): the
+# 0-4 base never saw the words for 5-9 (their embeddings are untrained, norm 0.13-0.16 vs
+# 0.37-0.39; "a handwritten five"/"six" states have cosine 0.995), so UNet-only recipes could
+# not learn 5-9 even without DP (attention 0.16, full UNet 0.20 on 50 samples, 2026-11-28).
 UTILITY_TRAINABLES = ("full",)
 QUICK = dict(trainable="attention", batch_size=20, epochs=2, lr=1e-3, max_grad_norm=0.1)
 PROMPTS = ("a handwritten {w}", "the digit {d}", "a {d}", "the number {w}")
@@ -166,7 +169,7 @@ def utility_rows(quick: bool, device: str = "cpu") -> list[Row]:
 SIZES = (182, 364)  # a quarter and a half of the 729 private records
 
 
-def size_rows(device: str = "cpu", trainable: str = "full") -> list[Row]:
+def size_rows(device: str = "cpu", trainable: str = "lora") -> list[Row]:
     """Accuracy against private-set size, without DP and at the largest epsilon (same recipe:
     the same epochs, so smaller sets take fewer steps; DP noise is calibrated per size)."""
     from trustgain.privacy.finetune_public import PRIVATE_DIGITS
@@ -320,7 +323,8 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="python -m trustgain.bench.privacy_finetune")
     p.add_argument("--prepare", choices=sorted(settings(False)), default=None,
                    help="fine-tune one setting into the cache (run several in parallel)")
-    p.add_argument("--trainable", choices=sorted(RECIPES), default="attention")
+    p.add_argument("--trainable", choices=sorted(RECIPES), default="attention",
+                   help="a recipe name (RECIPES)")
     p.add_argument("--public", action="store_true", help="train the public 0-4 model only")
     p.add_argument("--quick", action="store_true")
     p.add_argument("--device", default="cpu")
