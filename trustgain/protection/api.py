@@ -126,8 +126,8 @@ def quantize(x: np.ndarray, x_adv: torch.Tensor, eps: int) -> np.ndarray:
 
 
 def _perturb(x: torch.Tensor, *, key: bytes, config: ProtectConfig,
-             surrogates: Sequence[torch.nn.Module], labels: int | None,
-             image_id: str) -> torch.Tensor:
+             surrogates: Sequence[torch.nn.Module], labels: int | Sequence[int] | None,
+             image_id: str | Sequence[str]) -> torch.Tensor:
     if config.method == "pgd":
         from trustgain.protection import pgd
 
@@ -171,7 +171,7 @@ def protect_batch(images: Sequence[np.ndarray], *, key: bytes, config: ProtectCo
     Other methods run image by image. Every image is checked before any work; a bad one
     raises :class:`~trustgain.errors.InputError` naming its id.
     """
-    from trustgain.protection import pgd, residual
+    from trustgain.protection import residual
 
     residual.check_key(key)
     if not surrogates and config.method == "pgd":
@@ -196,9 +196,9 @@ def protect_batch(images: Sequence[np.ndarray], *, key: bytes, config: ProtectCo
             chunk = members[lo:lo + batch_size]
             x = torch.cat([tensors[i] for i in chunk])
             lab = None if labels is None else [labels[i] for i in chunk]
-            if config.method == "pgd":
-                x_adv = pgd.perturb(x, key=key, config=config, surrogates=surrogates,
-                                    labels=lab, image_id=[image_ids[i] for i in chunk])
+            if config.method == "pgd":  # batched, each image's draws from its own id
+                x_adv = _perturb(x, key=key, config=config, surrogates=surrogates, labels=lab,
+                                 image_id=[image_ids[i] for i in chunk])
             else:
                 x_adv = torch.cat([
                     _perturb(x[j:j + 1], key=key, config=config, surrogates=surrogates,
