@@ -309,3 +309,27 @@ def test_chunked_jobs_settle_every_input_once_in_chunks(tmp_path):
     again = ChunkedInvert(batch_size=4)
     s = run_batch(src, tmp_path / "out", again, show_progress=False)
     assert (s.done, s.skipped) == (0, 10) and again.calls == [1]  # only the refused one redone
+
+
+def test_protect_job_refuses_only_the_image_a_batch_fails_on(monkeypatch):
+    import io
+
+    from trustgain.errors import InputError as Bad
+    from trustgain.protection import ProtectConfig, api, batch_jobs
+
+    def fake_batch(images, *, image_ids, **_):
+        if "b.png" in image_ids:
+            raise Bad("cannot take this one")
+        return [(im, b"sealed") for im in images]
+
+    monkeypatch.setattr(api, "protect_batch", fake_batch)
+    monkeypatch.setattr(batch_jobs, "load_surrogates", lambda folders: [])
+    job = batch_jobs.ProtectJob(config=ProtectConfig(), key=b"k" * 32, key_id="t", batch_size=8)
+    inputs = []
+    for name in ("a.png", "b.png", "c.png"):
+        buf = io.BytesIO()
+        Image.fromarray(np.full((16, 16, 3), 7, np.uint8)).save(buf, format="PNG")
+        inputs.append((buf.getvalue(), name, {}))
+    out = job.call_many(inputs)
+    assert [type(o).__name__ for o in out] == ["Produced", "Refused", "Produced"]
+    assert "cannot take this one" in out[1].reason

@@ -166,20 +166,27 @@ class ProtectJob:
                 results[i] = Refused(str(exc))
                 continue
             good.append((i, pixels, residual_image_id(image_id)))
-        if good:
-            try:
-                done = protect_batch([g[1] for g in good], key=self.key, config=self.config,
-                                     surrogates=load_surrogates(self.surrogates),
-                                     image_ids=[g[2] for g in good],
-                                     batch_size=max(1, self.batch_size))
-            except ConfigError:
-                raise  # the settings are wrong for every image: stop the batch
-            except TrustgainError as exc:  # pragma: no cover - inputs were checked above
-                done = None
-                for i, _, _ in good:
-                    results[i] = Refused(str(exc))
-            for (i, pixels, _), (protected, sealed) in zip(good, done or [], strict=False):
+        def run(batch: list[tuple[int, np.ndarray, str]]) -> None:
+            done = protect_batch([g[1] for g in batch], key=self.key, config=self.config,
+                                 surrogates=load_surrogates(self.surrogates),
+                                 image_ids=[g[2] for g in batch],
+                                 batch_size=max(1, self.batch_size))
+            for (i, pixels, _), (protected, sealed) in zip(batch, done, strict=True):
                 results[i] = self._produced(pixels, protected, sealed)
+
+        try:
+            if good:
+                run(good)
+        except ConfigError:
+            raise  # the settings are wrong for every image: stop the batch
+        except TrustgainError:  # one image's fault (e.g. ddpm on a shape it cannot take)
+            for one in good:  # redo them one by one, so only that image is refused
+                try:
+                    run([one])
+                except ConfigError:
+                    raise
+                except TrustgainError as exc:
+                    results[one[0]] = Refused(str(exc))
         return [r for r in results if r is not None]
 
     def _produced(self, pixels: np.ndarray, protected: np.ndarray, sealed: bytes) -> Produced:
