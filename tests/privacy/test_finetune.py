@@ -229,3 +229,15 @@ def test_train_tokens_moves_word_embeddings_under_dp_and_nothing_else(base, reco
     assert rep.trainable_params > finetune(
         base, records, tmp_path / "plain", dp=True, noise_multiplier=1.0,
         trainable="attention", **FAST).trainable_params
+
+
+def test_trainable_none_trains_only_word_embeddings(base, records, tmp_path):
+    with pytest.raises(ConfigError, match="train_tokens"):
+        finetune(base, records, tmp_path / "x", dp=True, noise_multiplier=1.0,
+                 trainable="none", **FAST)
+    out = tmp_path / "out"
+    rep = finetune(base, records, out, dp=True, noise_multiplier=1.0, trainable="none",
+                   train_tokens=True, **FAST)
+    before, after = _unet_state(base), _unet_state(out)
+    assert all(torch.equal(before[k], after[k]) for k in before)  # UNet frozen
+    assert rep.trainable == "none" and rep.train_tokens and rep.trainable_params > 0

@@ -52,6 +52,8 @@ RECIPES: dict[str, dict[str, Any]] = {
                       max_grad_norm=0.1),
     "lora": dict(trainable="lora", train_tokens=True, lora_rank=8, batch_size=64, epochs=40,
                  lr=2e-3, max_grad_norm=0.1),
+    "tokens": dict(trainable="none", train_tokens=True, batch_size=64, epochs=40, lr=5e-3,
+                   max_grad_norm=0.05),
     "lora-b256": dict(trainable="lora", train_tokens=True, lora_rank=8, batch_size=256,
                       epochs=40, lr=5e-4, max_grad_norm=0.1),
 }

@@ -28,8 +28,9 @@ from trustgain.cli.common import emit, json_option, note, progress_option
               help="Per-image gradient clipping norm C.")
 @click.option("--accountant", type=click.Choice(["prv", "rdp"]), default="prv",
               show_default=True, help="Privacy accountant (opacus).")
-@click.option("--trainable", type=click.Choice(["full", "attention", "lora"]), default="full",
-              show_default=True, help="UNet weights to train.")
+@click.option("--trainable", type=click.Choice(["full", "attention", "lora", "none"]),
+              default="full", show_default=True,
+              help="UNet weights to train (none: only the word embeddings, with --train-tokens).")
 @click.option("--train-tokens", is_flag=True,
               help="Also train the text encoder's word embeddings (under DP too): for words "
                    "the base model never saw, such as new classes.")

@@ -240,6 +240,9 @@ def finetune(
                 batch_size, lr, ledger, accountant)
     if trainable not in tr.TRAINABLE:
         raise ConfigError(f"unknown trainable {trainable!r}; known: {', '.join(tr.TRAINABLE)}")
+    if trainable == "none" and not train_tokens:
+        raise ConfigError("trainable 'none' trains nothing without train_tokens",
+                          hint="add --train-tokens, or choose full, attention or lora")
     if out.exists() and not overwrite:
         raise OutputExistsError(out)
     pipe = _load_pipeline(model).to(device)

@@ -22,7 +22,7 @@ import torch
 
 from trustgain.errors import ConfigError, TrustgainError
 
-TRAINABLE = ("full", "attention", "lora")
+TRAINABLE = ("full", "attention", "lora", "none")  # none: only with train_tokens
 LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
 
 
@@ -36,6 +36,8 @@ def select(unet: torch.nn.Module, trainable: str, *, lora_rank: int = 4,
     if trainable not in TRAINABLE:
         raise ConfigError(f"unknown trainable {trainable!r}; known: {', '.join(TRAINABLE)}")
     unet.requires_grad_(False)
+    if trainable == "none":  # the UNet stays frozen; the caller trains word embeddings
+        return []
     if trainable == "full":
         unet.requires_grad_(True)
     elif trainable == "attention":
