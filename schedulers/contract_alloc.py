@@ -358,7 +358,7 @@ def solve_slots(
     module docstring for the method and its optimality certificate.
 
     ``stop_at`` (a ``time.perf_counter()`` value) makes it an anytime solver: when another
-    round (as long as the last one) would end past it, the current sparse solve's
+    round (taken as 1.5x the last one) would end past it, the current sparse solve's
     assignment is returned (feasible, optimal on its candidate pairs),
     with ``stats.certified`` False and ``stats.lower_bound`` from :func:`lower_bound` (the
     better of the current prices and prices capped at the largest slot cost).
@@ -402,7 +402,7 @@ def solve_slots(
             if not bad.any():
                 break
             took = time.perf_counter() - began
-            if stop_at is not None and time.perf_counter() + took > stop_at:
+            if stop_at is not None and time.perf_counter() + 1.5 * took > stop_at:
                 return _stopped(slots, match, d, rounds, stats)  # the next round would overrun
             cand[task[bad], by_row[bad, 0]] = True
             gap_c, by_col = slots.col_best(d, u)
