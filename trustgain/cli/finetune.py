@@ -60,6 +60,8 @@ def finetune(data, model, out, dp, target_epsilon, noise_multiplier, delta, max_
       trustgain finetune --data photos/ --model ./base -o my-model --dp \\
           --noise-multiplier 1.1 --trainable lora --epochs 20 --ledger photos.ledger.json
       trustgain finetune --data photos/ -o plain-model --no-dp --trainable attention
+      trustgain finetune --data new-classes/ --model ./base -o out --dp \\
+          --target-epsilon 8 --train-tokens    # captions use words the base never saw
     An interrupted run resumes from its checkpoint (.OUT.checkpoint.pt) when rerun with the
     same settings. OUT gets the pipeline, README.md (model card) and privacy.json.
     """
