@@ -90,9 +90,9 @@ def _report(summary: Any, key_id: str, as_json: bool, verb: str) -> None:
               help="torch threads for the work in this process [default: torch's]; on a busy "
                    "machine 1 is often fastest. Ray workers always use 1.")
 @click.option("--batch-size", type=click.IntRange(1, 1024), default=16, show_default=True,
-              help="Same-size images per forward pass (pgd, in this process; Ray tasks take "
-                   "one image each). A crash redoes at most one batch; an image's result "
-                   "can differ from --batch-size 1 by floating-point rounding only.")
+              help="Same-size images per forward pass, here or per Ray task. A crash "
+                   "redoes at most one batch; an image's result can differ from "
+                   "--batch-size 1 by floating-point rounding only.")
 @json_option
 @progress_option
 def protect(in_dir: str, out_dir: str, method: str, eps: int, steps: int,

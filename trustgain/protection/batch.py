@@ -143,7 +143,7 @@ def run_batch(
         tasks = (_prepare(item, out_root, manifest, inputs, job.companions) for item in items)
         if ray_address:
             results = _execute_ray(tasks, job, ray_address, workers)
-        elif getattr(job, "batch_size", 1) > 1 and hasattr(job, "call_many"):
+        elif _chunk_size(job) > 1:
             results = _execute_chunked(tasks, job)
         else:
             results = ((task, job(task.data, task.item.rel, task.companions)
@@ -182,7 +182,7 @@ def _execute_chunked(tasks: Iterator[_Task], job: Any
             yield task, None
             continue
         pending.append(task)
-        if len(pending) >= job.batch_size:
+        if len(pending) >= _chunk_size(job):
             yield from _run_chunk(pending, job)
             pending = []
     yield from _run_chunk(pending, job)
@@ -315,15 +315,27 @@ def _execute_ray(tasks: Iterator[_Task], job: Job, address: str, workers: int | 
     try:
         remote = ray.remote(num_cpus=1)(_run_in_worker)
         job_ref = ray.put(job)
-        window = 4 * max(1, int(ray.cluster_resources().get("CPU", 1)))
-        pending: dict[Any, _Task] = {}
+        size = _chunk_size(job)
+        window = (4 if size == 1 else 2) * max(1, int(ray.cluster_resources().get("CPU", 1)))
+        pending: dict[Any, list[_Task]] = {}
+        chunk: list[_Task] = []
+
+        def submit() -> None:
+            inputs = [(t.data, t.item.rel, t.companions) for t in chunk]
+            pending[remote.remote(job_ref, inputs, size > 1)] = list(chunk)
+            chunk.clear()
+
         for task in tasks:
             if task.data is None:
                 yield task, None
                 continue
-            pending[remote.remote(job_ref, task.data, task.item.rel, task.companions)] = task
+            chunk.append(task)
+            if len(chunk) >= size:
+                submit()
             while len(pending) >= window:
                 yield from _collect(ray, pending)
+        if chunk:
+            submit()
         while pending:
             yield from _collect(ray, pending)
     finally:
@@ -331,27 +343,34 @@ def _execute_ray(tasks: Iterator[_Task], job: Job, address: str, workers: int | 
             ray.shutdown()
 
 
-def _collect(ray: Any, pending: dict[Any, _Task]) -> Iterator[tuple[_Task, Produced | Refused]]:
+def _chunk_size(job: Any) -> int:
+    """Inputs per call: ``job.batch_size`` for jobs with ``call_many``, else 1."""
+    return max(1, int(getattr(job, "batch_size", 1))) if hasattr(job, "call_many") else 1
+
+
+def _collect(ray: Any, pending: dict[Any, list[_Task]]
+             ) -> Iterator[tuple[_Task, Produced | Refused]]:
     ready, _ = ray.wait(list(pending), num_returns=1)
     for ref in ready:
-        task = pending.pop(ref)
+        tasks = pending.pop(ref)
         try:
-            result = ray.get(ref)
+            results = ray.get(ref)
         except ray.exceptions.RayTaskError as exc:
             if isinstance(exc.cause, TrustgainError):  # e.g. a ConfigError: one line, no trace
                 raise exc.cause from None
             raise
-        yield task, result
+        yield from zip(tasks, results, strict=True)
 
 
-def _run_in_worker(job: Job, data: bytes, image_id: str, companions: dict[str, bytes]
-                   ) -> Produced | Refused:
-    """The Ray task body: one torch thread per worker (a worker is one CPU)."""
+def _run_in_worker(job: Job, inputs: list[tuple[bytes, str, dict[str, bytes]]], many: bool
+                   ) -> list[Produced | Refused]:
+    """The Ray task body: one torch thread per worker (a worker is one CPU); a chunk of
+    inputs through ``job.call_many``, or one input through ``job``."""
     import torch
 
     if torch.get_num_threads() != 1:
         torch.set_num_threads(1)
-    return job(data, image_id, companions)
+    return job.call_many(inputs) if many else [job(*inputs[0])]
 
 
 def _digest(data: bytes, companions: dict[str, bytes]) -> str:
