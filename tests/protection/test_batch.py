@@ -277,15 +277,17 @@ class Ref:
     args: tuple
 
 
-def test_ray_path_writes_from_the_driver_out_of_order(tmp_path, monkeypatch):
+@pytest.mark.parametrize(("job", "tasks"), [(Invert(), 13), (ChunkedInvert(batch_size=4), 4)])
+def test_ray_path_writes_from_the_driver_out_of_order(tmp_path, monkeypatch, job, tasks):
+    """One Ray task per input, or per chunk of ``batch_size`` for jobs with ``call_many``."""
     fake = FakeRay()
     monkeypatch.setitem(__import__("sys").modules, "ray", fake)
     src = tmp_path / "in"
     make_images(src, 12)
     (src / "junk.png").write_bytes(b"junk")
-    s = run_batch(src, tmp_path / "ray", Invert(), ray_address="local", workers=3,
+    s = run_batch(src, tmp_path / "ray", job, ray_address="local", workers=3,
                   show_progress=False)
-    assert (s.done, s.refused) == (12, 1) and fake.submitted == 13 and not fake.up
+    assert (s.done, s.refused) == (12, 1) and fake.submitted == tasks and not fake.up
     assert fake.init_kwargs["num_cpus"] == 3
     run_batch(src, tmp_path / "serial", Invert(), show_progress=False)
     got, want = tree_digest(tmp_path / "ray"), tree_digest(tmp_path / "serial")
@@ -334,16 +336,3 @@ def test_protect_job_refuses_only_the_image_a_batch_fails_on(monkeypatch):
     assert [type(o).__name__ for o in out] == ["Produced", "Refused", "Produced"]
     assert "cannot take this one" in out[1].reason
 
-
-def test_ray_path_sends_chunks_to_jobs_with_call_many(tmp_path, monkeypatch):
-    fake = FakeRay()
-    monkeypatch.setitem(__import__("sys").modules, "ray", fake)
-    src = tmp_path / "in"
-    make_images(src, 12)
-    (src / "junk.png").write_bytes(b"junk")
-    s = run_batch(src, tmp_path / "ray", ChunkedInvert(batch_size=4), ray_address="local",
-                  workers=2, show_progress=False)
-    assert (s.done, s.refused) == (12, 1) and fake.submitted == 4  # 13 inputs, 4 per task
-    run_batch(src, tmp_path / "serial", Invert(), show_progress=False)
-    got, want = tree_digest(tmp_path / "ray"), tree_digest(tmp_path / "serial")
-    assert got.pop(MANIFEST_NAME) and want.pop(MANIFEST_NAME) and got == want
