@@ -79,20 +79,6 @@ def audit_data(seed: int = SEED) -> tuple[np.ndarray, list[str], np.ndarray, lis
     return pixels[mem], [caps[i] for i in mem], pixels[non], [caps[i] for i in non]
 
 
-def write_folder(folder: Path, images: np.ndarray, captions: list[str]) -> Path:
-    """Images as PNG plus ``metadata.jsonl`` (the layout ``trustgain audit`` reads)."""
-    from PIL import Image
-
-    folder.mkdir(parents=True, exist_ok=True)
-    lines = []
-    for i, (im, cap) in enumerate(zip(images, captions, strict=True)):
-        name = f"{i:04d}.png"
-        Image.fromarray(im).save(folder / name)
-        lines.append(json.dumps({"file_name": name, "text": cap}))
-    (folder / "metadata.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
-    return folder
-
-
 # -- models ---------------------------------------------------------------------------------
 
 

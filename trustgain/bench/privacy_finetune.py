@@ -133,6 +133,31 @@ def judge_accuracy(model: str | Path, digits: tuple[int, ...], *, per_digit: int
     return float((torch.cat(preds).numpy() == np.array(want)).mean())
 
 
+def _setting(name: str, trainable: str, quick: bool, device: str, per_digit: int,
+             size: int | None = None) -> tuple[float, Row]:
+    """Fine-tune one setting (cached) and judge it on 5-9: (accuracy, its row)."""
+    from trustgain.privacy.finetune_public import PRIVATE_DIGITS
+
+    facts = prepare(name, trainable, quick, device, size)
+    acc = judge_accuracy(facts["path"], PRIVATE_DIGITS, per_digit=per_digit, device=device)
+    spent = "no DP" if not facts["dp"] else (
+        f"eps={facts['epsilon']:.3g} delta={DELTA:g} sigma={facts['noise_multiplier']:.3g}")
+    return acc, Row(
+        metric=f"judge acc, {trainable} fine-tune {name} on 5-9, n={facts['n_records']}",
+        value=acc,
+        note=f"{spent}; q={facts['sample_rate']:.3g} steps={facts['steps']} "
+             f"C={facts['max_grad_norm']:g} lr={facts['lr']:g}; "
+             f"{per_digit * len(PRIVATE_DIGITS)} samples")
+
+
+def _ratio_row(acc: dict[str, float], what: str, quick: bool = False) -> Row:
+    top = f"eps{EPSILONS[-1]:g}"
+    ratio = acc[top] / acc["nodp"] if acc["nodp"] > 0 else math.nan
+    return Row(metric=f"acc ratio {top} / nodp, {what}", value=ratio,
+               target=f">= {TARGET_RATIO}", ok=None if quick else bool(ratio >= TARGET_RATIO),
+               note="quick: not a figure" if quick else "")
+
+
 def utility_rows(quick: bool, device: str = "cpu") -> list[Row]:
     from trustgain.privacy.finetune_public import PRIVATE_DIGITS, PUBLIC_DIGITS
 
@@ -147,52 +172,26 @@ def utility_rows(quick: bool, device: str = "cpu") -> list[Row]:
             base, PUBLIC_DIGITS, per_digit=per_digit, device=device), note=basis))
     for trainable in ("attention",) if quick else UTILITY_TRAINABLES:
         acc: dict[str, float] = {}
-        for name, eps in settings(quick).items():
-            facts = prepare(name, trainable, quick, device)
-            acc[name] = judge_accuracy(facts["path"], PRIVATE_DIGITS, per_digit=per_digit,
-                                       device=device)
-            spent = "no DP" if eps is None else (
-                f"eps={facts['epsilon']:.3g} delta={DELTA:g} "
-                f"sigma={facts['noise_multiplier']:.3g}")
-            rows.append(Row(
-                metric=f"judge acc, {trainable} fine-tune {name} on 5-9", value=acc[name],
-                note=f"{spent}; q={facts['sample_rate']:.3g} steps={facts['steps']} "
-                     f"n={facts['n_records']} C={facts['max_grad_norm']:g} "
-                     f"lr={facts['lr']:g}; {per_digit * len(PRIVATE_DIGITS)} samples"))
-        top = f"eps{max(e for e in settings(quick).values() if e):g}"
-        ratio = acc[top] / acc["nodp"] if acc["nodp"] > 0 else math.nan
-        rows.append(Row(metric=f"acc ratio {top} / nodp, {trainable}", value=ratio,
-                        target=f">= {TARGET_RATIO}",
-                        ok=None if quick else bool(ratio >= TARGET_RATIO),
-                        note="quick: not a figure" if quick else ""))
+        for name in settings(quick):
+            acc[name], row = _setting(name, trainable, quick, device, per_digit)
+            rows.append(row)
+        rows.append(_ratio_row(acc, trainable, quick))
     return rows
 
 
 SIZES = (182, 364)  # a quarter and a half of the 729 private records
 
 
-def size_rows(device: str = "cpu", trainable: str = "lora") -> list[Row]:
+def size_rows(device: str = "cpu", trainable: str = UTILITY_TRAINABLES[0]) -> list[Row]:
     """Accuracy against private-set size, without DP and at the largest epsilon (same recipe:
     the same epochs, so smaller sets take fewer steps; DP noise is calibrated per size)."""
-    from trustgain.privacy.finetune_public import PRIVATE_DIGITS
-
     rows: list[Row] = []
-    top = f"eps{EPSILONS[-1]:g}"
     for size in SIZES:  # the full set (729) is the utility table's own row
-        acc = {}
-        for name in ("nodp", top):
-            facts = prepare(name, trainable, False, device, size)
-            acc[name] = judge_accuracy(facts["path"], PRIVATE_DIGITS, per_digit=40,
-                                       device=device)
-            spent = "no DP" if name == "nodp" else (
-                f"eps={facts['epsilon']:.3g} sigma={facts['noise_multiplier']:.3g}")
-            n = facts["n_records"]
-            rows.append(Row(f"judge acc, {trainable} {name}, n={n}", acc[name],
-                            note=f"{spent}; q={facts['sample_rate']:.3g} "
-                                 f"steps={facts['steps']}; 200 samples"))
-        ratio = acc[top] / acc["nodp"] if acc["nodp"] > 0 else math.nan
-        rows.append(Row(f"acc ratio {top} / nodp, n={n}", ratio, target=f">= {TARGET_RATIO}",
-                        ok=bool(ratio >= TARGET_RATIO), note=f"{trainable}; private set of {n}"))
+        acc: dict[str, float] = {}
+        for name in ("nodp", f"eps{EPSILONS[-1]:g}"):
+            acc[name], row = _setting(name, trainable, False, device, 40, size)
+            rows.append(row)
+        rows.append(_ratio_row(acc, f"{trainable}, private set of {size}"))
     return rows
 
 

@@ -12,7 +12,7 @@ given, or it is computed for ``target_epsilon`` by opacus' ``get_noise_multiplie
 (:class:`trustgain.privacy.ledger.Ledger`) can refuse the run before anything is spent.
 The ledger is charged with the accountant's epsilon once, just before the model is written.
 
-The UNet trains (``full``, ``attention`` or ``lora``: :mod:`.finetune_trainable`); the
+The UNet trains (``full``, ``attention``, ``lora`` or ``none``: :mod:`.finetune_trainable`); the
 VAE and text encoder are frozen, so latents and text states are computed once, unless
 ``train_tokens`` also trains the text encoder's word embeddings (words the base model never
 saw, e.g. new classes, start with untrained embeddings that the UNet cannot tell apart); the

@@ -65,7 +65,7 @@ class Run:
         pipe.vae.requires_grad_(False)
         pipe.text_encoder.requires_grad_(False)
         self.params = tr.select(unet, s["trainable"], lora_rank=s["lora_rank"], seed=s["seed"])
-        self.tokens = bool(s.get("train_tokens"))
+        self.tokens = bool(s["train_tokens"])
         if self.tokens:  # states are then computed per step from the ids in ``encoded``
             words = pipe.text_encoder.get_input_embeddings().weight
             words.requires_grad_(True)
