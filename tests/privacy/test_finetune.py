@@ -241,3 +241,42 @@ def test_trainable_none_trains_only_word_embeddings(base, records, tmp_path):
     before, after = _unet_state(base), _unet_state(out)
     assert all(torch.equal(before[k], after[k]) for k in before)  # UNet frozen
     assert rep.trainable == "none" and rep.train_tokens and rep.trainable_params > 0
+
+
+def test_noise_multiplicity_merges_each_records_rows():
+    """k rows per record -> one per-record gradient: the mean of that record's row gradients,
+    i.e. the gradient of its mean loss over k draws (what opacus then clips once)."""
+    from opacus import GradSampleModule
+
+    from trustgain.privacy.finetune_run import merge_rows
+
+    torch.manual_seed(0)
+    unet = tiny_sd_pipeline().unet.train()
+    n, k = 2, 3
+    x, s = torch.randn(n * k, 4, 8, 8), torch.randn(n, 16, 16).repeat_interleave(k, 0)
+    t, target = torch.randint(0, 1000, (n * k,)), torch.randn(n * k, 4, 8, 8)
+    gsm = GradSampleModule(unet)
+    with pytest.warns(UserWarning, match="backward hook"):
+        per_sample_mse(gsm(x, t, s).sample, target).mean().backward()
+    p = unet.down_blocks[1].attentions[0].transformer_blocks[0].attn2.to_k.weight
+    merge_rows([q for q in unet.parameters() if q.requires_grad], n, k)
+    merged = p.grad_sample.clone()
+    gsm._close()
+    assert merged.shape == (n, *p.shape)
+    for i in range(n):
+        unet.zero_grad()
+        rows = slice(i * k, (i + 1) * k)
+        per_sample_mse(unet(x[rows], t[rows], s[rows]).sample, target[rows]).mean().backward()
+        torch.testing.assert_close(merged[i], p.grad, rtol=1e-4, atol=1e-6)
+    with pytest.raises(AssertionError, match="expected 4 per-sample gradients"):
+        merge_rows([p], 2, 2)  # no per-sample gradients (opacus hooks closed)
+
+
+def test_noise_multiplicity_and_physical_batches_under_dp(base, records, tmp_path):
+    rep = finetune(base, records, tmp_path / "k", dp=True, noise_multiplier=1.0,
+                   noise_multiplicity=2, physical_batch_size=2, **FAST)
+    assert rep.noise_multiplicity == 2 and rep.steps == 3
+    assert json.loads((tmp_path / "k" / "privacy.json").read_text())["noise_multiplicity"] == 2
+    assert "noise multiplicity) | 2" in (tmp_path / "k" / "README.md").read_text()
+    with pytest.raises(ConfigError, match="noise_multiplicity"):
+        finetune(base, records, tmp_path / "x", dp=False, noise_multiplicity=0, **FAST)

@@ -40,6 +40,13 @@ from trustgain.bench import Row
 
 DELTA = 1e-5
 EPSILONS = (1.0, 4.0, 10.0)
+# The accuracy-against-epsilon curve goes on past the table's epsilons to find where the
+# target is met (the issue's fallback when the private set is too small for epsilon 10).
+# Past epsilon 100 the PRV accountant cannot size the noise (it ran 16 min and 10 GB for
+# epsilon 1000 without an answer), so the curve's tail is set by noise multiplier instead and
+# its epsilon is reported by the RDP accountant.
+CURVE_EPSILONS = (30.0, 100.0)
+CURVE_SIGMAS = (0.1, 0.02)
 TARGET_RATIO = 0.8
 TARGET_COST = 3.0
 # One recipe per trainable part, the same for every epsilon and without DP. C is about the
@@ -48,6 +55,9 @@ TARGET_COST = 3.0
 RECIPES: dict[str, dict[str, Any]] = {
     "full": dict(trainable="full", train_tokens=True, batch_size=64, epochs=40, lr=5e-4,
                  max_grad_norm=0.5),
+    # the same with noise multiplicity 4 (each record's loss averaged over 4 noise draws)
+    "full-k4": dict(trainable="full", train_tokens=True, batch_size=64, epochs=40, lr=5e-4,
+                    max_grad_norm=0.5, noise_multiplicity=4),
     "attention": dict(trainable="attention", batch_size=128, epochs=20, lr=1e-3,
                       max_grad_norm=0.1),
     "lora": dict(trainable="lora", train_tokens=True, lora_rank=8, batch_size=64, epochs=40,
@@ -70,10 +80,20 @@ def cache_dir() -> Path:
     return Path(os.environ.get("TRUSTGAIN_BENCH_CACHE", "/work/notes/privacy"))
 
 
-def settings(quick: bool) -> dict[str, float | None]:
-    """Setting name -> target epsilon (None: no DP)."""
-    eps = EPSILONS[-1:] if quick else EPSILONS
-    return {"nodp": None} | {f"eps{e:g}": e for e in eps}
+def settings(quick: bool, curve: bool = False) -> dict[str, float | None]:
+    """Setting name -> target epsilon (None: no DP); ``curve`` adds CURVE_EPSILONS and the
+    CURVE_SIGMAS settings (named ``sigma...``, valued by noise multiplier)."""
+    eps = EPSILONS[-1:] if quick else EPSILONS + (CURVE_EPSILONS if curve else ())
+    sigmas = {f"sigma{v:g}": v for v in CURVE_SIGMAS} if curve else {}
+    return {"nodp": None} | {f"eps{e:g}": e for e in eps} | sigmas
+
+
+def _dp_args(name: str, value: float | None) -> dict[str, Any]:
+    if value is None:
+        return dict(dp=False)
+    if name.startswith("sigma"):
+        return dict(dp=True, noise_multiplier=value, accountant="rdp")
+    return dict(dp=True, target_epsilon=value, accountant="prv")
 
 
 def _base(quick: bool, device: str = "cpu") -> Path:
@@ -92,15 +112,14 @@ def prepare(name: str, trainable: str = "attention", quick: bool = False,
     from trustgain.privacy.finetune import finetune
     from trustgain.privacy.finetune_public import private_set
 
-    eps = settings(quick)[name]
+    dp_args = _dp_args(name, settings(quick, curve=True)[name])
     tail = f"-n{size}" if size else ""
     out = cache_dir() / ("quick" if quick else "full") / f"ft-{trainable}-{name}{tail}"
     if not (out / "privacy.json").is_file():
         images, captions, _ = private_set(limit=60 if quick else size)
         recipe = QUICK if quick else RECIPES[trainable]
-        finetune(_base(quick, device), (images, captions), out, dp=eps is not None,
-                 target_epsilon=eps, delta=DELTA, accountant="prv", progress=not quick,
-                 device=device, **recipe)
+        finetune(_base(quick, device), (images, captions), out, delta=DELTA,
+                 progress=not quick, device=device, **dp_args, **recipe)
     return json.loads((out / "privacy.json").read_text()) | {"path": str(out)}
 
 
@@ -141,7 +160,7 @@ def _setting(name: str, trainable: str, quick: bool, device: str, per_digit: int
     facts = prepare(name, trainable, quick, device, size)
     acc = judge_accuracy(facts["path"], PRIVATE_DIGITS, per_digit=per_digit, device=device)
     spent = "no DP" if not facts["dp"] else (
-        f"eps={facts['epsilon']:.3g} delta={DELTA:g} sigma={facts['noise_multiplier']:.3g}")
+        f"eps={facts['epsilon']:.3g} ({facts['accountant']}) delta={DELTA:g} sigma={facts['noise_multiplier']:.3g}")
     return acc, Row(
         metric=f"judge acc, {trainable} fine-tune {name} on 5-9, n={facts['n_records']}",
         value=acc,
@@ -192,6 +211,26 @@ def size_rows(device: str = "cpu", trainable: str = UTILITY_TRAINABLES[0]) -> li
             acc[name], row = _setting(name, trainable, False, device, 40, size)
             rows.append(row)
         rows.append(_ratio_row(acc, f"{trainable}, private set of {size}"))
+    return rows
+
+
+def curve_rows(device: str = "cpu", trainable: str = UTILITY_TRAINABLES[0]) -> list[Row]:
+    """Accuracy against epsilon past the table (CURVE_EPSILONS), each as a share of the
+    non-private accuracy, and the smallest epsilon on the curve that meets the target."""
+    base, _ = _setting("nodp", trainable, False, device, 40)
+    rows: list[Row] = []
+    met = None
+    for name in list(settings(False, curve=True))[1:]:
+        acc, row = _setting(name, trainable, False, device, 40)
+        ratio = acc / base if base > 0 else math.nan
+        row.note += f"; {ratio:.3f} of no-DP {base:.3f}"
+        rows.append(row)
+        if met is None and ratio >= TARGET_RATIO:
+            met = prepare(name, trainable)["epsilon"]
+    rows.append(Row(metric=f"smallest epsilon on the curve with acc >= {TARGET_RATIO:g} x no DP",
+                    value=math.nan if met is None else met,
+                    note=f"{trainable}, every private record; curve "
+                         f"{', '.join(list(settings(False, curve=True))[1:])}"))
     return rows
 
 
@@ -322,14 +361,16 @@ def run(quick: bool = False, device: str = "cpu") -> list[Row]:
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="python -m trustgain.bench.privacy_finetune")
-    p.add_argument("--prepare", choices=sorted(settings(False)), default=None,
+    p.add_argument("--prepare", choices=sorted(settings(False, curve=True)), default=None,
                    help="fine-tune one setting into the cache (run several in parallel)")
+    p.add_argument("--size", type=int, default=None,
+                   help="with --prepare: a seeded subset of this many private records")
     p.add_argument("--trainable", choices=sorted(RECIPES), default="attention",
                    help="a recipe name (RECIPES)")
     p.add_argument("--public", action="store_true", help="train the public 0-4 model only")
     p.add_argument("--quick", action="store_true")
     p.add_argument("--device", default="cpu")
-    p.add_argument("--only", choices=["utility", "cost", "sizes"], default=None,
+    p.add_argument("--only", choices=["utility", "cost", "sizes", "curve"], default=None,
                    help="run one half of the area")
     p.add_argument("--json", type=Path, default=None, help="also write the rows here")
     args = p.parse_args(argv)
@@ -337,14 +378,15 @@ def main(argv: list[str] | None = None) -> None:
     if args.public:
         print(_base(False, args.device))
     elif args.prepare:
-        print(json.dumps(prepare(args.prepare, args.trainable, args.quick, args.device),
-                         indent=2))
+        print(json.dumps(prepare(args.prepare, args.trainable, args.quick, args.device,
+                                 args.size), indent=2))
     else:
         from trustgain.bench import format_table
 
         rows = (utility_rows(args.quick, args.device) if args.only == "utility" else
                 cost_rows(args.quick) if args.only == "cost" else
-                size_rows(args.device) if args.only == "sizes" else run(args.quick, args.device))
+                size_rows(args.device) if args.only == "sizes" else
+                curve_rows(args.device) if args.only == "curve" else run(args.quick, args.device))
         print(format_table(rows))
         if args.json:
             args.json.write_text(json.dumps([r.as_dict() for r in rows], indent=2) + "\n")

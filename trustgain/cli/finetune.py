@@ -40,6 +40,9 @@ from trustgain.cli.common import emit, json_option, note, progress_option
               help="Expected batch size (Poisson sampling makes it vary with --dp).")
 @click.option("--physical-batch-size", type=int, default=None,
               help="With --dp: split batches to cap memory; accounting is unchanged.")
+@click.option("--noise-multiplicity", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Average each record's loss over K (timestep, noise) draws before it is "
+                   "clipped: same privacy cost, less noisy gradients, K times the compute.")
 @click.option("--lr", type=float, default=1e-4, show_default=True, help="AdamW learning rate.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--ledger", type=click.Path(dir_okay=False), default=None,
@@ -51,7 +54,7 @@ from trustgain.cli.common import emit, json_option, note, progress_option
 @progress_option
 def finetune(data, model, out, dp, target_epsilon, noise_multiplier, delta, max_grad_norm,
              accountant, trainable, train_tokens, lora_rank, epochs, batch_size,
-             physical_batch_size, lr, seed, ledger, restart, force, as_json, no_progress) -> None:
+             physical_batch_size, noise_multiplicity, lr, seed, ledger, restart, force, as_json, no_progress) -> None:
     """Fine-tune a text-to-image model's UNet; the spent privacy goes into its model card.
 
     \b
@@ -62,6 +65,8 @@ def finetune(data, model, out, dp, target_epsilon, noise_multiplier, delta, max_
       trustgain finetune --data photos/ -o plain-model --no-dp --trainable attention
       trustgain finetune --data new-classes/ --model ./base -o out --dp \\
           --target-epsilon 8 --train-tokens    # captions use words the base never saw
+      trustgain finetune --data photos/ -o my-model --dp --target-epsilon 8 \\
+          --noise-multiplicity 4 --physical-batch-size 32   # 4 draws per record
     An interrupted run resumes from its checkpoint (.OUT.checkpoint.pt) when rerun with the
     same settings. OUT gets the pipeline, README.md (model card) and privacy.json.
     """
@@ -77,7 +82,8 @@ def finetune(data, model, out, dp, target_epsilon, noise_multiplier, delta, max_
                  train_tokens=train_tokens, lora_rank=lora_rank, accountant=accountant,
                  seed=seed, ledger=ledger,
                  resume=not restart, progress=not no_progress,
-                 physical_batch_size=physical_batch_size, overwrite=force)
+                 physical_batch_size=physical_batch_size,
+                 noise_multiplicity=noise_multiplicity, overwrite=force)
     if report.resumed_from_step:
         note(f"resumed from step {report.resumed_from_step}")
     facts = report.as_dict()

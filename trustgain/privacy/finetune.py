@@ -74,6 +74,7 @@ class FinetuneReport:
     resumed_from_step: int
     ledger: str | None
     train_tokens: bool = False  # the text encoder's word embeddings trained too (under DP)
+    noise_multiplicity: int = 1  # draws of (t, noise) averaged per record before clipping
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -218,6 +219,7 @@ def finetune(
     progress: bool = True,
     physical_batch_size: int | None = None,
     cfg_dropout: float = 0.1,
+    noise_multiplicity: int = 1,
     checkpoint_every: int = 50,
     overwrite: bool = False,
     device: str = "cpu",
@@ -231,6 +233,10 @@ def finetune(
     beside it) if its settings match. ``physical_batch_size`` splits Poisson batches to cap
     memory (opacus ``BatchMemoryManager``); it does not change the privacy accounting.
     ``device``: where the UNet trains ("cpu", "cuda"); the output is the same pipeline.
+    ``noise_multiplicity`` K: each record's loss is the mean over K draws of (timestep,
+    noise, latent sample, caption dropout) before its gradient is clipped (Dockhorn et al.
+    2023, "Differentially Private Diffusion Models", noise multiplicity): the same privacy
+    cost per step, a less noisy per-record gradient, K times the compute.
     """
     from trustgain.privacy.finetune_run import Run
 
@@ -240,6 +246,9 @@ def finetune(
                 batch_size, lr, ledger, accountant)
     if trainable not in tr.TRAINABLE:
         raise ConfigError(f"unknown trainable {trainable!r}; known: {', '.join(tr.TRAINABLE)}")
+    if not (isinstance(noise_multiplicity, int) and noise_multiplicity >= 1):
+        raise ConfigError(f"noise_multiplicity must be an integer >= 1, not "
+                          f"{noise_multiplicity!r}")
     if trainable == "none" and not train_tokens:
         raise ConfigError("trainable 'none' trains nothing without train_tokens",
                           hint="add --train-tokens, or choose full, attention or lora")
@@ -271,7 +280,8 @@ def finetune(
                     sample_rate=sample_rate, steps=steps, batch_size=batch_size, lr=lr,
                     trainable=trainable, lora_rank=lora_rank, max_grad_norm=max_grad_norm,
                     accountant=accountant if dp else None, delta=delta, seed=seed,
-                    cfg_dropout=cfg_dropout, train_tokens=train_tokens)
+                    cfg_dropout=cfg_dropout, train_tokens=train_tokens,
+                    noise_multiplicity=noise_multiplicity)
     torch.manual_seed(seed)
     encoded = _encode(pipe, images, captions, tokens=train_tokens)
     run = Run(pipe=pipe, encoded=encoded, settings=settings,
@@ -290,7 +300,7 @@ def finetune(
         n_records=n, trainable=trainable, trainable_params=run.n_trainable,
         dataset_sha256=digest, final_loss=run.final_loss(), seconds=round(time.time() - t0, 1),
         resumed_from_step=start, ledger=str(ledger) if ledger is not None else None,
-        train_tokens=train_tokens)
+        train_tokens=train_tokens, noise_multiplicity=noise_multiplicity)
     if book is not None:  # charge before the model (the release) is written
         book.charge(what=f"finetune {out.name} (data sha256 {digest[:16]})",
                     accountant=accountant, epsilon=epsilon, delta=delta)

@@ -108,6 +108,7 @@ config under `{CONFIG_KEY}` and in every trustgain provenance record made with t
 | trained weights | {facts['trainable']} ({facts['trainable_params']:,} parameters of the UNet) |
 | expected batch size | {facts['batch_size']} |
 | learning rate | {facts['lr']} (AdamW) |
+| noise draws per record (noise multiplicity) | {facts.get('noise_multiplicity', 1)} |
 | final loss (mean of last steps) | {_fmt(facts.get('final_loss'))} |
 | data | {facts['n_records']} records, SHA-256 `{facts['dataset_sha256']}` |
 | seconds | {_fmt(facts.get('seconds'), '.1f')} |

@@ -29,6 +29,21 @@ def _entropy_generator(device: str | torch.device = "cpu") -> torch.Generator:
     return torch.Generator(device=device).manual_seed(seed)
 
 
+def merge_rows(params: list[torch.Tensor], n: int, k: int) -> None:
+    """Per-sample gradients of n*k rows (each record's k rows adjacent) -> n per-record ones,
+    the mean of each record's rows, before opacus clips: one record, one clipped gradient,
+    whatever k is (noise multiplicity).
+
+    opacus scales each row's gradient to that row's own loss (loss_reduction "mean"), so the
+    mean over a record's rows is the gradient of its mean loss over its k draws."""
+    for p in params:
+        rows = getattr(p, "grad_sample", None)
+        if not isinstance(rows, torch.Tensor) or rows.shape[0] != n * k:
+            raise AssertionError(f"expected {n * k} per-sample gradients, got "
+                                 f"{getattr(rows, 'shape', type(rows))}")
+        p.grad_sample = rows.view(n, k, *rows.shape[1:]).mean(1)
+
+
 class TextUNet(torch.nn.Module):
     """UNet conditioned on token ids through the text encoder, for ``train_tokens``: the
     word embeddings train with the UNet, so opacus clips and noises them per record too.
@@ -124,14 +139,18 @@ class Run:
             for _, p in self.params:
                 p.grad_sample = p.new_zeros((0, *p.shape))
             return
-        latents, states = self._batch(idx)
+        k = self.settings["noise_multiplicity"]
+        latents, states = self._batch(idx.repeat_interleave(k))  # k rows per record
         per_sample = denoising_loss(self.model, latents, states, alphas=self.alphas,
                                     prediction=self.prediction, generator=self.gen)
         loss = per_sample.mean()
         with warnings.catch_warnings():  # inputs never need gradients here; expected
             warnings.filterwarnings("ignore", message="Full backward hook is firing")
             loss.backward()
+        if k > 1 and self.settings["dp"]:
+            merge_rows([p for _, p in self.params], len(idx), k)
         self.losses.append(float(loss.detach()))
+
 
     def _step(self) -> bool:
         """optimizer.step(); True if it was a real (logical) step, not a skipped micro-step."""
@@ -171,9 +190,12 @@ class Run:
                 if first and len(idx):
                     tr.check_gradients(self.params, dp=self.settings["dp"])
                     first = False
-                if not self._step():
-                    continue
+                real = self._step()
+                # every micro-step: opacus keeps the clipped sum across skipped (physical)
+                # steps and drops only the per-sample gradients it already used
                 self.opt.zero_grad(set_to_none=True)
+                if not real:
+                    continue
                 step += 1
                 bar.update(1)
                 if self.losses:
