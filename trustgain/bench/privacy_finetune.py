@@ -19,6 +19,10 @@ clipping, noise) and without, interleaved in one process, median of repeats; pea
 memory of each in its own fresh process (VmHWM from /proc, Linux; tracemalloc does not see
 torch's allocator). Target: DP step time under 3x.
 
+(c) Curves (``--only curve``, ``--only sizes``): accuracy against epsilon past the table (30,
+100, then noise multipliers 0.1 and 0.02, whose epsilon the RDP accountant reports) and the
+smallest epsilon on it that meets the target; accuracy against private-set size (182, 364).
+
 ``--quick`` uses the shipped mini-sd as base, a 60-record private set and short runs: a
 smoke test of the machinery, not a figure.
 """
