@@ -16,3 +16,14 @@ def test_curve_settings_map_to_finetune_arguments():
     assert pf._dp_args("sigma0.02", curve["sigma0.02"]) == {"dp": True, "noise_multiplier": 0.02,
                                                             "accountant": "rdp"}
     assert list(pf.settings(True)) == ["nodp", "eps10"]
+
+
+def test_bench_entry_point_names_the_area_module_for_its_own_flags(capsys):
+    import pytest
+
+    from trustgain.bench.__main__ import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(["privacy-finetune", "--only", "curve"])
+    assert exc.value.code == 2
+    assert "python -m trustgain.bench.privacy_finetune --help" in capsys.readouterr().err

@@ -24,7 +24,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--data", type=Path, default=None,
                    help="extra images (a folder) for areas that take them")
-    args = p.parse_args(argv)
+    args, unknown = p.parse_known_args(argv)
+    if unknown:  # area-specific flags (--only, --kinds, --prepare) live on the area's module
+        p.error(f"unrecognized arguments: {' '.join(unknown)}; the area's own options: "
+                f"python -m {AREAS[args.area]} --help")
     module = importlib.import_module(AREAS[args.area])
     t0 = time.time()
     extra = {"data": args.data} if args.data is not None else {}
