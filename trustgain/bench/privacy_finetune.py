@@ -164,7 +164,8 @@ def _setting(name: str, trainable: str, quick: bool, device: str, per_digit: int
     facts = prepare(name, trainable, quick, device, size)
     acc = judge_accuracy(facts["path"], PRIVATE_DIGITS, per_digit=per_digit, device=device)
     spent = "no DP" if not facts["dp"] else (
-        f"eps={facts['epsilon']:.3g} ({facts['accountant']}) delta={DELTA:g} sigma={facts['noise_multiplier']:.3g}")
+        f"eps={facts['epsilon']:.3g} ({facts['accountant']}) delta={DELTA:g} "
+        f"sigma={facts['noise_multiplier']:.3g}")
     return acc, Row(
         metric=f"judge acc, {trainable} fine-tune {name} on 5-9, n={facts['n_records']}",
         value=acc,

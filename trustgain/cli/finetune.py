@@ -54,7 +54,8 @@ from trustgain.cli.common import emit, json_option, note, progress_option
 @progress_option
 def finetune(data, model, out, dp, target_epsilon, noise_multiplier, delta, max_grad_norm,
              accountant, trainable, train_tokens, lora_rank, epochs, batch_size,
-             physical_batch_size, noise_multiplicity, lr, seed, ledger, restart, force, as_json, no_progress) -> None:
+             physical_batch_size, noise_multiplicity, lr, seed, ledger, restart, force, as_json,
+             no_progress) -> None:
     """Fine-tune a text-to-image model's UNet; the spent privacy goes into its model card.
 
     \b
