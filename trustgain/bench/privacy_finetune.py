@@ -220,8 +220,9 @@ def size_rows(device: str = "cpu", trainable: str = UTILITY_TRAINABLES[0]) -> li
 
 
 def curve_rows(device: str = "cpu", trainable: str = UTILITY_TRAINABLES[0]) -> list[Row]:
-    """Accuracy against epsilon past the table (CURVE_EPSILONS), each as a share of the
-    non-private accuracy, and the smallest epsilon on the curve that meets the target."""
+    """Accuracy against epsilon past the table (CURVE_EPSILONS, then CURVE_SIGMAS), each as a
+    share of the non-private accuracy, and the smallest epsilon on the curve that meets the
+    target (as spent by that setting's run)."""
     base, first = _setting("nodp", trainable, False, device, 40)
     rows: list[Row] = [first]
     met = None
