@@ -151,7 +151,6 @@ class Run:
             merge_rows([p for _, p in self.params], len(idx), k)
         self.losses.append(float(loss.detach()))
 
-
     def _step(self) -> bool:
         """optimizer.step(); True if it was a real (logical) step, not a skipped micro-step."""
         if not self.settings["dp"]:
