@@ -117,3 +117,39 @@ def test_stage_contract_when_registered(monkeypatch, sd_pipe, keyring):
     monkeypatch.setitem(stage_mod.BUILTIN_STAGES, name,
                         "trustgain.privacy.memorization:MemorizationGuard")
     contract.test_stage_contract(name, sd_pipe, keyring)
+
+
+def test_reference_set_catches_copies_of_duplicated_images(tmp_path):
+    """Training images with near-duplicates among themselves hide their copies from the
+    Carlini ratio (the k nearest training images are all close); a public reference does not."""
+    rng = np.random.default_rng(4)
+    base = _blobs(40, 0)
+    dupes = [np.clip(base[:10] + rng.normal(0, 3, base[:10].shape), 0, 255).astype(np.uint8)
+             for _ in range(5)]
+    train = np.concatenate([base, *dupes])
+    held_out, fresh = _blobs(199, 1), _blobs(300, 3)
+    copies = np.clip(base[:10] + rng.normal(0, 3, base[:10].shape), 0, 255).astype(np.uint8)
+    plain = calibrate(build_index(train, k=5), held_out, target_rate=0.01)
+    ref = calibrate(build_index(train, reference=_blobs(400, 5), k=5), held_out,
+                    target_rate=0.01)
+    assert plain.flags(copies).mean() < 0.5
+    assert ref.flags(copies).all() and ref.flags(base[10:]).all()
+    assert ref.flags(fresh).mean() <= 0.03
+    back = load_index(ref.save(tmp_path / "ref.npz"))
+    assert back.digest == ref.digest and back.reference.dtype == np.float16
+    assert (back.flags(copies) == ref.flags(copies)).all()
+    assert back.space.endswith("400 reference images")
+    with pytest.raises(InputError, match="fewer than k"):
+        build_index(train, reference=_blobs(3, 6), k=5)
+
+
+def test_rgb_channels_and_old_format_refused(tmp_path):
+    index = build_index(_blobs(5, 0), k=2, channels="rgb")
+    assert index.features.shape == (5, 32 * 32 * 3)
+    assert build_index(_blobs(5, 0), k=2).features.shape == (5, 32 * 32)
+    with pytest.raises(ConfigError, match="channels"):
+        build_index(_blobs(5, 0), channels="grey")
+    meta = np.array('{"format": "trustgain.memorization-index/1", "size": 32, "k": 2}')
+    np.savez(tmp_path / "old.npz", features=index.features, meta=meta)
+    with pytest.raises(InputError, match="format 1"):
+        load_index(tmp_path / "old.npz")

@@ -11,11 +11,13 @@ Non-members: the other 260 test scans rendered the same way. All fine-tunes go t
    Target: AUC <= 0.55 (point estimate; the bootstrap interval is in the note).
    ``control``: the DP run's settings without DP (no target), so that a low DP AUC is not
    only a short run. Each attack is run plain and calibrated by the public model.
-3. Memorization guard (:mod:`trustgain.privacy.memorization`): index of the 100 members,
-   threshold calibrated on 400 held-out generations of the public model (mini-sd, which
-   never saw them) for a false-flag rate of 0.5% (half the claimed 1%, as margin for a
-   finite test set). Near-copies are defined independently of
-   the guard's distance: generations whose SSIM (scikit-image) to some member is >= 0.8.
+3. Memorization guard (:mod:`trustgain.privacy.memorization`): index of the 100 members
+   with a public reference set (4 renderings of each *train*-split scan, the data mini-sd
+   was trained on, disjoint from members and from every generation scored here), threshold
+   calibrated on 400 held-out generations of the public model (mini-sd, which never saw the
+   members) for a false-flag rate of 0.5% (half the claimed 1%, as margin for a finite test
+   set). Near-copies are defined independently of the guard's score: generations whose SSIM
+   (scikit-image) to some member is >= 0.8; the guard does not use SSIM.
    Targets: >= 95% of the overfit model's near-copies flagged (200 generations from member
    captions); <= 1% of the DP model's other generations flagged (200, other seeds).
 4. Redaction on the hand-written labelled set (:mod:`trustgain.privacy.redact_labelled`):
@@ -49,6 +51,9 @@ GUARD_FFR_MAX = 0.01
 # about 1% of fresh outputs on average, so a finite test set would exceed it half the time.
 GUARD_CAL_RATE = 0.005
 NEAR_COPY_SSIM = 0.8
+# The guard's public reference set: renderings of the digits train split (drawn looks).
+REFERENCE_COPIES = 4
+REFERENCE_SEED = 123
 DRAWS = 2  # noise draws per image and timestep in the membership attack
 
 
@@ -119,12 +124,18 @@ def control_model(members: tuple[np.ndarray, list[str]]) -> Path:
     return _nondp_model(f"control-ft-e{DP['epochs']}", members, settings)
 
 
-def dp_model(members: tuple[np.ndarray, list[str]]) -> Path:
-    """The cached DP-SGD fine-tune at epsilon 4 (:func:`trustgain.privacy.finetune.finetune`)."""
+def dp_model(members: tuple[np.ndarray, list[str]], repeat: int = 0) -> Path:
+    """The cached DP-SGD fine-tune at epsilon 4 (:func:`trustgain.privacy.finetune.finetune`).
+
+    ``repeat`` > 0: another, independent run of the same training (DP-SGD's noise comes from
+    the operating system, so each run is a different model), cached in its own folder.
+    """
     from trustgain.models import mini_sd_path
     from trustgain.privacy.finetune import finetune
 
     out = cache_dir() / f"dp-eps{DP['target_epsilon']:g}-e{DP['epochs']}"
+    if repeat:
+        out = out.with_name(f"{out.name}-r{repeat}")
     if not (out / "model_index.json").is_file():
         finetune(str(mini_sd_path()), members, str(out), dp=True, progress=False, seed=SEED,
                  target_epsilon=DP["target_epsilon"], delta=DP["delta"], epochs=DP["epochs"],
@@ -150,6 +161,16 @@ def generations(path: Path, captions: list[str], *, seed: int, steps: int = 20) 
     result = np.concatenate(out)
     np.save(cache, result)
     return result
+
+
+def public_reference(copies: int = REFERENCE_COPIES, seed: int = REFERENCE_SEED) -> np.ndarray:
+    """``copies`` renderings (drawn looks) of every *train*-split scan, uint8 (N, 32, 32, 3):
+    public images of the kind mini-sd makes, none of them a member (members are test scans)."""
+    from trustgain.models import data
+
+    images, labels = data.load_split("train")
+    x, _, _ = data.augmented_set(images, labels, copies, seed=seed)
+    return ((x.permute(0, 2, 3, 1).numpy() + 1.0) * 127.5).round().clip(0, 255).astype(np.uint8)
 
 
 def max_ssim(images: np.ndarray, train: np.ndarray) -> np.ndarray:
@@ -230,7 +251,9 @@ def guard_rows(members: np.ndarray, mcaps: list[str], overfit: Path, dp: Path) -
         _load(mini_sd_path()).save_pretrained(str(base_copy))
     caps2 = mcaps + mcaps
     held_out = generations(base_copy, caps2 + caps2, seed=10_000)
-    index = calibrate(build_index(members), held_out, target_rate=GUARD_CAL_RATE)
+    reference = public_reference()
+    index = calibrate(build_index(members, reference=reference), held_out,
+                      target_rate=GUARD_CAL_RATE)
     index.save(cache_dir() / "memorization-index.npz", overwrite=True)
     over = generations(overfit, caps2, seed=20_000)
     priv = generations(dp, caps2, seed=30_000)
@@ -253,9 +276,63 @@ def guard_rows(members: np.ndarray, mcaps: list[str], overfit: Path, dp: Path) -
                     f"generations are near-copies by SSIM (excluded), "
                     f"{int((priv_flag & priv_copy).sum())} of them flagged"))
     rows.append(Row("guard: threshold (distance ratio)", float(index.threshold), "", "", None,
-                    f"calibrated on {len(held_out)} base-model generations for rate "
+                    f"nearest member / mean of {index.k} nearest of {len(reference)} public "
+                    f"reference images ({index.channels} channel); calibrated on "
+                    f"{len(held_out)} base-model generations for rate "
                     f"{GUARD_CAL_RATE}; overfit non-copies flagged "
                     f"{int((over_flag & ~over_copy).sum())}/{int((~over_copy).sum())}"))
+    return rows
+
+
+def dp_repeat_rows(repeats: int) -> list[Row]:
+    """The DP rows over ``repeats`` independent DP-SGD runs (the main run plus more).
+
+    A single DP model's audit AUC is one draw: DP-SGD's noise differs from run to run, and
+    so does what the attack can see. Each run is audited as in :func:`run` (both attacks, the
+    same members, non-members and noise draws) and its generations (other seeds than the main
+    table's) go through the memorization guard calibrated by :func:`guard_rows` (run the
+    whole audit first: it saves the calibrated index in the cache).
+    """
+    from trustgain.models import mini_sd_path
+    from trustgain.privacy.membership import AuditSet, report_from_losses
+    from trustgain.privacy.memorization import load_index
+
+    index_path = cache_dir() / "memorization-index.npz"
+    if not index_path.is_file():
+        raise SystemExit(f"{index_path} is missing: run the whole audit first")
+    index = load_index(index_path)
+    m, mc, n, nc = audit_data()
+    sets = (AuditSet(m, mc, [f"m{i}" for i in range(len(m))]),
+            AuditSet(n, nc, [f"n{i}" for i in range(len(n))]))
+    base = _losses(_load(mini_sd_path()), sets, DRAWS)
+    aucs: dict[str, list[float]] = {}
+    flags, fresh_total = 0, 0
+    rows = []
+    for r in range(repeats):
+        path = dp_model((m, mc), repeat=r)
+        lm, ln = _losses(_load(path), sets, DRAWS)
+        for ref in (None, base):
+            rep = report_from_losses(lm, ln, reference=ref, seed=SEED)
+            aucs.setdefault(rep.attack, []).append(rep.auc)
+            rows.append(Row(f"DP run {r}: MIA AUC ({rep.attack})", rep.auc, "", "", None,
+                            f"95% CI [{rep.auc_ci[0]:.3f}, {rep.auc_ci[1]:.3f}]"))
+        gens = generations(path, mc + mc, seed=40_000 + 1000 * r)
+        fresh = max_ssim(gens, m) < NEAR_COPY_SSIM
+        k = int((index.flags(gens) & fresh).sum())
+        flags, fresh_total = flags + k, fresh_total + int(fresh.sum())
+        rows.append(Row(f"DP run {r}: guard false flags", k / max(1, int(fresh.sum())), "share",
+                        "", None, f"{k}/{int(fresh.sum())} non-copy generations"))
+    for attack, values in aucs.items():
+        v = np.array(values)
+        rows.append(Row(f"DP eps={DP['target_epsilon']:g}, {repeats} runs: mean MIA AUC ({attack})",
+                        float(v.mean()), "", f"<= {AUC_DP_MAX}", bool(v.mean() <= AUC_DP_MAX),
+                        f"per run {', '.join(f'{a:.3f}' for a in v)}; sd {v.std(ddof=1):.3f}; "
+                        f"runs above {AUC_DP_MAX}: {int((v > AUC_DP_MAX).sum())}"))
+    lo, hi = _wilson(flags, fresh_total)
+    rows.append(Row(f"DP eps={DP['target_epsilon']:g}, {repeats} runs: guard false flags",
+                    flags / fresh_total, "share", f"<= {GUARD_FFR_MAX}",
+                    flags / fresh_total <= GUARD_FFR_MAX,
+                    f"{flags}/{fresh_total}, Wilson 95% [{lo:.3f}, {hi:.3f}]"))
     return rows
 
 
@@ -298,4 +375,8 @@ if __name__ == "__main__":
     from trustgain.bench import format_table
 
     torch.set_num_threads(1)
-    print(format_table(run(quick="--quick" in sys.argv)))
+    if "--dp-repeats" not in sys.argv:
+        print(format_table(run(quick="--quick" in sys.argv)))
+    else:
+        repeats = int(sys.argv[sys.argv.index("--dp-repeats") + 1])
+        print(format_table(dp_repeat_rows(repeats)))

@@ -1,25 +1,43 @@
 """``privacy.memorization``: flag an output that is a near-copy of a training image.
 
-Space and distance (Carlini et al. 2023, "Extracting Training Data from Diffusion Models",
-section 5.1): each image is resized to ``size`` x ``size`` RGB, scaled to [0, 1] and
-standardised (zero mean, unit variance per image, so a global brightness or contrast change
-does not hide a copy); the distance is the root-mean-square difference. As in that paper a
-generation's distance to its nearest training image is divided by its mean distance to its
-``k`` nearest ones: a copy is far closer to one image than to the rest, while a blank or
-generic output is about equally close to all. Pixels rather than learned copy-detection
-features (SSCD, DINO) because those need model-hub weights that trustgain does not ship, and
-the embedded models work at 32x32 where pixels are what a copy repeats.
+Space: each image is resized to ``size`` x ``size``, scaled to [0, 1], reduced to one channel
+(``channels="max"``, the default: the maximum over R, G and B, the "ink map" the digits judge
+reads, so a copy drawn in another ink colour still reads as a copy; ``"rgb"`` keeps all three)
+and standardised (zero mean, unit variance per image, so a global brightness or contrast change
+does not hide a copy); the distance is the root-mean-square difference.
 
-The threshold on that ratio is calibrated on held-out generations (outputs of a model that
+Score: a generation's distance to its nearest training image, divided by its mean distance to
+its ``k`` nearest images of a *public reference set* (``reference``: images of the same kind
+that the model may legitimately produce, e.g. renderings of the base model's own training
+data). A copy is far closer to one training image than to anything public; a typical output is
+about as close to the public images as to the training ones. Without a reference the
+denominator is the mean distance to the ``k`` nearest *training* images, as in Carlini et al.
+2023 ("Extracting Training Data from Diffusion Models", section 5.1). That ratio misses copies
+of training images that have near-duplicates among the training images (the denominator
+shrinks with the numerator); and with few training images their ``k`` nearest are mostly
+unrelated ones, so a loose copy scores about like a typical output, while a dense public
+reference sits close to typical outputs and so separates the two. In the privacy audit
+(issue 6, ``trustgain.bench.privacy_audit``) the Carlini ratio on RGB pixels flagged 182/194
+of an overfit model's near-copies, on the ink map 186/194 (170/194 with another draw of
+calibration generations); the reference ratio flagged 190/194 (375-378/383 on generations
+with other seeds) at 0/184 false flags on the DP model's outputs (1-2/550 with other seeds).
+HOG features and the digits judge's own features did worse (at most 0.91).
+Pixels rather than learned copy-detection features (SSCD, DINO) because those need model-hub
+weights that trustgain does not ship, and the embedded models work at 32x32 where pixels are
+what a copy repeats.
+
+The threshold on the ratio is calibrated on held-out generations (outputs of a model that
 never saw the indexed images, or prompts away from them): :func:`calibrate` picks the
 ``k``-th smallest calibration score with ``k = floor(rate * (n + 1))``, so a fresh non-copy is
 flagged with probability at most ``rate`` (split-conformal rank argument, Vovk et al.
-2005). The index file keeps the features, threshold and how it was calibrated.
+2005). The index file keeps the features, the reference features (float16), the threshold and
+how it was calibrated; files of format 1 (RGB, no reference) are refused: rebuild them.
 
 The index holds downscaled training images: keep it as private as the training data. The
 stage records per output only the distance, the ratio and the flag, never which training
 image matched or its content. It does not catch copies that are shifted, cropped or
-mirrored far enough to move pixels, nor style or concept copying.
+mirrored far enough to move pixels, nor style or concept copying; with ``channels="max"`` it
+does not see colour, so an image whose content lies in hue alone should use ``"rgb"``.
 """
 
 from __future__ import annotations
@@ -41,12 +59,16 @@ from trustgain.fileio import write_atomic
 from trustgain.stage import Phase, RunContext
 from trustgain.types import Item, StageResult
 
-FORMAT = "trustgain.memorization-index/1"
+FORMAT = "trustgain.memorization-index/2"
 _ON_FLAG = ("raise", "record")
+_CHANNELS = ("max", "rgb")
 
 
-def features(images: Any, size: int = 32) -> np.ndarray:
-    """Standardised pixels, (N, size*size*3) float32, of PIL images or uint8/float arrays."""
+def features(images: Any, size: int = 32, channels: str = "max") -> np.ndarray:
+    """Standardised pixels of PIL images or uint8/float arrays: (N, size*size) float32 for
+    ``channels="max"`` (maximum over R, G, B), (N, size*size*3) for ``"rgb"``."""
+    if channels not in _CHANNELS:
+        raise ConfigError(f"channels must be one of {', '.join(_CHANNELS)}, not {channels!r}")
     if isinstance(images, Image.Image) or (isinstance(images, np.ndarray) and images.ndim == 3):
         images = [images]
     rows = []
@@ -57,7 +79,7 @@ def features(images: Any, size: int = 32) -> np.ndarray:
         if not isinstance(im, Image.Image):
             raise InputError(f"cannot index a {type(im).__name__}; give images")
         px = np.asarray(im.convert("RGB").resize((size, size), Image.BILINEAR), np.float32)
-        px = px.reshape(-1) / 255.0
+        px = (px.max(axis=-1) if channels == "max" else px).reshape(-1) / 255.0
         rows.append((px - px.mean()) / max(float(px.std()), 1e-3))
     if not rows:
         raise InputError("no images given")
@@ -66,26 +88,38 @@ def features(images: Any, size: int = 32) -> np.ndarray:
 
 def _distances(query: np.ndarray, base: np.ndarray) -> np.ndarray:
     """RMS distance between every query and base row (N_q, N_b)."""
+    base = base.astype(np.float32, copy=False)
     sq = (query**2).sum(1)[:, None] + (base**2).sum(1)[None] - 2.0 * query @ base.T
     return np.sqrt(np.maximum(sq, 0.0) / query.shape[1])
 
 
+def _k_nearest_mean(d: np.ndarray, k: int) -> np.ndarray:
+    k = min(k, d.shape[1])
+    return np.partition(d, k - 1, axis=1)[:, :k].mean(axis=1)
+
+
 @dataclass(frozen=True)
 class MemorizationIndex:
-    """Features of the training images, the neighbour count and the calibrated threshold."""
+    """Features of the training images (and of a public reference set), the neighbour count
+    and the calibrated threshold."""
 
     features: np.ndarray
     size: int = 32
     k: int = 10
     threshold: float | None = None
     calibration: dict[str, Any] | None = None
+    reference: np.ndarray | None = None  # features of public images (float16), or None
+    channels: str = "max"
 
     def score(self, images: Any) -> tuple[np.ndarray, np.ndarray]:
-        """(nearest distance, ratio to the mean of the ``k`` nearest) for each image."""
-        d = _distances(features(images, self.size), self.features)
-        k = min(self.k, d.shape[1])
-        near = np.sort(d, axis=1)[:, :k]
-        return near[:, 0], near[:, 0] / np.maximum(near.mean(axis=1), 1e-12)
+        """(nearest training distance, ratio) for each image; the ratio divides the nearest
+        distance by the mean distance to the ``k`` nearest reference images (or, without a
+        reference, the ``k`` nearest training images)."""
+        q = features(images, self.size, self.channels)
+        d = _distances(q, self.features)
+        near = d.min(axis=1)
+        base = d if self.reference is None else _distances(q, self.reference)
+        return near, near / np.maximum(_k_nearest_mean(base, self.k), 1e-12)
 
     def flags(self, images: Any) -> np.ndarray:
         if self.threshold is None:
@@ -93,23 +127,49 @@ class MemorizationIndex:
         return self.score(images)[1] < self.threshold
 
     @property
+    def space(self) -> str:
+        ref = "training images" if self.reference is None else (
+            f"{len(self.reference)} reference images")
+        return (f"standardised pixels {self.size}x{self.size} ({self.channels}), k={self.k}, "
+                f"ratio against {ref}")
+
+    @property
     def digest(self) -> str:
-        """SHA-256 of the features (identifies the index in records)."""
-        return hashlib.sha256(np.ascontiguousarray(self.features).tobytes()).hexdigest()
+        """SHA-256 of the features and reference (identifies the index in records)."""
+        h = hashlib.sha256(np.ascontiguousarray(self.features).tobytes())
+        if self.reference is not None:
+            h.update(np.ascontiguousarray(self.reference).tobytes())
+        h.update(self.channels.encode())
+        return h.hexdigest()
 
     def save(self, path: str | os.PathLike[str], *, overwrite: bool = False) -> Path:
-        meta = {"format": FORMAT, "size": self.size, "k": self.k, "threshold": self.threshold,
-                "calibration": self.calibration}
+        meta = {"format": FORMAT, "size": self.size, "k": self.k, "channels": self.channels,
+                "threshold": self.threshold, "calibration": self.calibration}
+        arrays = {"features": self.features, "meta": np.array(json.dumps(meta))}
+        if self.reference is not None:
+            arrays["reference"] = self.reference
         buf = io.BytesIO()
-        np.savez_compressed(buf, features=self.features, meta=np.array(json.dumps(meta)))
+        np.savez_compressed(buf, **arrays)
         return write_atomic(path, buf.getvalue(), overwrite=overwrite, mode=0o600)
 
 
-def build_index(images: Any, *, size: int = 32, k: int = 10) -> MemorizationIndex:
-    """Index the training images (PIL images or an (N, H, W, 3) uint8 array)."""
+def build_index(images: Any, *, reference: Any = None, size: int = 32, k: int = 10,
+                channels: str = "max") -> MemorizationIndex:
+    """Index the training images (PIL images or an (N, H, W, 3) uint8 array).
+
+    ``reference``: public images of the same kind (not the training images; e.g. renderings
+    of the base model's training data), at least ``k`` of them; strongly recommended, see
+    the module docstring. Their features are kept as float16.
+    """
     if size < 4 or k < 1:
         raise ConfigError("size must be >= 4 and k >= 1")
-    return MemorizationIndex(features(images, size), size=size, k=k)
+    ref = None
+    if reference is not None:
+        ref = features(reference, size, channels).astype(np.float16)
+        if len(ref) < k:
+            raise InputError(f"{len(ref)} reference images are fewer than k={k}")
+    return MemorizationIndex(features(images, size, channels), size=size, k=k, reference=ref,
+                             channels=channels)
 
 
 def calibrate(
@@ -142,14 +202,22 @@ def load_index(path: str | os.PathLike[str]) -> MemorizationIndex:
         with np.load(path, allow_pickle=False) as data:
             meta = json.loads(str(data["meta"]))
             feats = data["features"]
+            ref = data["reference"] if "reference" in data.files else None
     except FileNotFoundError:
         raise InputError(f"{path}: no such index file") from None
     except (OSError, ValueError, KeyError) as exc:
         raise InputError(f"{path}: not a memorization index ({exc})") from None
-    if meta.get("format") != FORMAT:
-        raise InputError(f"{path}: not a memorization index (format {meta.get('format')!r})")
+    fmt = meta.get("format")
+    if fmt == "trustgain.memorization-index/1":
+        raise InputError(f"{path}: a memorization index of format 1 (RGB pixels, no reference "
+                         "set), which this version no longer reads",
+                         hint="rebuild it with build_index(..., reference=...) and calibrate")
+    if fmt != FORMAT:
+        raise InputError(f"{path}: not a memorization index (format {fmt!r})")
     return MemorizationIndex(feats.astype(np.float32), size=int(meta["size"]), k=int(meta["k"]),
-                             threshold=meta["threshold"], calibration=meta["calibration"])
+                             threshold=meta["threshold"], calibration=meta["calibration"],
+                             reference=None if ref is None else ref.astype(np.float16),
+                             channels=str(meta["channels"]))
 
 
 @lru_cache(maxsize=4)
@@ -174,7 +242,7 @@ class MemorizationGuard:
 
     name: ClassVar[str] = "privacy.memorization"
     phase: ClassVar[Phase] = Phase.AUDIT
-    version: ClassVar[str] = "1"
+    version: ClassVar[str] = "2"  # 2: ink map, public reference set
     requires: ClassVar[frozenset[str]] = frozenset()
 
     index: str | None = None
@@ -198,7 +266,7 @@ class MemorizationGuard:
                               hint="run trustgain.privacy.memorization.calibrate and save it")
         positions = [i for i, o in enumerate(item.outputs) if _is_image(o)]
         params.update(index_sha256=index.digest[:16], threshold=round(index.threshold, 6),
-                      space=f"standardised pixels {index.size}x{index.size}, k={index.k}")
+                      space=index.space)
         if not positions:
             return StageResult(item, params, applied=False, reason="no image outputs")
         dist, ratio = index.score([item.outputs[i] for i in positions])
