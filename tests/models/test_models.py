@@ -44,7 +44,9 @@ def test_shipped_folder_is_a_stock_sd_pipeline(pipe):
     assert pipe.scheduler.config.steps_offset == 1
     assert pipe.unet.dtype == torch.float32 and pipe.vae.dtype == torch.float32
     files = [p for p in models.mini_sd_path().rglob("*") if p.is_file()]
-    assert sum(p.stat().st_size for p in files) < 10_000_000
+    detector = [p for p in files if p.parent.name == "vae_detector"]
+    assert sum(p.stat().st_size for p in files if p not in detector) < 10_000_000
+    assert 0 < sum(p.stat().st_size for p in detector) < 1_000_000  # detection-only encoder
     assert all(p.suffix != ".bin" for p in files)
 
 
@@ -112,3 +114,17 @@ def test_prompted_digit_mostly_recognised(pipe, judge):
                output_type="pt")
     pred, _ = models.classify_digits(out.images, judge)
     assert (pred == torch.arange(10)).sum() >= 8, pred.tolist()
+
+
+def test_detector_vae_keeps_the_decoder_and_tunes_the_encoder(pipe):
+    det = models.load_detector_vae()
+    ref, tuned = pipe.vae.state_dict(), det.state_dict()
+    assert set(ref) == set(tuned)
+    for name in ref:
+        same = torch.equal(ref[name], tuned[name])
+        if name.startswith(("encoder.", "quant_conv.")):
+            continue
+        assert same, name  # decoder, post_quant_conv: the pipeline's own
+    changed = [n for n in ref if n.startswith("encoder.") and not torch.equal(ref[n], tuned[n])]
+    assert len(changed) > 10
+    assert det.config.scaling_factor == pipe.vae.config.scaling_factor

@@ -266,3 +266,17 @@ def test_exact_tpr_uses_the_exact_null():
     near[0, :159] = True
     assert exact_tpr(near, ones[:1])[0] == 0.0
     assert exact_tpr(near, ones[:1], fpr=1e-4)[0] == 1.0
+
+
+def test_detect_latent_encodes_with_the_given_encoder(sd_pipe):
+    import copy
+
+    from trustgain.watermark.latent_invert import encode
+
+    pixels = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    other = copy.deepcopy(sd_pipe.vae)
+    assert torch.equal(encode(sd_pipe, pixels), encode(sd_pipe, pixels, other))
+    with torch.no_grad():
+        for p in other.encoder.parameters():
+            p.mul_(0.5)
+    assert not torch.allclose(encode(sd_pipe, pixels), encode(sd_pipe, pixels, other))

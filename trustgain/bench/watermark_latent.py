@@ -4,7 +4,8 @@
     python -m trustgain.bench.watermark_latent [--quick] [--json PATH]
 
 1. Detection: marked samples (10 per digit, 25 DDIM steps, guidance 4) are attacked, resized to
-   32x32, VAE-encoded and DDIM-inverted with the empty prompt (25 steps, no guidance). TPR at
+   32x32, encoded with the detector-side encoder (``vae_detector``; ``--encoder pipeline``: the
+   pipeline's own VAE) and DDIM-inverted with the empty prompt (25 steps, no guidance). TPR at
    FPR 1e-6 (exact threshold, no tuning) with Wilson 95% intervals, in two modes: ``record``
    (nonce and payload from the provenance record: |z|-rank-weighted matches over all 256 latent
    elements, and the plain binomial beside it) and ``blind`` (metadata stripped: 256 counter
@@ -15,11 +16,12 @@
    nonce/payload in record mode): at least 10,000 clean-inversion x key reads, count at 1e-6 and
    observed rates at 1e-3 / 1e-2 against the analytic ones; wrong keys on marked samples.
 3. Normality of marked initial latents (KS on all elements, Shapiro-Wilk on 5,000); the judge's
-   accuracy on marked and unmarked samples of the same prompts.
+   accuracy on marked and unmarked samples of the same prompts (1,000 each in a full run).
 4. Security: averaging 20 marked images (pixels, and inverted latents for an attacker who holds
    the model) to estimate the mark, then subtracting it from new marked images (removal) or
-   imprinting it on clean ones (forgery); a single-image imprint; sign correlation between two
-   nonces of one key.
+   imprinting it on clean ones (forgery), each removal beside a control that applies the same
+   kind of change without any mark information; a single-image imprint; sign correlation
+   between two nonces of one key.
 
 5. ``--ideas`` (standalone entry point only): what each known remedy does to the inverted
    latents' sign accuracy on a small set (``ideas_rows``): exact decoder inversion, fixed-point
@@ -46,7 +48,7 @@ from PIL import Image
 from scipy import stats
 
 from ..keys import KeyRing
-from ..models import classify_digits, load_judge, load_mini_sd
+from ..models import classify_digits, load_detector_vae, load_judge, load_mini_sd
 from ..watermark.attacks import SUITE
 from ..watermark.latent import (
     LEVELS,
@@ -78,6 +80,12 @@ SHAPE = (4, 8, 8)
 #: refinements per inversion step, and the centre-crop side ratios tried besides 1.
 REFINE = 0
 SCALES = (1.0,)
+#: The VAE the detector encodes with: the detector-side encoder shipped with trustgain-mini-sd
+#: (``vae_detector``, :func:`trustgain.models.load_detector_vae`), or None for the pipeline's
+#: own VAE (``--encoder pipeline``). Set by :func:`run`.
+ENCODER = None
+#: Samples per digit for the judge rows of a full run (marked and unmarked each).
+JUDGE_PER_DIGIT = 100
 
 
 def wilson(k: int, n: int) -> tuple[float, float]:
@@ -113,7 +121,7 @@ def _removal(before: list[LatentReading], after: list[LatentReading]) -> tuple[f
 
 def _invert(pipe, images, steps: int) -> list[Candidate]:
     return invert_candidates(pipe, images, num_inference_steps=steps, scales=SCALES,
-                             refine=REFINE)
+                             refine=REFINE, encoder=ENCODER)
 
 
 def _read(cands: list[Candidate], key, nonces=None, payloads=None, levels: int = LEVELS,
@@ -214,12 +222,21 @@ def inversion_rows(pipe, prompts, latents, steps) -> list[Row]:
     direct = ddim_invert(pipe, clean, num_inference_steps=steps)
     acc = float(((direct > 0) == (latents > 0)).float().mean())
     images = to_pil(generate(pipe, prompts, seed=0, steps=steps, latents=latents))
-    encoded = encode(pipe, images_to_tensor(images, model_size(pipe)))
-    err = float(((encoded - clean).flatten(1).norm(dim=1) / clean.flatten(1).norm(dim=1)).mean())
-    return [Row("inversion sign accuracy without the VAE", acc, "share", "", None,
-                f"{len(prompts)} marked samples' final latents, empty-prompt DDIM inversion"),
-            Row("VAE round trip: relative latent error", err, "", "", None,
-                "|E(D(x0)) - x0| / |x0| through an 8-bit image")]
+    pixels = images_to_tensor(images, model_size(pipe))
+    rows = [Row("inversion sign accuracy without the VAE", acc, "share", "", None,
+                f"{len(prompts)} marked samples' final latents, empty-prompt DDIM inversion")]
+    encoders = [("pipeline VAE", None)]
+    if ENCODER is not None:
+        encoders.append(("detector encoder", ENCODER))
+    for label, encoder in encoders:
+        encoded = encode(pipe, pixels, encoder)
+        err = (encoded - clean).flatten(1).norm(dim=1) / clean.flatten(1).norm(dim=1)
+        inv = ddim_invert(pipe, encoded, num_inference_steps=steps)
+        sign = float(((inv > 0) == (latents > 0)).float().mean())
+        rows.append(Row(f"VAE round trip ({label}): relative latent error", float(err.mean()),
+                        "", "", None, f"|E(D(x0)) - x0| / |x0| through an 8-bit image; "
+                        f"sign accuracy after inversion, no attack: {sign:.3f}"))
+    return rows
 
 
 def normality_rows(latents: torch.Tensor) -> list[Row]:
@@ -241,6 +258,7 @@ def normality_rows(latents: torch.Tensor) -> list[Row]:
 
 
 def judge_rows(judge, marked_images, clean_images, digits) -> list[Row]:
+    """The judge on marked and unmarked samples of the same prompts (other latents)."""
     d = np.array(digits)
     acc_m = float((classify_digits(marked_images, judge)[0].numpy() == d).mean())
     acc_c = float((classify_digits(clean_images, judge)[0].numpy() == d).mean())
@@ -276,6 +294,14 @@ def security_rows(pipe, key, images, latents, inverted, nonces, payloads, clean_
     rate, note = _removal(before, removed)
     rows.append(Row("averaging 20 (pixels): removal rate", rate, "share", "0", rate == 0,
                     f"new marked images minus (mean marked - mean clean); record mode; {note}"))
+    # control: the same kind of difference of means, between two unmarked sets of the same
+    # prompts, so it carries no mark: what the pixel perturbation alone removes
+    other = to_pil(generate(pipe, prompts[:n_avg], seed=25, steps=steps))
+    est_px = mean_px(clean_images[:n_avg]) - mean_px(other)
+    rate, note = _removal(before, _read(_invert(pipe, px(images[targets], -1), steps), key,
+                                        nonces[targets], payloads[targets]))
+    rows.append(Row("control: subtract (mean clean - mean other clean): removal", rate, "share",
+                    "", None, f"the same perturbation without mark information; {note}"))
     rows.append(Row("averaging 20 (pixels): forgery rate", np.mean([r.detected for r in forged]),
                     "share", "0", not any(r.detected for r in forged),
                     f"{n_t} clean images plus the estimate; blind mode"))
@@ -469,14 +495,16 @@ class _Seq(list):
 
 
 def run(quick: bool = False, device: str = "cpu", *, model: str | None = None,
-        refine: int | None = None, scales: tuple[float, ...] | None = None) -> list[Row]:
+        refine: int | None = None, scales: tuple[float, ...] | None = None,
+        encoder: str = "detector") -> list[Row]:
     """All figures of the area; ``quick`` shrinks every count to run in about a minute.
 
     ``model`` (a pipeline folder) replaces trustgain-mini-sd, for development only; ``refine``
-    and ``scales`` override the detector's :data:`REFINE` and :data:`SCALES`.
+    and ``scales`` override the detector's :data:`REFINE` and :data:`SCALES`; ``encoder``:
+    ``"detector"`` (the model's ``vae_detector`` folder where it has one) or ``"pipeline"``.
     """
-    global REFINE, SCALES
-    saved = (REFINE, SCALES)
+    global REFINE, SCALES, ENCODER
+    saved = (REFINE, SCALES, ENCODER)
     REFINE = REFINE if refine is None else refine
     SCALES = SCALES if scales is None else scales
     threads = torch.get_num_threads()
@@ -490,6 +518,7 @@ def run(quick: bool = False, device: str = "cpu", *, model: str | None = None,
 
             pipe = StableDiffusionPipeline.from_pretrained(model).to(device)
             pipe.set_progress_bar_config(disable=True)
+        ENCODER = _detector_encoder(model, device) if encoder == "detector" else None
         try:
             judge = load_judge(device)
         except FileNotFoundError:
@@ -512,16 +541,35 @@ def run(quick: bool = False, device: str = "cpu", *, model: str | None = None,
         rows += null_rows(clean_inv, inverted["none"], n_keys)
         rows += inversion_rows(pipe, prompts, latents, steps) + normality_rows(latents) + rows_m
         if judge is not None:
+            if not quick:  # a larger set: at 100 samples one misread digit is a whole point
+                j_prompts, digits = prompts_for(JUDGE_PER_DIGIT)
+                j_latents, _, _ = _marked_set(key, len(j_prompts), np.random.default_rng(2))
+                marked = generate(pipe, j_prompts, seed=2, steps=steps, latents=j_latents)
+                clean = generate(pipe, j_prompts, seed=3, steps=steps)
             rows += judge_rows(judge, marked, clean, digits)
         rows += security_rows(pipe, key, marked_pil, latents, inverted["none"], nonces, payloads,
                               clean_pil, prompts, steps)
     finally:
+        used = "detector encoder (vae_detector)" if ENCODER is not None else "pipeline VAE"
         torch.set_num_threads(threads)
-        REFINE, SCALES = saved
+        REFINE, SCALES, ENCODER = saved
     note = (f"{len(prompts)} samples, {steps} steps, guidance {GUIDANCE}; detector: "
             f"{refine if refine is not None else REFINE} refinements, scales "
-            f"{scales if scales is not None else SCALES}" + (f"; model {model}" if model else ""))
+            f"{scales if scales is not None else SCALES}, {used}"
+            + (f"; model {model}" if model else ""))
     return [Row("setup", len(prompts), "samples", "", None, note), *rows]
+
+
+def _detector_encoder(model: str | None, device: str):
+    """The detector-side VAE: trustgain-mini-sd's, or ``MODEL/vae_detector`` if present."""
+    if model is None:
+        return load_detector_vae(device)
+    folder = Path(model) / "vae_detector"
+    if not (folder / "config.json").is_file():
+        return None
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL.from_pretrained(folder).to(device).eval()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -533,6 +581,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model", default=None, help="pipeline folder instead of trustgain-mini-sd")
     p.add_argument("--refine", type=int, default=None)
     p.add_argument("--scales", type=float, nargs="+", default=None)
+    p.add_argument("--encoder", choices=("detector", "pipeline"), default="detector",
+                   help="encode with the shipped detector-side VAE or the pipeline's own")
     p.add_argument("--ideas", action="store_true", help="only the remedies' sign accuracies")
     p.add_argument("--threads", type=int, default=None)
     args = p.parse_args(argv)
@@ -547,7 +597,7 @@ def main(argv: list[str] | None = None) -> int:
             args.json.write_text(json.dumps({"rows": [r.as_dict() for r in rows]}, indent=2))
         return 0
     rows = run(args.quick, args.device, model=args.model, refine=args.refine,
-               scales=None if args.scales is None else tuple(args.scales))
+               scales=None if args.scales is None else tuple(args.scales), encoder=args.encoder)
     print(format_table(rows))
     print(f"\n{time.time() - t0:.0f} s, {os.cpu_count()} CPUs visible, device {args.device}")
     if args.json:

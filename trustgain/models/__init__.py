@@ -26,8 +26,8 @@ MINI_SD_ID = "trustgain-mini-sd"
 JUDGE_ID = "trustgain-digits-judge"
 _HERE = Path(__file__).resolve().parent
 
-__all__ = ["JUDGE_ID", "MINI_SD_ID", "classify_digits", "judge_path", "load_judge",
-           "load_mini_sd", "mini_sd_path"]
+__all__ = ["JUDGE_ID", "MINI_SD_ID", "classify_digits", "judge_path", "load_detector_vae",
+           "load_judge", "load_mini_sd", "mini_sd_path"]
 
 
 def _folder(name: str, what: str) -> Path:
@@ -66,6 +66,26 @@ def load_mini_sd(device: str = "cpu", **kwargs: Any) -> StableDiffusionPipeline:
         dlogging.set_verbosity(verbosity)
     pipe.set_progress_bar_config(disable=True)
     return pipe.to(device)
+
+
+def load_detector_vae(device: str = "cpu") -> Any:
+    """The detector-side VAE of trustgain-mini-sd: the pipeline's ``vae`` with the encoder (and
+    ``quant_conv``) of ``vae_detector/encoder.safetensors``, tuned so that VAE-encode + DDIM
+    inversion recovers the initial latents better (:mod:`trustgain.watermark.detector_train`).
+    The decoder is the pipeline's own by construction. Only watermark detection uses it: pass
+    it as ``encoder=`` to :func:`trustgain.watermark.latent_invert.detect_latent`."""
+    from diffusers import AutoencoderKL
+    from safetensors.torch import load_file
+
+    weights = _folder(MINI_SD_ID, "vae_detector/encoder.safetensors") / "vae_detector"
+    vae = AutoencoderKL.from_pretrained(mini_sd_path(), subfolder="vae")
+    tuned = load_file(weights / "encoder.safetensors")
+    expected = {k for k in vae.state_dict() if k.startswith(("encoder.", "quant_conv."))}
+    if set(tuned) != expected:
+        raise ValueError(f"{weights / 'encoder.safetensors'} does not hold exactly the encoder "
+                         "and quant_conv weights of the mini-sd VAE; reinstall trustgain")
+    vae.load_state_dict(tuned, strict=False)
+    return vae.to(device).eval()
 
 
 def load_judge(device: str = "cpu") -> DigitsJudge:

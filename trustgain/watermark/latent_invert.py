@@ -40,9 +40,15 @@ def images_to_tensor(images: Sequence[Image.Image], size: tuple[int, int]) -> to
 
 
 @torch.no_grad()
-def encode(pipe: object, pixels: torch.Tensor) -> torch.Tensor:
-    """VAE posterior means, scaled as the UNet sees latents."""
-    vae = pipe.vae  # type: ignore[attr-defined]
+def encode(pipe: object, pixels: torch.Tensor, encoder: object | None = None) -> torch.Tensor:
+    """VAE posterior means, scaled as the UNet sees latents.
+
+    ``encoder``: another ``AutoencoderKL`` to encode with (a detector-side encoder tuned by
+    :mod:`trustgain.watermark.detector_train`; for trustgain-mini-sd
+    :func:`trustgain.models.load_detector_vae`); the pipeline's own VAE by default. It must
+    share the pipeline VAE's latent space (same scaling factor).
+    """
+    vae = pipe.vae if encoder is None else encoder  # type: ignore[attr-defined]
     pixels = pixels.to(device=vae.device, dtype=vae.dtype)
     return vae.encode(pixels).latent_dist.mean * vae.config.scaling_factor
 
@@ -100,14 +106,17 @@ def invert_images(
     num_inference_steps: int,
     batch_size: int = 64,
     refine: int = 0,
+    encoder: object | None = None,
 ) -> torch.Tensor:
-    """Initial-noise estimates for ``images`` (resized to the model's size first)."""
+    """Initial-noise estimates for ``images`` (resized to the model's size first), encoded
+    with ``encoder`` (see :func:`encode`) or the pipeline's VAE."""
     size = model_size(pipe)
     out = []
     for start in range(0, len(images), batch_size):
         pixels = images_to_tensor(images[start : start + batch_size], size)
         out.append(ddim_invert(
-            pipe, encode(pipe, pixels), num_inference_steps=num_inference_steps, refine=refine
+            pipe, encode(pipe, pixels, encoder), num_inference_steps=num_inference_steps,
+            refine=refine,
         ))
     return torch.cat(out)
 
@@ -148,6 +157,7 @@ def invert_candidates(
     scales: Sequence[float] = (1.0,),
     batch_size: int = 64,
     refine: int = 0,
+    encoder: object | None = None,
 ) -> list[Candidate]:
     """Inverted latents of ``images`` as given (scale 1) and after :func:`unzoom` to each other
     scale, each with the mask of latent elements inside the restored region (None: all)."""
@@ -164,7 +174,7 @@ def invert_candidates(
             mask = aligned_mask(pairs[0][1], factor, shape)
         inverted = invert_images(
             pipe, todo, num_inference_steps=num_inference_steps, batch_size=batch_size,
-            refine=refine,
+            refine=refine, encoder=encoder,
         )
         out.append((scale, inverted, mask))
     return out
@@ -221,6 +231,7 @@ def detect_latent(
     refine: int = 0,
     scales: Sequence[float] = (1.0,),
     levels: int = LEVELS,
+    encoder: object | None = None,
 ) -> list[LatentReading]:
     """Detect the latent mark in ``images`` generated (or not) by ``pipe``.
 
@@ -230,10 +241,12 @@ def detect_latent(
     :func:`trustgain.watermark.latent.read_latent_mark` for both statistics).
     ``scales`` < 1 also try undoing a centre crop to that side ratio (:func:`unzoom`), reading
     only the latent elements inside the restored region, at one more inversion each.
+    ``encoder``: a detector-side VAE to encode with (see :func:`encode`); the null stays exact
+    whatever it is, because the keystream is independent of the image.
     """
     candidates = invert_candidates(
         pipe, images, num_inference_steps=num_inference_steps, scales=scales,
-        batch_size=batch_size, refine=refine,
+        batch_size=batch_size, refine=refine, encoder=encoder,
     )
     return read_candidates(
         candidates, key, payload_bits=payload_bits, nonces=nonces, nonce_space=nonce_space,
@@ -251,6 +264,7 @@ def detect_with_record(
     fpr: float = 1e-6,
     refine: int = 0,
     scales: Sequence[float] = (1.0,),
+    encoder: object | None = None,
 ) -> list[LatentReading]:
     """Detect with the nonces and payload of a provenance record (``images[i]`` is output i)."""
     stage = next((s for s in record.get("stages", ()) if s.get("name") == STAGE), None)
@@ -266,5 +280,5 @@ def detect_with_record(
     return detect_latent(
         images, pipe, key, num_inference_steps=int(steps), payload_bits=params["payload_bits"],
         nonces=nonces, expected_payloads=[params["payload"]] * len(nonces), fpr=fpr,
-        refine=refine, scales=scales,
+        refine=refine, scales=scales, encoder=encoder,
     )
