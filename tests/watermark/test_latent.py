@@ -280,3 +280,20 @@ def test_detect_latent_encodes_with_the_given_encoder(sd_pipe):
         for p in other.encoder.parameters():
             p.mul_(0.5)
     assert not torch.allclose(encode(sd_pipe, pixels), encode(sd_pipe, pixels, other))
+
+
+def test_inversion_takes_the_generation_prompt(sd_pipe):
+    from PIL import Image
+
+    from trustgain.watermark.latent_invert import invert_images, model_size
+
+    h, w = model_size(sd_pipe)
+    rng = np.random.default_rng(0)
+    images = [Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)) for _ in range(2)]
+    plain = invert_images(sd_pipe, images, num_inference_steps=3)
+    same = invert_images(sd_pipe, images, num_inference_steps=3, prompt="")
+    assert torch.equal(plain, same)
+    prompted = invert_images(sd_pipe, images, num_inference_steps=3, prompt=["a cat", "a dog"])
+    assert prompted.shape == plain.shape and not torch.allclose(plain, prompted)
+    with pytest.raises(ValueError, match="1 prompts for 2 images"):
+        invert_images(sd_pipe, images, num_inference_steps=3, prompt=["a cat"])

@@ -119,9 +119,9 @@ def _removal(before: list[LatentReading], after: list[LatentReading]) -> tuple[f
     return rate, f"{len(hit)} of {len(before)} detected before"
 
 
-def _invert(pipe, images, steps: int) -> list[Candidate]:
+def _invert(pipe, images, steps: int, prompt="") -> list[Candidate]:
     return invert_candidates(pipe, images, num_inference_steps=steps, scales=SCALES,
-                             refine=REFINE, encoder=ENCODER)
+                             refine=REFINE, encoder=ENCODER, prompt=prompt)
 
 
 def _read(cands: list[Candidate], key, nonces=None, payloads=None, levels: int = LEVELS,
@@ -145,8 +145,10 @@ def _tpr_rows(name: str, readings: list[LatentReading], note: str, target: bool)
                 f"Wilson 95% [{lo:.3f}, {hi:.3f}], n={n}; {note}")]
 
 
-def detection(pipe, key, images, latents, nonces, payloads, steps) -> tuple[list[Row], dict]:
-    """TPR per attack in both modes, with sign, bit and payload accuracy."""
+def detection(pipe, key, images, latents, nonces, payloads, steps, prompts,
+              ) -> tuple[list[Row], dict]:
+    """TPR per attack in both modes, with sign, bit and payload accuracy; and record mode
+    with the generation prompt known to the verifier (inversion conditioned on it)."""
     rows, inverted_by_attack = [], {}
     rng = np.random.default_rng(7)
     for name in ATTACKS:
@@ -165,6 +167,11 @@ def detection(pipe, key, images, latents, nonces, payloads, steps) -> tuple[list
                           "plain binom.sf on matched signs", False)
         rows += _tpr_rows(f"TPR@1e-6 blind mode, {name}", blind,
                           f"payload bit acc {bit_acc:.3f}, exact payload {exact:.3f}", False)
+        inv_p = _invert(pipe, attacked, steps, prompt=list(prompts))
+        sign_p = float(((inv_p[0][1] > 0) == (latents > 0)).float().mean())
+        rows += _tpr_rows(f"TPR@1e-6 record mode + prompt, {name}",
+                          _read(inv_p, key, nonces, payloads),
+                          f"inverted under the generation prompt; sign acc {sign_p:.3f}", False)
     return rows, inverted_by_attack
 
 
@@ -208,6 +215,23 @@ def null_rows(clean_inv, marked_inv, n_keys: int) -> list[Row]:
             rows.append(Row(f"false positives at 1e-6, {mode} mode, {label}", fp,
                             f"of {len(p)}", "0", fp == 0, note))
     return rows
+
+
+def prompt_null_rows(clean_inv, n_keys: int) -> list[Row]:
+    """Record-mode false positives on clean images inverted under their own prompts."""
+    rng = np.random.default_rng(12)
+    p = []
+    for _ in range(n_keys):
+        key = latent_key(KeyRing.generate())
+        _, nonces, payloads = _marked_set(key, len(clean_inv[0][1]), rng)
+        p += [r.p_value for r in _read(clean_inv, key, nonces, payloads)]
+    p = np.array(p)
+    fp = int((p <= FPR).sum())
+    return [Row("false positives at 1e-6, record mode + prompt, clean inversions", fp,
+                f"of {len(p)}", "0", fp == 0,
+                f"{len(clean_inv[0][1])} x {n_keys} keys; rate at p<=1e-3: "
+                f"{(p <= 1e-3).mean():.2e}, p<=1e-2: {(p <= 1e-2).mean():.2e}; "
+                f"min p {p.min():.1e}")]
 
 
 def inversion_rows(pipe, prompts, latents, steps) -> list[Row]:
@@ -536,9 +560,11 @@ def run(quick: bool = False, device: str = "cpu", *, model: str | None = None,
         marked = generate(pipe, prompts, seed=0, steps=steps, latents=latents)
         clean = generate(pipe, prompts, seed=1, steps=steps)
         marked_pil, clean_pil = _Seq(to_pil(marked)), _Seq(to_pil(clean))
-        rows, inverted = detection(pipe, key, marked_pil, latents, nonces, payloads, steps)
+        rows, inverted = detection(pipe, key, marked_pil, latents, nonces, payloads, steps,
+                                   prompts)
         clean_inv = _invert(pipe, clean_pil, steps)
         rows += null_rows(clean_inv, inverted["none"], n_keys)
+        rows += prompt_null_rows(_invert(pipe, clean_pil, steps, prompt=list(prompts)), n_keys)
         rows += inversion_rows(pipe, prompts, latents, steps) + normality_rows(latents) + rows_m
         if judge is not None:
             if not quick:  # a larger set: at 100 samples one misread digit is a whole point

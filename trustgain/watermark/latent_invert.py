@@ -107,16 +107,21 @@ def invert_images(
     batch_size: int = 64,
     refine: int = 0,
     encoder: object | None = None,
+    prompt: str | Sequence[str] = "",
 ) -> torch.Tensor:
     """Initial-noise estimates for ``images`` (resized to the model's size first), encoded
-    with ``encoder`` (see :func:`encode`) or the pipeline's VAE."""
+    with ``encoder`` (see :func:`encode`) or the pipeline's VAE, inverted conditioned on
+    ``prompt`` (one for all or one per image; see :func:`ddim_invert`)."""
+    if not isinstance(prompt, str) and len(prompt) != len(images):
+        raise ValueError(f"{len(prompt)} prompts for {len(images)} images")
     size = model_size(pipe)
     out = []
     for start in range(0, len(images), batch_size):
         pixels = images_to_tensor(images[start : start + batch_size], size)
+        part = prompt if isinstance(prompt, str) else list(prompt[start : start + batch_size])
         out.append(ddim_invert(
             pipe, encode(pipe, pixels, encoder), num_inference_steps=num_inference_steps,
-            refine=refine,
+            refine=refine, prompt=part,
         ))
     return torch.cat(out)
 
@@ -158,6 +163,7 @@ def invert_candidates(
     batch_size: int = 64,
     refine: int = 0,
     encoder: object | None = None,
+    prompt: str | Sequence[str] = "",
 ) -> list[Candidate]:
     """Inverted latents of ``images`` as given (scale 1) and after :func:`unzoom` to each other
     scale, each with the mask of latent elements inside the restored region (None: all)."""
@@ -174,7 +180,7 @@ def invert_candidates(
             mask = aligned_mask(pairs[0][1], factor, shape)
         inverted = invert_images(
             pipe, todo, num_inference_steps=num_inference_steps, batch_size=batch_size,
-            refine=refine, encoder=encoder,
+            refine=refine, encoder=encoder, prompt=prompt,
         )
         out.append((scale, inverted, mask))
     return out
@@ -232,6 +238,7 @@ def detect_latent(
     scales: Sequence[float] = (1.0,),
     levels: int = LEVELS,
     encoder: object | None = None,
+    prompt: str | Sequence[str] = "",
 ) -> list[LatentReading]:
     """Detect the latent mark in ``images`` generated (or not) by ``pipe``.
 
@@ -241,12 +248,15 @@ def detect_latent(
     :func:`trustgain.watermark.latent.read_latent_mark` for both statistics).
     ``scales`` < 1 also try undoing a centre crop to that side ratio (:func:`unzoom`), reading
     only the latent elements inside the restored region, at one more inversion each.
-    ``encoder``: a detector-side VAE to encode with (see :func:`encode`); the null stays exact
-    whatever it is, because the keystream is independent of the image.
+    ``encoder``: a detector-side VAE to encode with (see :func:`encode`). ``prompt``: the
+    generation prompt(s), where the verifier knows them (records keep only a digest of the
+    request): inverting under the prompt recovers more signs; a wrong prompt only costs power.
+    The null stays exact whatever the encoder and prompt, because the keystream is independent
+    of the image and of both.
     """
     candidates = invert_candidates(
         pipe, images, num_inference_steps=num_inference_steps, scales=scales,
-        batch_size=batch_size, refine=refine, encoder=encoder,
+        batch_size=batch_size, refine=refine, encoder=encoder, prompt=prompt,
     )
     return read_candidates(
         candidates, key, payload_bits=payload_bits, nonces=nonces, nonce_space=nonce_space,
@@ -265,8 +275,10 @@ def detect_with_record(
     refine: int = 0,
     scales: Sequence[float] = (1.0,),
     encoder: object | None = None,
+    prompt: str = "",
 ) -> list[LatentReading]:
-    """Detect with the nonces and payload of a provenance record (``images[i]`` is output i)."""
+    """Detect with the nonces and payload of a provenance record (``images[i]`` is output i);
+    ``encoder`` and ``prompt`` as in :func:`detect_latent`."""
     stage = next((s for s in record.get("stages", ()) if s.get("name") == STAGE), None)
     if stage is None:
         raise ValueError(f"the record has no '{STAGE}' stage")
@@ -280,5 +292,5 @@ def detect_with_record(
     return detect_latent(
         images, pipe, key, num_inference_steps=int(steps), payload_bits=params["payload_bits"],
         nonces=nonces, expected_payloads=[params["payload"]] * len(nonces), fpr=fpr,
-        refine=refine, scales=scales, encoder=encoder,
+        refine=refine, scales=scales, encoder=encoder, prompt=prompt,
     )
