@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -153,3 +155,51 @@ def test_rgb_channels_and_old_format_refused(tmp_path):
     np.savez(tmp_path / "old.npz", features=index.features, meta=meta)
     with pytest.raises(InputError, match="format 1"):
         load_index(tmp_path / "old.npz")
+
+
+def test_cli_builds_the_index_and_flags_copies(tmp_path, capsys):
+    import json
+    import os
+
+    from trustgain.cli.main import main
+
+    def run(*args):
+        code = main(list(args))
+        out = capsys.readouterr()
+        return code, out.out, out.err
+
+    def folder(name, images):
+        d = tmp_path / name
+        d.mkdir()
+        for i, im in enumerate(images):
+            Image.fromarray(np.ascontiguousarray(im)).save(d / f"{i:03d}.png")
+        return d
+
+    members = folder("members", _blobs(30, 0))
+    reference = folder("public", _blobs(100, 5))
+    calib = folder("calib", _blobs(199, 1))
+    rng = np.random.default_rng(3)
+    copies = np.clip(_blobs(30, 0)[:5] * 0.9 + rng.normal(0, 3, (5, 32, 32, 3)), 0, 255)
+    outputs = folder("outputs", [*copies.astype(np.uint8), *_blobs(5, 9)])
+    index = tmp_path / "guard.npz"
+    args = ["audit", "memorization-index", "--members", str(members), "--reference",
+            str(reference), "--calibration", str(calib), "--rate", "0.01", "-o", str(index),
+            "--no-progress", "--json"]
+    code, out, _ = run(*args)
+    assert code == 0
+    built = json.loads(out)
+    assert built["members"] == 30 and built["reference"] == 100 and built["calibration"] == 199
+    assert os.stat(index).st_mode & 0o777 == 0o600
+    before = index.read_bytes()
+    code, _, err = run(*args)
+    assert code == 1 and "exists" in err and index.read_bytes() == before
+    code, out, _ = run("audit", "memorization", "--index", str(index), str(outputs),
+                       "--no-progress", "--json")
+    assert code == 1  # something flagged
+    flags = {Path(r["file"]).name: r["flagged"] for r in json.loads(out)["images"]}
+    assert [flags[f"{i:03d}.png"] for i in range(5)] == [True] * 5
+    assert sum(flags[f"{i:03d}.png"] for i in range(5, 10)) <= 1
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    code, _, err = run("audit", "memorization", "--index", str(index), str(empty))
+    assert code == 1 and "holds no images" in err and len(err.strip().splitlines()) <= 2

@@ -94,3 +94,13 @@ def membership(model, members, nonmembers, reference, timesteps, draws, fpr, see
         f"({report.attack} attack, {report.n_members} members, "
         f"{report.n_nonmembers} non-members, 95% bootstrap intervals)",
     )
+
+
+def _register() -> None:
+    from trustgain.cli.memorization import memorization, memorization_index
+
+    audit.add_command(memorization_index)
+    audit.add_command(memorization)
+
+
+_register()
