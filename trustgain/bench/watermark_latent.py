@@ -79,7 +79,7 @@ SHAPE = (4, 8, 8)
 #: The one detector configuration used for every condition, the null included: fixed-point
 #: refinements per inversion step, and the centre-crop side ratios tried besides 1.
 REFINE = 0
-SCALES = (1.0,)
+SCALES = (1.0, 0.7071)  # 0.7071: a centre crop to 50% area, undone by unzoom
 #: The VAE the detector encodes with: the detector-side encoder shipped with trustgain-mini-sd
 #: (``vae_detector``, :func:`trustgain.models.load_detector_vae`), or None for the pipeline's
 #: own VAE (``--encoder pipeline``). Set by :func:`run`.
