@@ -17,6 +17,7 @@ from trustgain.cli.protect import protect, recover
 from trustgain.cli.stages import stages
 from trustgain.cli.verify import verify
 from trustgain.cli.watermark import watermark
+from trustgain.cli.watermark_latent import detect_latent_cmd
 from trustgain.errors import TrustgainError
 
 
@@ -42,6 +43,7 @@ cli.add_command(verify)
 cli.add_command(generate)
 cli.add_command(stages)
 cli.add_command(watermark)
+watermark.add_command(detect_latent_cmd)
 cli.add_command(protect)
 cli.add_command(recover)
 cli.add_command(finetune)

@@ -44,7 +44,9 @@ class DiffusersGenerator:
         self.pipe = pipe
         self._params = set(inspect.signature(pipe.__call__).parameters)
         config = getattr(pipe, "config", {}) or {}
-        self.model_id = model_id or config.get("_name_or_path") or f"unnamed:{type(pipe).__name__}"
+        # str(): from_pretrained keeps a pathlib.Path as given, and records hold JSON only
+        self.model_id = str(model_id or config.get("_name_or_path")
+                            or f"unnamed:{type(pipe).__name__}")
         self.callback_tensor_inputs = tuple(getattr(pipe, "_callback_tensor_inputs", ()) or ())
 
     def supports(self, capability: str) -> bool:
