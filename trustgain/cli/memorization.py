@@ -13,10 +13,9 @@ import click
 import numpy as np
 
 from trustgain.cli.common import collect_images, emit, json_option, note, progress
+from trustgain.cli.watermark import IMAGE_SUFFIXES
 from trustgain.errors import InputError
 from trustgain.watermark.images import open_image
-
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".bmp"}
 
 
 def _images(folder: str, what: str, size: int, quiet: bool) -> tuple[list, list[Path]]:

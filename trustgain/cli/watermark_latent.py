@@ -24,10 +24,10 @@ from trustgain.cli.common import (
     progress,
     progress_option,
 )
+from trustgain.cli.watermark import IMAGE_SUFFIXES
 from trustgain.errors import TrustgainError
 from trustgain.watermark.images import open_image
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".bmp"}
 CROP_SCALE = 0.7071  # also try undoing a centre crop to half the area (as the benchmark does)
 
 
