@@ -16,7 +16,9 @@
    nonce/payload in record mode): at least 10,000 clean-inversion x key reads, count at 1e-6 and
    observed rates at 1e-3 / 1e-2 against the analytic ones; wrong keys on marked samples.
 3. Normality of marked initial latents (KS on all elements, Shapiro-Wilk on 5,000); the judge's
-   accuracy on marked and unmarked samples of the same prompts (1,000 each in a full run).
+   accuracy on marked and unmarked samples of the same prompts (1,000 each in a full run); sign
+   accuracy on prompts in the style of the model's training captions, outside the prompt
+   family above (which the detector encoder was tuned on), with either encoder.
 4. Security: averaging 20 marked images (pixels, and inverted latents for an attacker who holds
    the model) to estimate the mark, then subtracting it from new marked images (removal) or
    imprinting it on clean ones (forgery), each removal beside a control that applies the same
@@ -260,6 +262,30 @@ def inversion_rows(pipe, prompts, latents, steps) -> list[Row]:
         rows.append(Row(f"VAE round trip ({label}): relative latent error", float(err.mean()),
                         "", "", None, f"|E(D(x0)) - x0| / |x0| through an 8-bit image; "
                         f"sign accuracy after inversion, no attack: {sign:.3f}"))
+    return rows
+
+
+def caption_rows(pipe, n: int, steps: int) -> list[Row]:
+    """Sign accuracy on prompts in the style of the model's training captions (colours, sizes,
+    positions), outside the benchmark's prompt family that the detector encoder was tuned on:
+    pipeline encoder vs detector encoder, unmarked z_T ~ N(0, I), guidance 4."""
+    from ..models import data
+
+    rng = np.random.default_rng(31)
+    looks = data.draw_looks(n, rng)
+    captions = [data.caption(int(d), lk, rng) for d, lk in
+                zip(rng.integers(0, 10, n), looks, strict=True)]
+    z = torch.randn((n, *SHAPE), generator=torch.Generator().manual_seed(32))
+    images = to_pil(generate(pipe, captions, seed=0, steps=steps, latents=z))
+    rows = []
+    encoders = [("pipeline VAE", None)]
+    if ENCODER is not None:
+        encoders.append(("detector encoder", ENCODER))
+    for label, encoder in encoders:
+        inv = invert_candidates(pipe, images, num_inference_steps=steps, encoder=encoder)[0][1]
+        acc = float(((inv > 0) == (z > 0)).float().mean())
+        rows.append(Row(f"sign accuracy, training-caption prompts ({label})", acc, "share", "",
+                        None, f"{n} captions such as {captions[0]!r}; no attack, scale 1"))
     return rows
 
 
@@ -566,6 +592,7 @@ def run(quick: bool = False, device: str = "cpu", *, model: str | None = None,
         rows += null_rows(clean_inv, inverted["none"], n_keys)
         rows += prompt_null_rows(_invert(pipe, clean_pil, steps, prompt=list(prompts)), n_keys)
         rows += inversion_rows(pipe, prompts, latents, steps) + normality_rows(latents) + rows_m
+        rows += caption_rows(pipe, 30 if quick else 200, steps)
         if judge is not None:
             if not quick:  # a larger set: at 100 samples one misread digit is a whole point
                 j_prompts, digits = prompts_for(JUDGE_PER_DIGIT)
