@@ -128,3 +128,8 @@ def test_detector_vae_keeps_the_decoder_and_tunes_the_encoder(pipe):
     changed = [n for n in ref if n.startswith("encoder.") and not torch.equal(ref[n], tuned[n])]
     assert len(changed) > 10
     assert det.config.scaling_factor == pipe.vae.config.scaling_factor
+
+
+def test_detector_vae_for_finds_the_shipped_one_or_none(tmp_path):
+    assert models.detector_vae_for(models.MINI_SD_ID) is not None
+    assert models.detector_vae_for(str(tmp_path)) is None  # a model folder without vae_detector

@@ -50,7 +50,7 @@ from PIL import Image
 from scipy import stats
 
 from ..keys import KeyRing
-from ..models import classify_digits, load_detector_vae, load_judge, load_mini_sd
+from ..models import classify_digits, detector_vae_for, load_judge, load_mini_sd
 from ..watermark.attacks import SUITE
 from ..watermark.latent import (
     LEVELS,
@@ -66,6 +66,7 @@ from ..watermark.latent_invert import (
     encode,
     images_to_tensor,
     invert_candidates,
+    invert_images,
     model_size,
     read_candidates,
 )
@@ -282,7 +283,7 @@ def caption_rows(pipe, n: int, steps: int) -> list[Row]:
     if ENCODER is not None:
         encoders.append(("detector encoder", ENCODER))
     for label, encoder in encoders:
-        inv = invert_candidates(pipe, images, num_inference_steps=steps, encoder=encoder)[0][1]
+        inv = invert_images(pipe, images, num_inference_steps=steps, encoder=encoder)
         acc = float(((inv > 0) == (z > 0)).float().mean())
         rows.append(Row(f"sign accuracy, training-caption prompts ({label})", acc, "share", "",
                         None, f"{n} captions such as {captions[0]!r}; no attack, scale 1"))
@@ -568,7 +569,7 @@ def run(quick: bool = False, device: str = "cpu", *, model: str | None = None,
 
             pipe = StableDiffusionPipeline.from_pretrained(model).to(device)
             pipe.set_progress_bar_config(disable=True)
-        ENCODER = _detector_encoder(model, device) if encoder == "detector" else None
+        ENCODER = detector_vae_for(model, device) if encoder == "detector" else None
         try:
             judge = load_judge(device)
         except FileNotFoundError:
@@ -611,18 +612,6 @@ def run(quick: bool = False, device: str = "cpu", *, model: str | None = None,
             f"{scales if scales is not None else SCALES}, {used}"
             + (f"; model {model}" if model else ""))
     return [Row("setup", len(prompts), "samples", "", None, note), *rows]
-
-
-def _detector_encoder(model: str | None, device: str):
-    """The detector-side VAE: trustgain-mini-sd's, or ``MODEL/vae_detector`` if present."""
-    if model is None:
-        return load_detector_vae(device)
-    folder = Path(model) / "vae_detector"
-    if not (folder / "config.json").is_file():
-        return None
-    from diffusers import AutoencoderKL
-
-    return AutoencoderKL.from_pretrained(folder).to(device).eval()
 
 
 def main(argv: list[str] | None = None) -> int:

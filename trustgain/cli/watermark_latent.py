@@ -10,7 +10,6 @@ is VAE-encoded (with the model's detector-side encoder where it ships one) and D
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import click
 
@@ -29,20 +28,6 @@ from trustgain.errors import TrustgainError
 from trustgain.watermark.images import open_image
 
 CROP_SCALE = 0.7071  # also try undoing a centre crop to half the area (as the benchmark does)
-
-
-def _detector_encoder(model: str, device: str) -> Any:
-    """trustgain-mini-sd's shipped detector encoder, or ``MODEL/vae_detector`` if present."""
-    from trustgain.models import MINI_SD_ID, load_detector_vae
-
-    if model == MINI_SD_ID:
-        return load_detector_vae(device)
-    folder = Path(model) / "vae_detector"
-    if not (folder / "config.json").is_file():
-        return None
-    from diffusers import AutoencoderKL
-
-    return AutoencoderKL.from_pretrained(folder).to(device).eval()
 
 
 def _record_params(path: Path, key_id: str, trusted: list) -> tuple[dict, int] | None:
@@ -102,6 +87,7 @@ def detect_latent_cmd(inputs, model, steps, prompt, fpr, pipeline_encoder, devic
       trustgain watermark detect-latent outputs/ --model ./my-sd --steps 30 --json
     """
     from trustgain.cli.audit import _load_pipe
+    from trustgain.models import detector_vae_for
     from trustgain.provenance.verify import default_trusted_keys
     from trustgain.watermark.latent import latent_key
 
@@ -110,7 +96,7 @@ def detect_latent_cmd(inputs, model, steps, prompt, fpr, pipeline_encoder, devic
     key = latent_key(ring)
     trusted = [ring.public_key, *default_trusted_keys()]
     pipe = _load_pipe(model, device)
-    encoder = None if pipeline_encoder else _detector_encoder(model, device)
+    encoder = None if pipeline_encoder else detector_vae_for(model, device)
     results, failed = [], 0
     for src, _ in progress(files, desc="detect", disable=no_progress or len(files) < 2):
         try:

@@ -26,8 +26,8 @@ MINI_SD_ID = "trustgain-mini-sd"
 JUDGE_ID = "trustgain-digits-judge"
 _HERE = Path(__file__).resolve().parent
 
-__all__ = ["JUDGE_ID", "MINI_SD_ID", "classify_digits", "judge_path", "load_detector_vae",
-           "load_judge", "load_mini_sd", "mini_sd_path"]
+__all__ = ["JUDGE_ID", "MINI_SD_ID", "classify_digits", "detector_vae_for", "judge_path",
+           "load_detector_vae", "load_judge", "load_mini_sd", "mini_sd_path"]
 
 
 def _folder(name: str, what: str) -> Path:
@@ -86,6 +86,20 @@ def load_detector_vae(device: str = "cpu") -> Any:
                          "and quant_conv weights of the mini-sd VAE; reinstall trustgain")
     vae.load_state_dict(tuned, strict=False)
     return vae.to(device).eval()
+
+
+def detector_vae_for(model: str | None, device: str = "cpu") -> Any:
+    """The detector-side VAE for ``model``: trustgain-mini-sd's (``None`` or its id), else the
+    ``vae_detector`` folder inside a model folder (a full ``AutoencoderKL``, as
+    ``python -m trustgain.watermark.detector_train`` writes it); ``None`` when it has none."""
+    if model is None or model == MINI_SD_ID:
+        return load_detector_vae(device)
+    folder = Path(model) / "vae_detector"
+    if not (folder / "config.json").is_file():
+        return None
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL.from_pretrained(folder).to(device).eval()
 
 
 def load_judge(device: str = "cpu") -> DigitsJudge:
