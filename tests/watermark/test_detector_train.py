@@ -141,3 +141,28 @@ def test_help_has_example(capsys):
     assert exc.value.code == 0
     text = capsys.readouterr().out
     assert "example" in text and "--x0-steps" in text and "--overwrite" in text
+
+
+def test_continue_from_an_earlier_run(trained, tmp_path):
+    out, _ = trained
+    settings = dt.Settings(**{**SETTINGS.__dict__, "x0_seconds": 0.0})
+    report = dt.run(MINI_SD_ID, tmp_path / "more", settings, progress=False, init=str(out))
+    assert report["init"] == str(out)
+    assert report["phase1_x0"]["steps"] == 0 and report["phase2_e2e"]["steps"] == 2
+    assert list(report["eval"]["init"]) == list(dt.EVAL_ATTACKS)
+    start = AutoencoderKL.from_pretrained(out).state_dict()
+    more = AutoencoderKL.from_pretrained(tmp_path / "more").state_dict()
+    assert any(not torch.equal(start[n], more[n]) for n in start if n.startswith("encoder."))
+
+
+def test_init_with_another_decoder_refused(pipe, trained, tmp_path):
+    out, _ = trained
+    other = AutoencoderKL.from_pretrained(out)
+    with torch.no_grad():
+        other.decoder.conv_out.bias.add_(0.1)
+    other.save_pretrained(tmp_path / "other")
+    with pytest.raises(dt.DetectorTrainError, match="decoder"):
+        dt.load_init(str(tmp_path / "other"), MINI_SD_ID, pipe)
+    with pytest.raises(dt.DetectorTrainError, match="not 'detector'"):
+        dt.load_init(str(tmp_path / "missing"), MINI_SD_ID, pipe)
+    assert dt.load_init("detector", MINI_SD_ID, pipe) is not None

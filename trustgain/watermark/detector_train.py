@@ -592,12 +592,14 @@ def _tf32(enabled: bool) -> Iterator[None]:
 
 
 def train_detector_encoder(pipe: Any, prompts: Sequence[str], settings: Settings | None = None,
-                           *, progress: bool = True, log: Log | None = None,
+                           *, init: Any = None, progress: bool = True, log: Log | None = None,
                            ) -> tuple[Any, dict[str, Any]]:
     """Tune a copy of ``pipe.vae``'s encoder (see the module docstring); the pipeline's weights
-    are left as they were (its UNet is set to ``requires_grad=False``). Returns the tuned
-    ``AutoencoderKL`` (float32, on the pipeline's device) and the report (settings, seconds,
-    losses, held-out evaluation of the base and tuned encoders)."""
+    are left as they were (its UNet is set to ``requires_grad=False``). ``init``: an
+    ``AutoencoderKL`` with the same decoder to start from instead (an earlier run's output, to
+    continue training it). Returns the tuned ``AutoencoderKL`` (float32, on the pipeline's
+    device) and the report (settings, seconds, losses, held-out evaluation of the base, the
+    starting point when ``init`` is given, and the tuned encoder)."""
     settings = settings or Settings()
     log = log or (lambda message: None)
     check_pipeline(pipe)
@@ -620,7 +622,13 @@ def train_detector_encoder(pipe: Any, prompts: Sequence[str], settings: Settings
         base = evaluate(pipe.vae, inverter, ev.z, attacked, settings.batch)
         t = lap("eval_base", t)
         log(f"base encoder: {json.dumps(base)}")
-        enc, phases = _train(pipe.vae, data, inverter, settings, progress, log)
+        start = {}
+        if init is not None:
+            init = init.to(pipe.vae.device)
+            start = {"init": evaluate(init, inverter, ev.z, attacked, settings.batch)}
+            log(f"starting encoder: {json.dumps(start['init'])}")
+        enc, phases = _train(pipe.vae if init is None else init, data, inverter, settings,
+                             progress, log)
         t = lap("train", t)
         tuned = evaluate(enc, inverter, ev.z, attacked, settings.batch)
         log(f"tuned encoder: {json.dumps(tuned)}")
@@ -642,7 +650,7 @@ def train_detector_encoder(pipe: Any, prompts: Sequence[str], settings: Settings
         "losses": {"x0": x0_phase["final_loss"], "e2e_z": e2e_phase["final_loss_z"],
                    "e2e_x0": e2e_phase["final_loss_x0"]},
         "eval": {"samples": settings.eval_samples, "seed": settings.eval_seed,
-                 "fpr": EVAL_FPR, "base": base, "tuned": tuned, **extra},
+                 "fpr": EVAL_FPR, "base": base, **start, "tuned": tuned, **extra},
     }
 
 
@@ -704,16 +712,47 @@ def _swap_in(tmp: Path, out: Path) -> None:
         os.replace(tmp, out)  # also over an empty folder
 
 
+def load_init(init: str, model: str, pipe: Any) -> Any:
+    """The encoder to start from: ``"detector"`` (the model's own detector-side VAE, see
+    :func:`trustgain.models.detector_vae_for`) or a folder this tool wrote. Its decoder must be
+    the pipeline's: only the encoder is tuned, and detection pairs it with that decoder."""
+    from diffusers import AutoencoderKL
+
+    from trustgain.models import detector_vae_for
+
+    if init == "detector":
+        vae = detector_vae_for(model)
+        if vae is None:
+            raise DetectorTrainError(f"{model} has no detector encoder (no vae_detector folder)")
+    elif (Path(init) / "config.json").is_file():
+        vae = AutoencoderKL.from_pretrained(init)
+    else:
+        raise DetectorTrainError(f"--init {init}: not 'detector' nor a folder with an "
+                                 "AutoencoderKL config.json")
+    mine, theirs = pipe.vae.state_dict(), vae.state_dict()
+    decoder = [k for k in mine if not k.startswith(("encoder.", "quant_conv."))]
+    if set(mine) != set(theirs) or any(
+            not torch.equal(mine[k].cpu().float(), theirs[k].cpu().float()) for k in decoder):
+        raise DetectorTrainError(f"--init {init}: not an encoder for this pipeline (its "
+                                 "decoder or layout differs from the pipeline's VAE)")
+    return vae.float()
+
+
 def run(model: str, out: str | os.PathLike, settings: Settings, *, device: str = "cpu",
         prompts_file: str | None = None, overwrite: bool = False, progress: bool = True,
-        command: str | None = None, log: Log | None = None) -> dict[str, Any]:
-    """Load ``model``, train, evaluate and write ``out``; returns the report written."""
+        command: str | None = None, log: Log | None = None, init: str | None = None,
+        ) -> dict[str, Any]:
+    """Load ``model``, train (from ``init`` when given, see :func:`load_init`), evaluate and
+    write ``out``; returns the report written."""
     t0 = time.perf_counter()
     check_output(Path(out), overwrite)  # fail fast, before the long part
     prompts = load_prompts(model, prompts_file)
     pipe = load_pipeline(model, device, progress)
-    vae, report = train_detector_encoder(pipe, prompts, settings, progress=progress, log=log)
-    report = {"command": command, "model": model, "hardware": hardware(device), **report}
+    start = load_init(init, model, pipe) if init else None
+    vae, report = train_detector_encoder(pipe, prompts, settings, init=start,
+                                         progress=progress, log=log)
+    report = {"command": command, "model": model, "init": init,
+              "hardware": hardware(device), **report}
     report["seconds"]["wall"] = round(time.perf_counter() - t0, 2)
     save_output(vae, report, out, overwrite)
     return report
@@ -725,6 +764,9 @@ EPILOG = """\
 example (the shipped digits model, on a GPU, the measured defaults):
   python -m trustgain.watermark.detector_train --model trustgain-mini-sd -o detector-vae \\
       --device cuda
+continue training the shipped detector encoder (phase 2 only, 400 s):
+  python -m trustgain.watermark.detector_train --model trustgain-mini-sd -o detector-vae-2 \
+      --init detector --x0-seconds 0 --e2e-seconds 400
 other models need --prompts FILE (one prompt a line). Use the result for detection with
 AutoencoderKL.from_pretrained(OUT) passed as encoder= to trustgain.watermark.latent_invert.
 """
@@ -747,6 +789,9 @@ def build_parser() -> argparse.ArgumentParser:
     a("--device", default="cuda" if torch.cuda.is_available() else "cpu",
       help="torch device (default: cuda when available, else cpu)")
     a("--prompts", metavar="FILE", help="prompts, one a line (default: the digits model's own)")
+    a("--init", metavar="FROM", help="start from this encoder instead of the pipeline's: "
+      "'detector' (the model's shipped detector encoder) or a folder this tool wrote; with "
+      "--x0-seconds 0 only phase 2 runs (continue training)")
     a("--samples", type=int, default=d.samples, help="training samples (default %(default)s)")
     a("--eval-samples", type=int, default=d.eval_samples, help="held-out samples (%(default)s)")
     a("--x0-seconds", type=float, default=d.x0_seconds, help="phase 1 time (%(default)s)")
@@ -794,7 +839,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         _validate(settings)
         report = run(args.model, args.output, settings, device=args.device,
                      prompts_file=args.prompts, overwrite=args.overwrite,
-                     progress=not args.no_progress, command=command, log=log)
+                     progress=not args.no_progress, command=command, log=log, init=args.init)
     except TrustgainError as exc:
         hint = f" ({exc.hint})" if exc.hint else ""
         print(f"error: {exc}{hint}", file=sys.stderr)
