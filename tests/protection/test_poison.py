@@ -114,3 +114,37 @@ def test_bad_inputs_are_refused(data, crafter):
     with pytest.raises(ConfigError, match="whole labelled dataset"):
         poison.perturb(surrogates.to_tensor(images[:1]), key=KEY, config=_cfg(poison="ue"),
                        surrogates=[crafter])
+
+
+def test_grating_poison_is_a_keyed_high_frequency_pattern_per_class(data):
+    images, labels = data
+    out = poison.protect_dataset(images, labels, key=KEY, config=_cfg(poison="grating"))
+    assert np.abs(out.astype(int) - images.astype(int)).max() <= 8
+    pats = poison.grating_patterns(KEY, _cfg(), 3, (3, 32, 32))
+    assert torch.equal(pats.abs(), torch.full_like(pats, 8 / 255))
+    # period 2 (of the 9 first codes): sign flips between horizontal or vertical neighbours
+    for p in pats:
+        assert torch.equal(p[:, :, 1:], -p[:, :, :-1]) or torch.equal(p[:, 1:], -p[:, :-1])
+    flat = pats.flatten(1)
+    assert len({tuple(v.tolist()) for v in flat}) == 3
+    ten = [poison.grating_patterns(k, _cfg(), 10, (3, 32, 32)) for k in (KEY, bytes(32))]
+    assert not torch.equal(*ten)  # the key deals the gratings (same set, another order)
+    assert {p.numpy().tobytes() for p in ten[0]} == {p.numpy().tobytes() for p in ten[1]}
+    mid = (images > 10) & (images < 245)
+    delta = out.astype(int) - images.astype(int)
+    want = np.rint(pats.numpy().transpose(0, 2, 3, 1) * 255).astype(int)[labels]
+    assert np.array_equal(delta[mid], want[mid])
+
+
+def test_grating_codes_cover_many_classes_then_refuse():
+    assert len(poison.grating_codes(3, (32, 32))) == 44
+    assert len(poison.grating_codes(1, (32, 32))) == 11
+    codes = poison.grating_codes(3, (32, 32))
+    assert len({c.tobytes() for c in codes}) == 44  # all distinct
+    # colour-opponent first: two channels agree, the third is opposite
+    assert all(len(set(c[:, 0, 0].tolist())) == 2 for c in codes[:21])
+    assert poison.grating_patterns(KEY, _cfg(), 44, (3, 32, 32)).shape == (44, 3, 32, 32)
+    with pytest.raises(ConfigError, match="45 classes"):
+        poison.grating_patterns(KEY, _cfg(), 45, (3, 32, 32))
+    grey = poison.grating_patterns(KEY, _cfg(), 5, (1, 16, 16))
+    assert grey.shape == (5, 1, 16, 16) and len({tuple(v.flatten().tolist()) for v in grey}) == 5
