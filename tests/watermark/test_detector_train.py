@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from types import SimpleNamespace
 
@@ -145,9 +146,10 @@ def test_help_has_example(capsys):
 
 def test_continue_from_an_earlier_run(trained, tmp_path):
     out, _ = trained
-    settings = dt.Settings(**{**SETTINGS.__dict__, "x0_seconds": 0.0})
+    settings = dt.Settings(**{**SETTINGS.__dict__, "x0_seconds": 0.0, "deadline": 600.0})
     report = dt.run(MINI_SD_ID, tmp_path / "more", settings, progress=False, init=str(out))
     assert report["init"] == str(out)
+    assert report["deadline"]["scale"] == 1.0 and report["deadline"]["seconds"] == 600.0
     assert report["phase1_x0"]["steps"] == 0 and report["phase2_e2e"]["steps"] == 2
     assert list(report["eval"]["init"]) == list(dt.EVAL_ATTACKS)
     start = AutoencoderKL.from_pretrained(out).state_dict()
@@ -166,3 +168,23 @@ def test_init_with_another_decoder_refused(pipe, trained, tmp_path):
     with pytest.raises(dt.DetectorTrainError, match="not 'detector'"):
         dt.load_init(str(tmp_path / "missing"), MINI_SD_ID, pipe)
     assert dt.load_init("detector", MINI_SD_ID, pipe) is not None
+
+
+def test_deadline_shrinks_the_phases_to_fit():
+    settings = dt.Settings(x0_seconds=100.0, e2e_seconds=300.0, deadline=100.0)
+    fitted, fit = dt.fit_deadline(settings, elapsed=40.0, seconds={"eval_base": 5.0})
+    # 100 s - 40 s spent - (2 x 5 s + 10 s) for the last evaluation = 40 s for 400 planned
+    assert fit["scale"] == 0.1
+    assert (fitted.x0_seconds, fitted.e2e_seconds) == pytest.approx((10.0, 30.0))
+    roomy, fit = dt.fit_deadline(dataclasses.replace(settings, deadline=1e4), 40.0, {})
+    assert fit["scale"] == 1.0 and roomy.e2e_seconds == 300.0
+    assert dt.fit_deadline(dt.Settings(), 1e6, {}) == (dt.Settings(), {})
+    with pytest.raises(dt.DetectorTrainError, match="leaves no time to train"):
+        dt.fit_deadline(settings, elapsed=95.0, seconds={"eval_base": 5.0})
+
+
+def test_deadline_recorded_and_validated(trained, capsys, tmp_path):
+    _, report = trained
+    assert report["deadline"] == {}
+    code = dt.main(["--model", MINI_SD_ID, "-o", str(tmp_path / "x"), "--deadline", "0"])
+    assert code == 1 and "--deadline must be" in capsys.readouterr().err

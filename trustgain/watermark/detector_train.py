@@ -121,6 +121,7 @@ class Settings:
     seed: int = 12_345
     eval_seed: int = 999_001
     workers: int = 0  # attack processes; 0: min(16, CPUs); 1: in this process
+    deadline: float | None = None  # seconds for data + training + evaluation; None: no limit
 
 
 @dataclasses.dataclass
@@ -627,6 +628,9 @@ def train_detector_encoder(pipe: Any, prompts: Sequence[str], settings: Settings
             init = init.to(pipe.vae.device)
             start = {"init": evaluate(init, inverter, ev.z, attacked, settings.batch)}
             log(f"starting encoder: {json.dumps(start['init'])}")
+        settings, fit = fit_deadline(settings, time.perf_counter() - t0, seconds)
+        if fit:
+            log(f"deadline: phase budgets scaled by {fit['scale']} to fit {settings.deadline} s")
         enc, phases = _train(pipe.vae if init is None else init, data, inverter, settings,
                              progress, log)
         t = lap("train", t)
@@ -645,13 +649,37 @@ def train_detector_encoder(pipe: Any, prompts: Sequence[str], settings: Settings
     seconds["total"] = round(time.perf_counter() - t0, 2)
     x0_phase, e2e_phase = phases
     return enc, {
-        "settings": dataclasses.asdict(settings), "prompts": len(prompts),
+        "settings": dataclasses.asdict(settings), "prompts": len(prompts), "deadline": fit,
         "seconds": seconds, "phase1_x0": x0_phase, "phase2_e2e": e2e_phase,
         "losses": {"x0": x0_phase["final_loss"], "e2e_z": e2e_phase["final_loss_z"],
                    "e2e_x0": e2e_phase["final_loss_x0"]},
         "eval": {"samples": settings.eval_samples, "seed": settings.eval_seed,
                  "fpr": EVAL_FPR, "base": base, **start, "tuned": tuned, **extra},
     }
+
+
+def fit_deadline(settings: Settings, elapsed: float, seconds: dict[str, float],
+                 ) -> tuple[Settings, dict[str, Any]]:
+    """Shrink both phases' time budgets (same factor) so that the run, including the final
+    evaluation (about twice the base encoder's, plus 10 s for the rest and the save), ends
+    before ``settings.deadline``; a run killed by an outside time limit would write nothing.
+    Raises when no training time is left."""
+    if settings.deadline is None:
+        return settings, {}
+    reserve = 2 * seconds.get("eval_base", 0.0) + 10.0
+    available = settings.deadline - elapsed - reserve
+    planned = settings.x0_seconds + settings.e2e_seconds
+    if available <= 0:
+        raise DetectorTrainError(
+            f"--deadline {settings.deadline:g} s leaves no time to train: data and the first "
+            f"evaluation took {elapsed:.0f} s and the last one needs about {reserve:.0f} s",
+            hint="raise --deadline or lower --samples / --eval-samples")
+    scale = min(1.0, available / planned) if planned > 0 else 1.0
+    fitted = dataclasses.replace(settings, x0_seconds=settings.x0_seconds * scale,
+                                 e2e_seconds=settings.e2e_seconds * scale)
+    return fitted, {"seconds": settings.deadline, "scale": round(scale, 4),
+                    "x0_seconds": round(fitted.x0_seconds, 2),
+                    "e2e_seconds": round(fitted.e2e_seconds, 2)}
 
 
 def _train(vae: Any, data: TrainSet, inverter: Inverter, settings: Settings, progress: bool,
@@ -808,6 +836,9 @@ def build_parser() -> argparse.ArgumentParser:
     a("--seed", type=int, default=d.seed, help="training seed (%(default)s)")
     a("--eval-seed", type=int, default=d.eval_seed, help="held-out seed (%(default)s)")
     a("--workers", type=int, default=d.workers, help="attack processes (0: min(16, CPUs))")
+    a("--deadline", type=float, default=None, metavar="SECONDS", help="finish (and write "
+      "OUT_DIR) within this many seconds of the start of data generation: both phases' "
+      "budgets shrink to fit; use it under an outside time limit, which would leave nothing")
     a("--overwrite", action="store_true", help="replace a non-empty OUT_DIR")
     a("--no-progress", action="store_true", help="no progress bars (log lines only)")
     return p
@@ -823,6 +854,8 @@ def _validate(settings: Settings) -> None:
     bad = [n for n in positive if getattr(settings, n) < 1]
     if bad:
         raise DetectorTrainError(f"--{bad[0].replace('_', '-')} must be at least 1")
+    if settings.deadline is not None and not settings.deadline > 0:
+        raise DetectorTrainError("--deadline must be a positive number of seconds")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
