@@ -182,3 +182,54 @@ def test_ray_protect_and_recover_match_serial(capsys, tmp_path, photos, ring):
         assert np.array_equal(np.asarray(Image.open(back / rel)), arr)
     entries = [e for e in read_manifest(distributed) if e["kind"] == "item"]
     assert sorted(e["input"] for e in entries) == sorted(originals.keys() - {"b.png"} | {"b.jpg"})
+
+
+def test_class_wise_poison_from_class_folders(tmp_path, ring, capsys):
+    """--poison grating: one class per subfolder, each image gets its class's grating (same
+    as the library's dataset call with the same key), stray images are refused with a
+    reason, and recovery is bit-exact."""
+    from trustgain.keys import KeyRing
+    from trustgain.protection import poison
+    from trustgain.protection.api import ProtectConfig
+    from trustgain.protection.batch_jobs import KEY_PURPOSE, KEY_STAGE
+
+    rng = np.random.default_rng(1)
+    src = tmp_path / "data"
+    originals = {}
+    for cls in ("cats", "dogs", "owls"):
+        (src / cls).mkdir(parents=True)
+        for k in range(2):
+            arr = rng.integers(20, 236, (32, 32, 3), dtype=np.uint8)
+            Image.fromarray(arr).save(src / cls / f"{k}.png")
+            originals[f"{cls}/{k}.png"] = arr
+    Image.fromarray(originals["cats/0.png"]).save(src / "stray.png")
+    out = tmp_path / "out"
+    code, stdout, err = run(capsys, "protect", src, "-o", out, "--method", "poison",
+                            "--poison", "grating", "--keyring", ring, "--json", *FAST)
+    assert code == 1  # the stray image is refused, the rest is done
+    summary = json.loads(stdout)
+    assert summary["done"] == 6 and summary["refused"] == 1
+    assert "class folder" in err or "class folder" in stdout
+    key = KeyRing.load(ring).derive(KEY_STAGE, KEY_PURPOSE).material
+    cfg = ProtectConfig(method="poison", eps=8, extra={"poison": "grating", "n_classes": 3})
+    pats = poison.grating_patterns(key, cfg, 3, (3, 32, 32))
+    for rel, arr in originals.items():
+        got = np.asarray(Image.open(out / rel))
+        want = np.rint(pats[("cats", "dogs", "owls").index(rel.split("/")[0])].numpy()
+                       .transpose(1, 2, 0) * 255).astype(int)
+        assert np.array_equal(got.astype(int) - arr.astype(int), want), rel
+    back = tmp_path / "back"
+    code, _, _ = run(capsys, "recover", out, "-o", back, "--keyring", ring, "--no-progress")
+    assert code == 0
+    for rel, arr in originals.items():
+        assert np.array_equal(np.asarray(Image.open(back / rel)), arr)
+
+
+def test_class_wise_poison_needs_class_folders_and_method(tmp_path, photos, ring, capsys):
+    src, _ = photos
+    code, _, err = run(capsys, "protect", src, "-o", tmp_path / "o", "--method", "poison",
+                       "--poison", "shortcut", "--keyring", ring, *FAST)
+    assert code == 2 and "one subfolder per class" in err
+    code, _, err = run(capsys, "protect", src, "-o", tmp_path / "o", "--poison", "grating",
+                       "--keyring", ring, *FAST)
+    assert code == 2 and "--poison needs --method poison" in err

@@ -148,3 +148,17 @@ def test_grating_codes_cover_many_classes_then_refuse():
         poison.grating_patterns(KEY, _cfg(), 45, (3, 32, 32))
     grey = poison.grating_patterns(KEY, _cfg(), 5, (1, 16, 16))
     assert grey.shape == (5, 1, 16, 16) and len({tuple(v.flatten().tolist()) for v in grey}) == 5
+
+
+def test_class_wise_kinds_image_by_image(data):
+    images, labels = data
+    x = surrogates.to_tensor(images[:1])
+    with pytest.raises(ConfigError, match="each image's class"):
+        poison.perturb(x, key=KEY, config=_cfg(poison="grating"), surrogates=[], labels=[0])
+    cfg = _cfg(poison="grating", n_classes=3)
+    with pytest.raises(ConfigError, match=r"in \[0, 3\)"):
+        poison.perturb(x, key=KEY, config=cfg, surrogates=[], labels=[3])
+    whole = poison.protect_dataset(images, labels, key=KEY, config=cfg)
+    one = poison.quantize_batch(images[:1], poison.perturb(
+        x, key=KEY, config=cfg, surrogates=[], labels=[int(labels[0])]), 8)
+    assert np.array_equal(one[0], whole[0])

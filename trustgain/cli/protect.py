@@ -63,6 +63,18 @@ def _report(summary: Any, key_id: str, as_json: bool, verb: str) -> None:
         raise SystemExit(1)
 
 
+def class_folders(in_dir: Path) -> tuple[str, ...]:
+    """The class names of a class-wise poison: IN_DIR's visible subfolders, sorted (so the
+    same folder gives the same classes on a rerun)."""
+    names = tuple(sorted(p.name for p in in_dir.iterdir()
+                         if p.is_dir() and not p.name.startswith(".")))
+    if len(names) < 2:
+        raise click.UsageError(f"a class-wise poison needs one subfolder per class in {in_dir} "
+                               f"(found {len(names)}); e.g. {in_dir}/cats/*.png, "
+                               f"{in_dir}/dogs/*.png")
+    return names
+
+
 @click.command()
 @click.argument("in_dir", type=click.Path(exists=True, file_okay=False))
 @click.option("-o", "--output", "out_dir", required=True, type=click.Path(file_okay=False),
@@ -70,6 +82,10 @@ def _report(summary: Any, key_id: str, as_json: bool, verb: str) -> None:
 @click.option("--method", type=click.Choice(["pgd", "ddpm", "poison"]), default="pgd",
               show_default=True, help="pgd: adversarial examples; ddpm: RAEDiff-style DDPM "
               "bias (self-recoverable); poison: for data that will be trained on.")
+@click.option("--poison", "poison_kind", type=click.Choice(["targeted", "untargeted", "grating",
+              "shortcut"]), default=None, help="With --method poison: targeted/untargeted "
+              "(error-maximizing, against the surrogates) [default: targeted], or a class-wise "
+              "pattern (grating, shortcut): one class per subfolder of IN_DIR, no surrogates.")
 @click.option("--eps", type=click.IntRange(1, 64), default=8, show_default=True,
               help="L-infinity budget in 8-bit pixel units (8 = 8/255).")
 @click.option("--steps", type=click.IntRange(0, 10_000), default=20, show_default=True,
@@ -95,7 +111,8 @@ def _report(summary: Any, key_id: str, as_json: bool, verb: str) -> None:
                    "--batch-size 1 by floating-point rounding only.")
 @json_option
 @progress_option
-def protect(in_dir: str, out_dir: str, method: str, eps: int, steps: int,
+def protect(in_dir: str, out_dir: str, method: str, poison_kind: str | None, eps: int,
+            steps: int,
             surrogates: tuple[str, ...], ddpm_path: str | None, store: str,
             keyring_path: str | None,
             ray_address: str | None, workers: int | None, threads: int | None,
@@ -114,6 +131,8 @@ def protect(in_dir: str, out_dir: str, method: str, eps: int, steps: int,
       trustgain protect photos/ -o protected/ --eps 8 --steps 40 --surrogate surrogates/
       trustgain protect photos/ -o protected/ --residual sidecar --json --threads 1
       trustgain protect digits/ -o protected/ --method ddpm --ddpm my-ddpm/
+      trustgain protect dataset/ -o protected/ --method poison --poison grating
+                                   # dataset/<class>/*.png: one grating per class
       trustgain protect photos/ -o protected/ --ray                # local Ray, all CPUs
       trustgain protect photos/ -o protected/ --ray=auto           # the running Ray cluster
     """
@@ -125,7 +144,15 @@ def protect(in_dir: str, out_dir: str, method: str, eps: int, steps: int,
 
     if (method == "ddpm") != (ddpm_path is not None):
         raise click.UsageError("--method ddpm needs --ddpm PATH, and --ddpm needs --method ddpm")
-    extra = {"ddpm": str(Path(ddpm_path).resolve())} if ddpm_path else {}
+    extra: dict[str, object] = {"ddpm": str(Path(ddpm_path).resolve())} if ddpm_path else {}
+    classes: tuple[str, ...] = ()
+    if poison_kind is not None:
+        if method != "poison":
+            raise click.UsageError("--poison needs --method poison")
+        extra["poison"] = poison_kind
+    if poison_kind in ("grating", "shortcut"):
+        classes = class_folders(Path(in_dir))
+        extra["n_classes"] = len(classes)
     config = ProtectConfig(method=method, eps=eps, steps=steps, extra=extra)
     if method != "pgd" and importlib.util.find_spec(f"trustgain.protection.{method}") is None:
         raise ConfigError(f"protection method {method!r} is not available in this build",
@@ -139,10 +166,10 @@ def protect(in_dir: str, out_dir: str, method: str, eps: int, steps: int,
     load_surrogates(folders)  # a bad folder fails here, once, not once per image
     job = ProtectJob(config=config, key=key, key_id=key_id, store=store, surrogates=folders,
                      surrogate_digests=tuple(surrogate_digest(f) for f in folders),
-                     batch_size=batch_size)
+                     batch_size=batch_size, classes=classes)
     summary = run_batch(in_dir, out_dir, job, ray_address=ray_address, workers=workers,
                         show_progress=not no_progress)
-    if not folders:
+    if not folders and not classes:
         note("no --surrogate given: the attack targets the embedded digits judge only; for "
              "other images train surrogates first: python -m trustgain.protection.surrogates "
              "--data DIR -o SURROGATES")

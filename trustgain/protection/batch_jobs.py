@@ -121,6 +121,7 @@ class ProtectJob:
     surrogates: tuple[str, ...] = ()  # folders saved by trustgain.protection.surrogates.save
     surrogate_digests: tuple[str, ...] = ()
     batch_size: int = 1  # images per forward pass (serial runs); not a setting: same outputs
+    classes: tuple[str, ...] = ()  # class-wise poisons: IN_DIR's class subfolders, in order
     name: str = "protect"
     output_suffix: str = ".png"
     companions: tuple[str, ...] = ()
@@ -141,6 +142,8 @@ class ProtectJob:
                "surrogates": [{"path": p, "sha256": d}
                               for p, d in zip(self.surrogates, self.surrogate_digests,
                                               strict=False)] or "embedded digits judge"}
+        if self.classes:
+            out["classes"] = list(self.classes)
         ddpm = self.config.extra.get("ddpm")
         if isinstance(ddpm, str):
             out["ddpm_sha256"] = surrogate_digest(ddpm)
@@ -158,18 +161,28 @@ class ProtectJob:
 
         results: list[Produced | Refused | None] = [None] * len(inputs)
         good: list[tuple[int, np.ndarray, str]] = []
+        labels: dict[int, int] = {}
         for i, (data, image_id, _) in enumerate(inputs):
+            top = image_id.split("/", 1)[0] if "/" in image_id else None
+            if self.classes and top not in self.classes:
+                results[i] = Refused("not inside a class folder of the input folder "
+                                     f"(classes: {', '.join(self.classes)})")
+                continue
             try:
                 pixels = decode(data, image_id)
                 as_tensor(pixels)  # its shape and size, before the batch runs
             except TrustgainError as exc:
                 results[i] = Refused(str(exc))
                 continue
+            if self.classes:
+                labels[i] = self.classes.index(top)
             good.append((i, pixels, residual_image_id(image_id)))
+
         def run(batch: list[tuple[int, np.ndarray, str]]) -> None:
             done = protect_batch([g[1] for g in batch], key=self.key, config=self.config,
                                  surrogates=load_surrogates(self.surrogates),
                                  image_ids=[g[2] for g in batch],
+                                 labels=[labels[g[0]] for g in batch] if labels else None,
                                  batch_size=max(1, self.batch_size))
             for (i, pixels, _), (protected, sealed) in zip(batch, done, strict=True):
                 results[i] = self._produced(pixels, protected, sealed)

@@ -31,7 +31,8 @@ error-minimizing mode, and the perturbation must match the integer budget rule o
 adversarial training at the same budget and JPEG/grayscale squeezing weaken all of these, so the
 benchmark always reports those alongside (``python -m trustgain.bench protection-modes``).
 
-Options in ``ProtectConfig.extra``: ``poison`` (one of :data:`KINDS`),
+Options in ``ProtectConfig.extra``: ``poison`` (one of :data:`KINDS`), ``n_classes`` (the
+class-wise kinds image by image, see :func:`perturb`),
 ``ue_rounds`` (10), ``ue_arch`` (``cnn``, the model of the min-min game), ``crafting_archs``
 (``("cnn", "resnet")``, trained here when no surrogates are given), ``crafting_epochs`` (12).
 """
@@ -114,16 +115,38 @@ def _objective(kind: str, models: Sequence[torch.nn.Module], y: torch.Tensor,
     raise ConfigError(f"poison kind {kind!r} has no per-image objective")
 
 
+def _class_pattern(x: torch.Tensor, kind: str, key: bytes, config: ProtectConfig,
+                   labels: int | Sequence[int] | None) -> torch.Tensor:
+    """``x`` plus its class's pattern: class-wise kinds need the class of every image and the
+    number of classes (``config.extra["n_classes"]``), because the patterns are dealt over
+    all classes at once; same result as :func:`protect_dataset` for the same key."""
+    n_classes = config.extra.get("n_classes")
+    if labels is None or not isinstance(n_classes, int) or n_classes < 2:
+        raise ConfigError(f"{kind!r} noise needs each image's class and the number of classes",
+                          hint="trustgain protect --method poison --poison "
+                          f"{kind} takes the classes from IN_DIR's subfolders")
+    y = torch.as_tensor(labels, dtype=torch.long).reshape(-1).expand(len(x))
+    if int(y.min()) < 0 or int(y.max()) >= n_classes:
+        raise ConfigError(f"class labels must be in [0, {n_classes})")
+    make = grating_patterns if kind == "grating" else shortcut_patterns
+    pats = make(key, config, n_classes, tuple(x.shape[1:]))
+    return (x + pats[y].to(x)).clamp(0, 1)
+
+
 def perturb(x: torch.Tensor, *, key: bytes, config: ProtectConfig,
             surrogates: Sequence[torch.nn.Module], labels: int | Sequence[int] | None = None,
             image_id: str = "") -> torch.Tensor:
     """Per-image use (``protect(..., method="poison")``): the error-maximizing poison of
-    ``x`` [B, C, H, W] against the surrogates (``targeted`` or ``untargeted``; ``ue`` needs a
-    whole dataset, see :func:`protect_dataset`). Labels default to the surrogates' vote."""
+    ``x`` [B, C, H, W] against the surrogates (``targeted`` or ``untargeted``; labels default
+    to the surrogates' vote), or the class-wise pattern (``grating``, ``shortcut``: labels and
+    ``config.extra["n_classes"]`` required, no surrogates). ``ue`` needs a whole dataset,
+    see :func:`protect_dataset`."""
     opts = options(config)
     kind = opts["poison"]
-    if opts["poison"] in ("ue", "shortcut", "grating"):
-        raise ConfigError(f"{opts['poison']!r} noise is made for a whole labelled dataset",
+    if kind in ("shortcut", "grating"):
+        return _class_pattern(x, kind, key, config, labels)
+    if kind == "ue":
+        raise ConfigError(f"{kind!r} noise is made for a whole labelled dataset",
                           hint="use trustgain.protection.poison.protect_dataset")
     if not surrogates:
         raise ConfigError("the poison method needs at least one surrogate model")
