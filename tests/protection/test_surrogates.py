@@ -85,3 +85,8 @@ def test_bench_quick_runs_and_recovery_is_exact():
         assert by[metric].value == 100 and by[metric].ok is True
     assert by["[block2] max |protected - original|"].value <= B.EPS
     assert any(r.metric.startswith("peer torchattacks") for r in rows)
+    ceiling = [r for r in rows if r.metric.startswith("ceiling: APGD-T")]
+    torch_models = {r.metric.split()[-1] for r in rows if r.metric.startswith("clean accuracy")
+                    } - set(B.SKLEARN)
+    assert {r.metric.split(" on ")[1].split()[0] for r in ceiling} == torch_models
+    assert all(0 <= r.value <= 100 for r in ceiling)
