@@ -136,8 +136,8 @@ def ceiling_rows(quick: bool, models: dict[str, Any], xte: np.ndarray, yte: np.n
                  batch: int = 100) -> list[Row]:
     """How far a strong attack gets on each torch model *alone*, per pixel, at the same budget:
     torchattacks' APGD-T (Croce & Hein, arXiv 2003.01690; every wrong class as a target, 100
-    steps). Not our attack: the reference the white-box target is read against (a model that
-    APGD-T cannot push to 95% on its own will not reach it inside an ensemble either)."""
+    steps). Not our attack: the reference the white-box target is read against (on the patch
+    data, attacking the surrogates together has stayed well below these figures)."""
     try:
         import torchattacks
     except ImportError:
