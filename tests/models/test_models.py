@@ -133,3 +133,29 @@ def test_detector_vae_keeps_the_decoder_and_tunes_the_encoder(pipe):
 def test_detector_vae_for_finds_the_shipped_one_or_none(tmp_path):
     assert models.detector_vae_for(models.MINI_SD_ID) is not None
     assert models.detector_vae_for(str(tmp_path)) is None  # a model folder without vae_detector
+
+
+def test_latent_factor_2_builds_a_16x16_latent_model():
+    """``--latent-factor 2``: a two-level VAE (32x32 <-> 4x16x16) and a UNet on 16x16 latents,
+    so a mark in the initial latents gets 1,024 elements instead of 256."""
+    from trustgain.models import build
+
+    vae, unet = build.make_vae(2).eval(), build.make_unet(16).eval()
+    with torch.no_grad():
+        z = vae.encode(torch.zeros(1, 3, 32, 32)).latent_dist.mean
+        assert z.shape == (1, 4, 16, 16)
+        assert vae.decode(z).sample.shape == (1, 3, 32, 32)
+        eps = unet(z, 10, encoder_hidden_states=torch.zeros(1, 4, 64)).sample
+    assert eps.shape == z.shape
+    assert build.make_vae().config.block_out_channels == (32, 64, 64)  # shipped: factor 4
+    with pytest.raises(ValueError, match="4 or 2"):
+        build.make_vae(8)
+
+
+def test_train_latent_factor_2_refuses_the_shipped_folder_and_vae_from():
+    from trustgain.models import train
+
+    for argv in (["mini-sd", "--latent-factor", "2"],
+                 ["mini-sd", "--latent-factor", "2", "--out", "x", "--vae-from", "y"]):
+        with pytest.raises(SystemExit, match="needs --out DIR"):
+            train.main(argv)

@@ -45,6 +45,12 @@ def prompts_for(n_per_digit: int) -> tuple[list[str], list[int]]:
     return prompts, digits
 
 
+def latent_shape(pipe) -> tuple[int, int, int]:
+    """The initial latents' shape per image (4x8x8 for trustgain-mini-sd)."""
+    size = pipe.unet.config.sample_size
+    return (pipe.unet.config.in_channels, size, size)
+
+
 @torch.no_grad()
 def generate(pipe, prompts: list[str], seed: int, steps: int = STEPS,
              guidance: float = GUIDANCE, batch: int = 50, latents: torch.Tensor | None = None,
@@ -55,7 +61,8 @@ def generate(pipe, prompts: list[str], seed: int, steps: int = STEPS,
     for i in range(0, len(prompts), batch):
         lat = None if latents is None else latents[i:i + batch].to(pipe.device)
         if lat is None:
-            lat = torch.randn((len(prompts[i:i + batch]), 4, 8, 8), generator=gen).to(pipe.device)
+            lat = torch.randn((len(prompts[i:i + batch]), *latent_shape(pipe)),
+                              generator=gen).to(pipe.device)
         res = pipe(prompts[i:i + batch], num_inference_steps=steps, guidance_scale=guidance,
                    latents=lat, output_type="pt")
         out.append(res.images.float().cpu())
@@ -107,7 +114,8 @@ def inversion(pipe, judge, n: int, steps: int, guidance: float) -> dict[str, flo
     """Round trip of ``n`` generated images; errors in latent and pixel space."""
     prompts, digits = prompts_for(max(1, n // 10))
     prompts, digits = prompts[:n], digits[:n]
-    z_t = torch.randn((len(prompts), 4, 8, 8), generator=torch.Generator().manual_seed(99))
+    z_t = torch.randn((len(prompts), *latent_shape(pipe)),
+                      generator=torch.Generator().manual_seed(99))
     z_t = z_t * pipe.scheduler.init_noise_sigma
     images = generate(pipe, prompts, seed=0, steps=steps, guidance=guidance, latents=z_t)
     z_inv = torch.cat([invert(pipe, images[i:i + 50], prompts[i:i + 50], steps, guidance).cpu()

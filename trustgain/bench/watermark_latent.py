@@ -72,13 +72,12 @@ from ..watermark.latent_invert import (
 )
 from ..watermark.latent_stats import matches_sf, rank_weights
 from . import Row, format_table
-from .models import GUIDANCE, STEPS, generate, prompts_for
+from .models import GUIDANCE, STEPS, generate, latent_shape, prompts_for
 
 FPR = 1e-6
 NONCE_SPACE = 256
 PAYLOAD_BITS = 64
 ATTACKS = ("none", "jpeg50", "resize0.5_restored", "crop_centre_50", "blur1", "noise0.05")
-SHAPE = (4, 8, 8)
 #: The one detector configuration used for every condition, the null included: fixed-point
 #: refinements per inversion step, and the centre-crop side ratios tried besides 1.
 REFINE = 0
@@ -102,14 +101,14 @@ def to_pil(images: torch.Tensor) -> list[Image.Image]:
     return [Image.fromarray(a) for a in arr]
 
 
-def _marked_set(key, n: int, rng: np.random.Generator):
+def _marked_set(key, n: int, rng: np.random.Generator, shape: tuple[int, int, int]):
     """Random record ids and nonce counters, and the latents they give."""
     record_ids = [uuid.UUID(int=int(rng.integers(0, 2**63)) << 64 | int(rng.integers(0, 2**63)),
                             version=4).hex for _ in range(n)]
     counters = [int(c) for c in rng.integers(0, NONCE_SPACE, n)]
     nonces = [counter_nonce(key, c) for c in counters]
     latents = torch.cat([
-        marked_latents(key, [nc], payload_from_record_id(r, PAYLOAD_BITS), (1, *SHAPE),
+        marked_latents(key, [nc], payload_from_record_id(r, PAYLOAD_BITS), (1, *shape),
                        salt=r.encode())
         for nc, r in zip(nonces, record_ids, strict=True)])
     return latents, nonces, [r[: PAYLOAD_BITS // 4] for r in record_ids]
@@ -178,12 +177,12 @@ def detection(pipe, key, images, latents, nonces, payloads, steps, prompts,
     return rows, inverted_by_attack
 
 
-def mechanics_rows(key, n: int) -> list[Row]:
+def mechanics_rows(key, n: int, shape: tuple[int, int, int]) -> list[Row]:
     """TPR at 1e-6 when each latent sign is flipped independently with rate ``1 - accuracy``:
     what inversion quality the detector needs, independent of any model."""
     rows = []
     rng = np.random.default_rng(5)
-    latents, nonces, payloads = _marked_set(key, n, rng)
+    latents, nonces, payloads = _marked_set(key, n, rng, shape)
     for acc in (0.65, 0.70, 0.75, 0.80, 0.85, 0.90):
         flips = torch.from_numpy(rng.random(latents.shape) < 1 - acc)
         noisy = torch.where(flips, -latents, latents)
@@ -205,7 +204,8 @@ def null_rows(clean_inv, marked_inv, n_keys: int) -> list[Row]:
         p_rec, p_plain, p_blind = [], [], []
         for _ in range(n_keys):
             key = latent_key(KeyRing.generate())
-            _, nonces, payloads = _marked_set(key, len(inv[0][1]), rng)
+            _, nonces, payloads = _marked_set(key, len(inv[0][1]), rng,
+                                           tuple(inv[0][1].shape[1:]))
             p_rec += [r.p_value for r in _read(inv, key, nonces, payloads)]
             p_plain += [r.p_value for r in _read(inv, key, nonces, payloads, levels=1)]
             p_blind += [r.p_value for r in _read(inv, key)]
@@ -226,7 +226,8 @@ def prompt_null_rows(clean_inv, n_keys: int) -> list[Row]:
     p = []
     for _ in range(n_keys):
         key = latent_key(KeyRing.generate())
-        _, nonces, payloads = _marked_set(key, len(clean_inv[0][1]), rng)
+        _, nonces, payloads = _marked_set(key, len(clean_inv[0][1]), rng,
+                                       tuple(clean_inv[0][1].shape[1:]))
         p += [r.p_value for r in _read(clean_inv, key, nonces, payloads)]
     p = np.array(p)
     fp = int((p <= FPR).sum())
@@ -276,7 +277,7 @@ def caption_rows(pipe, n: int, steps: int) -> list[Row]:
     looks = data.draw_looks(n, rng)
     captions = [data.caption(int(d), lk, rng) for d, lk in
                 zip(rng.integers(0, 10, n), looks, strict=True)]
-    z = torch.randn((n, *SHAPE), generator=torch.Generator().manual_seed(32))
+    z = torch.randn((n, *latent_shape(pipe)), generator=torch.Generator().manual_seed(32))
     images = to_pil(generate(pipe, captions, seed=0, steps=steps, latents=z))
     rows = []
     encoders = [("pipeline VAE", None)]
@@ -362,7 +363,8 @@ def security_rows(pipe, key, images, latents, inverted, nonces, payloads, clean_
                      latents=inverted[targets] - est_z)
     removed_z = _read(_invert(pipe, to_pil(regen), steps), key, nonces[targets],
                       payloads[targets])
-    mags = torch.randn((n_t, *SHAPE), generator=torch.Generator().manual_seed(22)).abs()
+    mags = torch.randn((n_t, *latent_shape(pipe)),
+                       generator=torch.Generator().manual_seed(22)).abs()
     forged_z = _read(_invert(pipe, to_pil(generate(
         pipe, prompts[targets], seed=23, steps=steps, latents=mags * est_z.sign())), steps), key)
     rate, note = _removal(before, removed_z)
@@ -383,13 +385,14 @@ def security_rows(pipe, key, images, latents, inverted, nonces, payloads, clean_
         [r.detected and r.payload == payloads[0] for r in copied]), "share", "", None,
         "needs the model; forges an existing record, not a new one (documented limit)"))
     a = marked_latents(key, [counter_nonce(key, c) for c in range(200)],
-                       payload_from_record_id(payloads[0], PAYLOAD_BITS), (200, *SHAPE),
-                       salt=b"bench")
+                       payload_from_record_id(payloads[0], PAYLOAD_BITS),
+                       (200, *latent_shape(pipe)), salt=b"bench")
     s = a.flatten(1).sign().numpy()
     corr = np.corrcoef(s)[np.triu_indices(200, 1)]
     rows.append(Row("same key, other nonce: sign correlation, mean |r|", float(np.abs(
-        corr).mean()), "", "", None, f"19,900 pairs of 256 signs (same payload); max |r| "
-        f"{np.abs(corr).max():.3f}; chance level mean |r| = {np.sqrt(2 / np.pi / 256):.3f}"))
+        corr).mean()), "", "", None, f"{len(corr):,} pairs of {s.shape[1]} signs (same payload); "
+        f"max |r| {np.abs(corr).max():.3f}; chance level mean |r| = "
+        f"{np.sqrt(2 / np.pi / s.shape[1]):.3f}"))
     return rows
 
 
@@ -427,7 +430,8 @@ def ideas_rows(pipe, judge, per_digit: int = 4, steps: int = STEPS) -> list[Row]
 
     prompts, digits = prompts_for(per_digit)
     key = latent_key(KeyRing.generate())
-    latents, _, _ = _marked_set(key, len(prompts), np.random.default_rng(31))
+    latents, _, _ = _marked_set(key, len(prompts), np.random.default_rng(31),
+                                 latent_shape(pipe))
     with torch.no_grad():
         x0 = pipe(prompts, num_inference_steps=steps, guidance_scale=GUIDANCE, latents=latents,
                   output_type="latent").images.float()
@@ -581,9 +585,10 @@ def run(quick: bool = False, device: str = "cpu", *, model: str | None = None,
         key = latent_key(KeyRing.generate())
         prompts, digits = prompts_for(per_digit)
         prompts = _Seq(prompts)
-        latents, nonces, payloads = _marked_set(key, len(prompts), np.random.default_rng(1))
+        latents, nonces, payloads = _marked_set(key, len(prompts), np.random.default_rng(1),
+                                                   latent_shape(pipe))
         nonces, payloads = _Seq(nonces), _Seq(payloads)
-        rows_m = mechanics_rows(key, 200 if quick else 2000)
+        rows_m = mechanics_rows(key, 200 if quick else 2000, latent_shape(pipe))
         marked = generate(pipe, prompts, seed=0, steps=steps, latents=latents)
         clean = generate(pipe, prompts, seed=1, steps=steps)
         marked_pil, clean_pil = _Seq(to_pil(marked)), _Seq(to_pil(clean))
@@ -597,7 +602,8 @@ def run(quick: bool = False, device: str = "cpu", *, model: str | None = None,
         if judge is not None:
             if not quick:  # a larger set: at 100 samples one misread digit is a whole point
                 j_prompts, digits = prompts_for(JUDGE_PER_DIGIT)
-                j_latents, _, _ = _marked_set(key, len(j_prompts), np.random.default_rng(2))
+                j_latents, _, _ = _marked_set(key, len(j_prompts), np.random.default_rng(2),
+                                                 latent_shape(pipe))
                 marked = generate(pipe, j_prompts, seed=2, steps=steps, latents=j_latents)
                 clean = generate(pipe, j_prompts, seed=3, steps=steps)
             rows += judge_rows(judge, marked, clean, digits)

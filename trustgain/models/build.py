@@ -57,15 +57,21 @@ def _merges(tok) -> list[tuple[str, str]]:
     return [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in merges]
 
 
-def make_vae():
-    """AutoencoderKL: 3x32x32 RGB <-> 4x8x8 latents (three levels, x4 down-sampling)."""
+def make_vae(factor: int = 4):
+    """AutoencoderKL: 3x32x32 RGB <-> 4 x (32/factor) x (32/factor) latents. ``factor`` 4 (the
+    shipped model: three levels, 4x8x8 latents) or 2 (two levels, 4x16x16: four times the
+    latent elements, for marks that live in the initial latents)."""
     from diffusers import AutoencoderKL
 
+    widths = {4: (32, 64, 64), 2: (32, 64)}
+    if factor not in widths:
+        raise ValueError(f"latent factor must be 4 or 2, got {factor}")
+    levels = len(widths[factor])
     return AutoencoderKL(
         in_channels=3, out_channels=3,
-        down_block_types=("DownEncoderBlock2D",) * 3,
-        up_block_types=("UpDecoderBlock2D",) * 3,
-        block_out_channels=(32, 64, 64), layers_per_block=1, latent_channels=4,
+        down_block_types=("DownEncoderBlock2D",) * levels,
+        up_block_types=("UpDecoderBlock2D",) * levels,
+        block_out_channels=widths[factor], layers_per_block=1, latent_channels=4,
         norm_num_groups=16, sample_size=32)
 
 
@@ -81,12 +87,13 @@ def make_text_encoder(tokenizer):
     return CLIPTextModel(cfg)
 
 
-def make_unet():
-    """UNet2DConditionModel on 4x8x8 latents, cross-attention to 64-wide text states."""
+def make_unet(sample_size: int = 8):
+    """UNet2DConditionModel on 4 x ``sample_size`` x ``sample_size`` latents (8 shipped),
+    cross-attention to 64-wide text states."""
     from diffusers import UNet2DConditionModel
 
     return UNet2DConditionModel(
-        sample_size=8, in_channels=4, out_channels=4, layers_per_block=1,
+        sample_size=sample_size, in_channels=4, out_channels=4, layers_per_block=1,
         block_out_channels=(48, 96, 96),
         down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
         up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),

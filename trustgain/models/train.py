@@ -142,6 +142,10 @@ def _run_mini_sd(args: argparse.Namespace) -> None:
     if args.lr:
         recipe.lr = args.lr
     recipe.max_minutes = args.max_minutes
+    if args.latent_factor != 4 and (args.vae_from or not args.out):
+        raise SystemExit("error: --latent-factor 2 trains a new VAE and needs --out DIR (the "
+                         "shipped trustgain-mini-sd keeps factor 4); drop --vae-from")
+    recipe.latent_factor = args.latent_factor
     pipe = train_mini_sd(recipe, args.device, args.vae_from)
     log = dict(recipe.log, hardware=hardware(args.device), command=_command(args, None),
                recipe={k: v for k, v in vars(recipe).items() if k != "log"})
@@ -167,6 +171,8 @@ def _command(args: argparse.Namespace, steps: int | None) -> str:
     parts = ["python -m trustgain.models.train", args.model, f"--device {args.device}"]
     if steps is not None or args.steps is not None:
         parts.append(f"--steps {steps if steps is not None else args.steps}")
+    if getattr(args, "latent_factor", 4) != 4:
+        parts.append(f"--latent-factor {args.latent_factor}")
     for name in ("vae_steps", "copies", "batch", "lr", "max_minutes", "vae_from"):
         if getattr(args, name, None) is not None:
             parts.append(f"--{name.replace('_', '-')} {getattr(args, name)}")
@@ -189,6 +195,8 @@ def main(argv: list[str] | None = None) -> None:
                    help="mini-sd: stop the UNet loop after this long (steps done are logged)")
     p.add_argument("--vae-from", default=None,
                    help="mini-sd: reuse tokenizer and VAE of this mini-sd folder")
+    p.add_argument("--latent-factor", type=int, choices=(4, 2), default=4,
+                   help="mini-sd: VAE down-sampling, 4 (4x8x8 latents, shipped) or 2 (4x16x16)")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--out", default=None, help="output folder (default: the package's)")
     p.add_argument("--seed", type=int, default=0)

@@ -46,6 +46,7 @@ class SDRecipe:
     ema_decay: float = 0.999
     cfg_dropout: float = 0.1
     max_minutes: float | None = None  # stop the UNet loop early; the steps done are recorded
+    latent_factor: int = 4  # VAE down-sampling: 4 -> 4x8x8 latents (shipped), 2 -> 4x16x16
     log: dict[str, Any] = field(default_factory=dict)
 
 
@@ -59,7 +60,7 @@ def train_vae(recipe: SDRecipe, images: np.ndarray, device: str):
     _seed(recipe.seed)
     rng = np.random.default_rng(recipe.seed + 100)
     ink = data.upsample(images).to(device)
-    vae = build.make_vae().to(device).train()
+    vae = build.make_vae(recipe.latent_factor).to(device).train()
     opt = torch.optim.AdamW(vae.parameters(), lr=recipe.vae_lr, weight_decay=0.0)
     sched = torch.optim.lr_scheduler.OneCycleLR(
         opt, max_lr=recipe.vae_lr, total_steps=recipe.vae_steps, pct_start=0.05)
@@ -103,7 +104,7 @@ def train_unet(recipe: SDRecipe, tokenizer, latents: tuple[torch.Tensor, torch.T
     _seed(recipe.seed + 1)
     gen = torch.Generator().manual_seed(recipe.seed + 2)
     text_encoder = build.make_text_encoder(tokenizer).to(device).train()
-    unet = build.make_unet().to(device).train()
+    unet = build.make_unet(int(latents[0].shape[-1])).to(device).train()
     noise_sched = DDPMScheduler(**build.SCHEDULE)
     alphas = noise_sched.alphas_cumprod.to(device)
     ids = tokenizer(captions, padding="max_length", max_length=build.MAX_TOKENS,
