@@ -585,10 +585,11 @@ def run(quick: bool = False, device: str = "cpu", *, model: str | None = None,
         key = latent_key(KeyRing.generate())
         prompts, digits = prompts_for(per_digit)
         prompts = _Seq(prompts)
+        shape = latent_shape(pipe)
         latents, nonces, payloads = _marked_set(key, len(prompts), np.random.default_rng(1),
-                                                   latent_shape(pipe))
+                                                shape)
         nonces, payloads = _Seq(nonces), _Seq(payloads)
-        rows_m = mechanics_rows(key, 200 if quick else 2000, latent_shape(pipe))
+        rows_m = mechanics_rows(key, 200 if quick else 2000, shape)
         marked = generate(pipe, prompts, seed=0, steps=steps, latents=latents)
         clean = generate(pipe, prompts, seed=1, steps=steps)
         marked_pil, clean_pil = _Seq(to_pil(marked)), _Seq(to_pil(clean))
@@ -603,7 +604,7 @@ def run(quick: bool = False, device: str = "cpu", *, model: str | None = None,
             if not quick:  # a larger set: at 100 samples one misread digit is a whole point
                 j_prompts, digits = prompts_for(JUDGE_PER_DIGIT)
                 j_latents, _, _ = _marked_set(key, len(j_prompts), np.random.default_rng(2),
-                                                 latent_shape(pipe))
+                                              shape)
                 marked = generate(pipe, j_prompts, seed=2, steps=steps, latents=j_latents)
                 clean = generate(pipe, j_prompts, seed=3, steps=steps)
             rows += judge_rows(judge, marked, clean, digits)
