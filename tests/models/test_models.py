@@ -159,3 +159,39 @@ def test_train_latent_factor_2_refuses_the_shipped_folder_and_vae_from():
                  ["mini-sd", "--latent-factor", "2", "--out", "x", "--vae-from", "y"]):
         with pytest.raises(SystemExit, match="needs --out DIR"):
             train.main(argv)
+
+
+def test_unet_from_needs_out_and_a_model_folder(tmp_path):
+    from trustgain.models import train
+
+    with pytest.raises(SystemExit, match="needs --out DIR"):
+        train.main(["mini-sd", "--unet-from", models.MINI_SD_ID])
+    with pytest.raises(SystemExit, match="no unet/ folder"):
+        train.main(["mini-sd", "--unet-from", str(tmp_path), "--out", str(tmp_path / "o")])
+    assert not (tmp_path / "o").exists()
+
+
+def test_load_for_finetune_moves_the_shipped_unet_to_16x16_latents():
+    """The fine-tune path of ``--unet-from``: the shipped UNet, fully convolutional, runs on
+    a factor-2 VAE's 16x16 latents and records that size as its default."""
+    from trustgain.models.train_sd import load_for_finetune
+
+    tok, text, unet = load_for_finetune(str(models.mini_sd_path()), 16)
+    assert unet.config.sample_size == 16 and unet.dtype == torch.float32
+    ids = tok(["a handwritten seven"], padding="max_length", max_length=8,
+              truncation=True, return_tensors="pt").input_ids
+    with torch.no_grad():
+        states = text(ids)[0]
+        eps = unet(torch.randn(1, 4, 16, 16), 500, encoder_hidden_states=states).sample
+    assert eps.shape == (1, 4, 16, 16) and torch.isfinite(eps).all()
+
+
+def test_mini_sd_card_names_latent_shape_and_fine_tune_origin():
+    from trustgain.models.cards import mini_sd_card
+
+    shipped = mini_sd_card({"scaling_factor": 0.7}, None)
+    assert "latents 4x8x8" in shipped and "fine-tuned" not in shipped
+    variant = mini_sd_card({"latent_shape": [4, 16, 16], "unet_from": "/m/trustgain-mini-sd"},
+                           None)
+    assert "latents 4x16x16" in variant and "cross-attention at 16x16 and\n  8x8" in variant
+    assert "fine-tuned from `/m/trustgain-mini-sd`" in variant

@@ -218,3 +218,30 @@ def test_protect_batch_mixed_shapes_and_bad_input(key):
     with pytest.raises(InputError, match="image ids"):
         protect_batch(imgs, key=key, config=ProtectConfig(), surrogates=[_tiny_cnn()],
                       image_ids=["x"])
+
+
+def test_smooth_gradient_gives_a_smoother_perturbation_that_still_attacks():
+    """TI-FGSM (``smooth``): blurred gradients make neighbouring pixels move together."""
+    model = _tiny_cnn()
+    x = torch.rand(32, 3, 16, 16, generator=torch.Generator().manual_seed(3))
+    y = model(x).argmax(1)
+
+    def run(smooth):
+        cfg = ProtectConfig(eps=4, steps=10, step_size=1.0, eot=(), diversity=0.0, block=1,
+                            random_start=False, smooth=smooth)
+        return pgd.perturb(x, key=b"", config=cfg, surrogates=[model], labels=y.tolist())
+
+    def roughness(adv):
+        d = adv - x
+        return float((d[..., 1:, :] - d[..., :-1, :]).abs().mean()
+                     + (d[..., :, 1:] - d[..., :, :-1]).abs().mean())
+
+    plain, smooth = run(0.0), run(1.0)
+    assert roughness(smooth) < 0.7 * roughness(plain)
+    assert float((model(smooth).argmax(1) == y).float().mean()) < 0.6
+    assert (smooth - x).abs().max() <= 4 / 255 + 1e-6
+    tiny = torch.rand(2, 3, 4, 4, generator=torch.Generator().manual_seed(4))
+    assert pgd.gaussian_blur(tiny, 2.0).shape == tiny.shape  # radius 6 > 4: replicate pad
+    for bad in (-1.0, 9.0):
+        with pytest.raises(ConfigError, match="smooth"):
+            ProtectConfig(smooth=bad)

@@ -48,6 +48,12 @@ def _measured(bench: dict[str, Any] | None, keys: tuple[str, ...], note: str = "
 def mini_sd_card(log: dict[str, Any], bench: dict[str, Any] | None, note: str = "") -> str:
     """README.md of trustgain-mini-sd."""
     r = log.get("recipe", {})
+    c, h, w = log.get("latent_shape", (4, 8, 8))
+    sf = log.get("scaling_factor")
+    origin = ""
+    if log.get("unet_from"):
+        origin = (f"\nText encoder and UNet were fine-tuned from `{log['unet_from']}` (its "
+                  "weights as the starting point), not trained from scratch.\n")
     return f"""# {MINI_SD_ID}
 
 A genuine diffusers `StableDiffusionPipeline`, trained from scratch by this project on
@@ -65,9 +71,10 @@ image = pipe("a red 7 in thick strokes", num_inference_steps=25, guidance_scale=
 - Tokenizer: `CLIPTokenizer`, BPE merges learnt with `tokenizers` on the training captions
   (every caption word is one token); max 32 tokens. Punctuation is not in the vocabulary.
 - Text encoder: `CLIPTextModel`, 3 layers, width 64, trained jointly with the UNet.
-- VAE: `AutoencoderKL`, RGB 32x32 <-> latents 4x8x8, `scaling_factor` {log.get('scaling_factor')}
+- VAE: `AutoencoderKL`, RGB 32x32 <-> latents {c}x{h}x{w}, `scaling_factor` {sf}
   (1 / std of the training latents).
-- UNet: `UNet2DConditionModel`, channels (48, 96, 96), cross-attention at 8x8 and 4x4.
+- UNet: `UNet2DConditionModel`, channels (48, 96, 96), cross-attention at {h}x{w} and
+  {h // 2}x{w // 2}.
 - Scheduler: `DDIMScheduler` (scaled-linear betas 0.00085-0.012, 1000 steps, `steps_offset=1`),
   epsilon prediction. UNet and VAE weights are stored in float16 and load as float32.
 
@@ -90,7 +97,7 @@ Recipe: `python -m trustgain.models.train mini-sd` (`trustgain/models/train_sd.p
 {r.get('kl_weight')} x KL; then text encoder + UNet, batch {r.get('batch')}, AdamW lr
 {r.get('lr')} after {r.get('warmup')} warm-up steps, gradient clip 1, 10% empty captions
 (classifier-free guidance), EMA {r.get('ema_decay')} of the weights (saved).
-
+{origin}
 These weights: `{log.get('command')}` on {log.get('hardware')}: VAE {log.get('vae_seconds')} s
 (final reconstruction loss {log.get('vae_final_rec_loss')}), UNet
 {log.get('unet_steps_done')} steps in {log.get('unet_seconds')} s (stopped by

@@ -141,10 +141,25 @@ def _run_mini_sd(args: argparse.Namespace) -> None:
         recipe.batch = args.batch
     if args.lr:
         recipe.lr = args.lr
+    if args.warmup is not None:
+        recipe.warmup = args.warmup
     recipe.max_minutes = args.max_minutes
+    if args.unet_from and not args.out:
+        raise SystemExit("error: --unet-from makes a new model and needs --out DIR (the "
+                         "shipped trustgain-mini-sd is never overwritten by a fine-tune)")
+    if args.unet_from == "trustgain-mini-sd" and not Path(args.unet_from).exists():
+        args.unet_from = str(HERE / "trustgain-mini-sd")  # the shipped model, by its id
+    if args.unet_from and not Path(args.unet_from, "unet").is_dir():
+        raise SystemExit(f"error: --unet-from {args.unet_from}: no unet/ folder there")
+    recipe.unet_from = args.unet_from
     if args.latent_factor != 4 and (args.vae_from or not args.out):
         raise SystemExit("error: --latent-factor 2 trains a new VAE and needs --out DIR (the "
                          "shipped trustgain-mini-sd keeps factor 4); drop --vae-from")
+    if args.vae_from and not args.out:
+        cfg = json.loads(Path(args.vae_from, "vae", "config.json").read_text())
+        if len(cfg.get("block_out_channels", ())) != 3:
+            raise SystemExit(f"error: the VAE of {args.vae_from} is not the shipped factor 4; "
+                             "give --out DIR")
     recipe.latent_factor = args.latent_factor
     pipe = train_mini_sd(recipe, args.device, args.vae_from)
     log = dict(recipe.log, hardware=hardware(args.device), command=_command(args, None),
@@ -173,7 +188,8 @@ def _command(args: argparse.Namespace, steps: int | None) -> str:
         parts.append(f"--steps {steps if steps is not None else args.steps}")
     if getattr(args, "latent_factor", 4) != 4:
         parts.append(f"--latent-factor {args.latent_factor}")
-    for name in ("vae_steps", "copies", "batch", "lr", "max_minutes", "vae_from"):
+    for name in ("vae_steps", "copies", "batch", "lr", "warmup", "max_minutes", "vae_from",
+                 "unet_from"):
         if getattr(args, name, None) is not None:
             parts.append(f"--{name.replace('_', '-')} {getattr(args, name)}")
     return " ".join(parts)
@@ -195,6 +211,11 @@ def main(argv: list[str] | None = None) -> None:
                    help="mini-sd: stop the UNet loop after this long (steps done are logged)")
     p.add_argument("--vae-from", default=None,
                    help="mini-sd: reuse tokenizer and VAE of this mini-sd folder")
+    p.add_argument("--warmup", type=int, default=None,
+                   help="mini-sd: UNet learning-rate warm-up steps (300)")
+    p.add_argument("--unet-from", default=None,
+                   help="mini-sd: fine-tune the tokenizer, text encoder and UNet of this mini-sd "
+                        "folder instead of training them from scratch (needs --out)")
     p.add_argument("--latent-factor", type=int, choices=(4, 2), default=4,
                    help="mini-sd: VAE down-sampling, 4 (4x8x8 latents, shipped) or 2 (4x16x16)")
     p.add_argument("--device", default="cpu", help="cpu or cuda")

@@ -47,6 +47,7 @@ class SDRecipe:
     cfg_dropout: float = 0.1
     max_minutes: float | None = None  # stop the UNet loop early; the steps done are recorded
     latent_factor: int = 4  # VAE down-sampling: 4 -> 4x8x8 latents (shipped), 2 -> 4x16x16
+    unet_from: str | None = None  # fine-tune this mini-sd's text encoder + UNet, not from scratch
     log: dict[str, Any] = field(default_factory=dict)
 
 
@@ -96,15 +97,41 @@ def encode_all(vae, x: torch.Tensor, device: str, chunk: int = 512,
     return torch.cat(means), torch.cat(stds)
 
 
+def load_for_finetune(folder: str, latent_size: int):
+    """Tokenizer, text encoder and UNet of an earlier mini-sd, ready to train further.
+
+    The UNet is fully convolutional, so it runs on any latent size; its ``sample_size``
+    (the pipeline's default image size) is set to ``latent_size``.
+    """
+    from diffusers import UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    tokenizer = CLIPTokenizer.from_pretrained(folder, subfolder="tokenizer")
+    text_encoder = CLIPTextModel.from_pretrained(folder, subfolder="text_encoder")
+    unet = UNet2DConditionModel.from_pretrained(folder, subfolder="unet",
+                                                torch_dtype=torch.float32)
+    unet.register_to_config(sample_size=latent_size)
+    return tokenizer, text_encoder.float(), unet.float()
+
+
 def train_unet(recipe: SDRecipe, tokenizer, latents: tuple[torch.Tensor, torch.Tensor],
-               captions: list[str], scaling: float, device: str):
-    """Train text encoder + UNet jointly; returns their EMA copies (eval mode, on CPU)."""
+               captions: list[str], scaling: float, device: str, init=None):
+    """Train text encoder + UNet jointly; returns their EMA copies (eval mode, on CPU).
+
+    ``init``: (text_encoder, unet) to continue from (``SDRecipe.unet_from``); fresh ones
+    are built otherwise.
+    """
     from diffusers import DDPMScheduler
 
     _seed(recipe.seed + 1)
     gen = torch.Generator().manual_seed(recipe.seed + 2)
-    text_encoder = build.make_text_encoder(tokenizer).to(device).train()
-    unet = build.make_unet(int(latents[0].shape[-1])).to(device).train()
+    if init is None:
+        text_encoder = build.make_text_encoder(tokenizer)
+        unet = build.make_unet(int(latents[0].shape[-1]))
+    else:
+        text_encoder, unet = init
+    text_encoder = text_encoder.to(device).train().requires_grad_(True)
+    unet = unet.to(device).train().requires_grad_(True)
     noise_sched = DDPMScheduler(**build.SCHEDULE)
     alphas = noise_sched.alphas_cumprod.to(device)
     ids = tokenizer(captions, padding="max_length", max_length=build.MAX_TOKENS,
@@ -163,7 +190,9 @@ def train_mini_sd(recipe: SDRecipe, device: str, vae_from: str | None = None):
     """Run the whole recipe; returns the assembled ``StableDiffusionPipeline`` (on CPU).
 
     ``vae_from``: folder of an earlier mini-sd whose tokenizer and VAE are reused (stage 3 is
-    skipped), e.g. one written with ``--steps 0``.
+    skipped), e.g. one written with ``--steps 0``. ``recipe.unet_from``: folder of an earlier
+    mini-sd whose tokenizer, text encoder and UNet are trained further on this VAE's latents
+    (e.g. the shipped model moved to a factor-2 VAE); its tokenizer must equal ``vae_from``'s.
     """
     from diffusers import AutoencoderKL, StableDiffusionPipeline
     from transformers import CLIPTokenizer
@@ -172,6 +201,7 @@ def train_mini_sd(recipe: SDRecipe, device: str, vae_from: str | None = None):
     images, labels = data.load_split("train")
     x, _, captions = data.augmented_set(images, labels, recipe.copies, seed=recipe.seed + 1,
                                         device=device)
+    init = None
     if vae_from:
         tokenizer = CLIPTokenizer.from_pretrained(vae_from, subfolder="tokenizer")
         vae = AutoencoderKL.from_pretrained(vae_from, subfolder="vae").to(device).eval()
@@ -180,13 +210,23 @@ def train_mini_sd(recipe: SDRecipe, device: str, vae_from: str | None = None):
     else:
         tokenizer = build.train_tokenizer(captions)
         vae = train_vae(recipe, images, device)
+    if recipe.unet_from:
+        latent_size = 32 // (2 ** (len(vae.config.block_out_channels) - 1))
+        own, text_encoder, unet = load_for_finetune(recipe.unet_from, latent_size)
+        if own.get_vocab() != tokenizer.get_vocab():
+            raise ValueError(f"the tokenizer of {recipe.unet_from} differs from the one the "
+                             "VAE was paired with; its text encoder cannot be reused")
+        tokenizer, init = own, (text_encoder, unet)
+        recipe.log["unet_from"] = str(recipe.unet_from)
     mean, std = encode_all(vae, x, device)
     del x
     z = mean + std * torch.randn(mean.shape, generator=torch.Generator().manual_seed(3))
     scaling = float(1.0 / z.std())
     vae.register_to_config(scaling_factor=scaling)
     recipe.log["scaling_factor"] = round(scaling, 5)
-    text_encoder, unet = train_unet(recipe, tokenizer, (mean, std), captions, scaling, device)
+    recipe.log["latent_shape"] = list(mean.shape[1:])
+    text_encoder, unet = train_unet(recipe, tokenizer, (mean, std), captions, scaling, device,
+                                    init)
     recipe.log["total_seconds"] = round(time.time() - t_start, 1)
     return StableDiffusionPipeline(
         vae=vae.cpu(), text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,

@@ -49,13 +49,14 @@ def _jpeg(x: torch.Tensor, quality: int) -> torch.Tensor:
 
 
 def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
-    """Separable Gaussian blur, differentiable, reflect padding."""
+    """Separable Gaussian blur, differentiable, reflect padding (replicate where the image is
+    smaller than the kernel's radius, which reflect cannot pad)."""
     r = max(1, int(3 * sigma + 0.5))
     t = torch.arange(-r, r + 1, dtype=x.dtype, device=x.device)
     k = torch.exp(-(t**2) / (2 * sigma**2))
     k = k / k.sum()
     c = x.shape[1]
-    x = F.pad(x, (r, r, r, r), mode="reflect")
+    x = F.pad(x, (r, r, r, r), mode="reflect" if r < min(x.shape[-2:]) else "replicate")
     x = F.conv2d(x, k.view(1, 1, 1, -1).repeat(c, 1, 1, 1), groups=c)
     return F.conv2d(x, k.view(1, 1, -1, 1).repeat(c, 1, 1, 1), groups=c)
 
@@ -132,7 +133,7 @@ def references(models: Sequence[torch.nn.Module], x: torch.Tensor,
 def attack(x: torch.Tensor, models: Sequence[torch.nn.Module], refs: Sequence[Any], *,
            eps: float, alpha: float, steps: int, momentum: float, p_div: float,
            eot: Sequence[str], samples: int, kappa: float, g: torch.Generator,
-           random_start: bool = True, block: int = 1,
+           random_start: bool = True, block: int = 1, smooth: float = 0.0,
            gens: Sequence[torch.Generator] | None = None) -> torch.Tensor:
     """The PGD loop on [0, 1] images; ``eps``/``alpha`` in [0, 1] units. Returns x_adv.
 
@@ -143,6 +144,8 @@ def attack(x: torch.Tensor, models: Sequence[torch.nn.Module], refs: Sequence[An
 
     ``block`` > 1 optimises one value per ``block x block`` pixels (a low-frequency
     perturbation: it survives blur/JPEG better and its residual compresses ``block**2``-fold).
+    ``smooth`` > 0 blurs each gradient with a Gaussian of that sigma (cells) before the
+    sign step (TI-FGSM, translation-invariant attack).
     """
     h, w = x.shape[-2:]
     shape = (*x.shape[:2], -(-h // block), -(-w // block))
@@ -166,6 +169,8 @@ def attack(x: torch.Tensor, models: Sequence[torch.nn.Module], refs: Sequence[An
                 loss = loss + _loss(model, xt, ref, kappa)
         (grad,) = torch.autograd.grad(loss, delta)
         with torch.no_grad():
+            if smooth:
+                grad = gaussian_blur(grad, smooth)
             if momentum:
                 norm = grad.abs().flatten(1).mean(1).clamp_min(1e-12).view(-1, 1, 1, 1)
                 velocity = momentum * velocity + grad / norm
@@ -212,4 +217,5 @@ def perturb(x: torch.Tensor, *, key: bytes, config: ProtectConfig,
     return attack(x, surrogates, refs, eps=config.eps / 255, alpha=config.alpha / 255,
                   steps=config.steps, momentum=config.momentum, p_div=config.diversity,
                   eot=config.eot, samples=config.eot_samples, kappa=config.kappa, g=g,
-                  random_start=config.random_start, block=config.block, gens=gens)
+                  random_start=config.random_start, block=config.block,
+                  smooth=config.smooth, gens=gens)
