@@ -195,3 +195,28 @@ def test_mini_sd_card_names_latent_shape_and_fine_tune_origin():
                            None)
     assert "latents 4x16x16" in variant and "cross-attention at 16x16 and\n  8x8" in variant
     assert "fine-tuned from `/m/trustgain-mini-sd`" in variant
+
+
+@pytest.mark.slow
+def test_fine_tune_the_shipped_unet_onto_a_factor_2_vae_end_to_end(tmp_path):
+    """The two commands of the factor-2 recipe, at 2 steps each: a new VAE (``--steps 0``),
+    then the shipped text encoder + UNet fine-tuned on its latents (``--unet-from``)."""
+    import json
+
+    from diffusers import StableDiffusionPipeline
+
+    from trustgain.models import train
+
+    vae_dir, out = tmp_path / "vae", tmp_path / "ft"
+    train.main(["mini-sd", "--latent-factor", "2", "--steps", "0", "--vae-steps", "2",
+                "--copies", "1", "--out", str(vae_dir)])
+    train.main(["mini-sd", "--vae-from", str(vae_dir), "--unet-from", "trustgain-mini-sd",
+                "--steps", "2", "--copies", "1", "--batch", "4", "--warmup", "1",
+                "--out", str(out)])
+    log = json.loads((out / "training.json").read_text())
+    assert log["latent_shape"] == [4, 16, 16] and log["recipe"]["latent_factor"] == 2
+    assert log["unet_from"].endswith("trustgain-mini-sd") and log["unet_steps_done"] == 2
+    pipe = StableDiffusionPipeline.from_pretrained(out)
+    assert pipe.unet.config.sample_size == 16
+    img = pipe("a handwritten three", num_inference_steps=2, output_type="np").images[0]
+    assert img.shape == (32, 32, 3)

@@ -245,3 +245,5 @@ def test_smooth_gradient_gives_a_smoother_perturbation_that_still_attacks():
     for bad in (-1.0, 9.0):
         with pytest.raises(ConfigError, match="smooth"):
             ProtectConfig(smooth=bad)
+    assert "smooth" not in ProtectConfig().to_dict()  # off: records as before the option
+    assert ProtectConfig(**ProtectConfig(smooth=1.0).to_dict()).smooth == 1.0

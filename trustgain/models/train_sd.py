@@ -192,7 +192,7 @@ def train_mini_sd(recipe: SDRecipe, device: str, vae_from: str | None = None):
     ``vae_from``: folder of an earlier mini-sd whose tokenizer and VAE are reused (stage 3 is
     skipped), e.g. one written with ``--steps 0``. ``recipe.unet_from``: folder of an earlier
     mini-sd whose tokenizer, text encoder and UNet are trained further on this VAE's latents
-    (e.g. the shipped model moved to a factor-2 VAE); its tokenizer must equal ``vae_from``'s.
+    (e.g. the shipped model moved to a factor-2 VAE), with their own tokenizer.
     """
     from diffusers import AutoencoderKL, StableDiffusionPipeline
     from transformers import CLIPTokenizer
@@ -207,16 +207,15 @@ def train_mini_sd(recipe: SDRecipe, device: str, vae_from: str | None = None):
         vae = AutoencoderKL.from_pretrained(vae_from, subfolder="vae").to(device).eval()
         vae.requires_grad_(False)
         recipe.log["vae_from"] = str(vae_from)
+        recipe.latent_factor = 2 ** (len(vae.config.block_out_channels) - 1)  # what it is
     else:
         tokenizer = build.train_tokenizer(captions)
         vae = train_vae(recipe, images, device)
     if recipe.unet_from:
-        latent_size = 32 // (2 ** (len(vae.config.block_out_channels) - 1))
-        own, text_encoder, unet = load_for_finetune(recipe.unet_from, latent_size)
-        if own.get_vocab() != tokenizer.get_vocab():
-            raise ValueError(f"the tokenizer of {recipe.unet_from} differs from the one the "
-                             "VAE was paired with; its text encoder cannot be reused")
-        tokenizer, init = own, (text_encoder, unet)
+        latent_size = 32 // recipe.latent_factor
+        # the tokenizer belongs to the text encoder (the VAE never sees text): keep theirs
+        tokenizer, text_encoder, unet = load_for_finetune(recipe.unet_from, latent_size)
+        init = (text_encoder, unet)
         recipe.log["unet_from"] = str(recipe.unet_from)
     mean, std = encode_all(vae, x, device)
     del x

@@ -103,6 +103,8 @@ class ProtectConfig:
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["eot"] = list(self.eot)
+        if not self.smooth:  # records and batch manifests of earlier versions stay the same
+            del d["smooth"]
         return d
 
 
