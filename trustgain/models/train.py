@@ -3,6 +3,13 @@
     python -m trustgain.models.train mini-sd [--steps N] [--device cpu|cuda] [--out DIR]
     python -m trustgain.models.train judge   [--steps N] [--device cpu|cuda] [--out DIR]
 
+A variant with 4x16x16 latents, on a CPU in about 75 minutes (a new VAE, then the shipped
+text encoder and UNet fine-tuned on its latents; BENCHMARKS.md, latent mark, tenth pass):
+
+    python -m trustgain.models.train mini-sd --latent-factor 2 --steps 0 --out VAE_DIR
+    python -m trustgain.models.train mini-sd --vae-from VAE_DIR --unet-from trustgain-mini-sd \
+        --copies 10 --batch 64 --lr 0.0003 --warmup 50 --steps 100000 --max-minutes 40 --out DIR
+
 Seeds, the data split and the augmentations are fixed (see ``data``), so a rerun on the same
 hardware and library versions reproduces the shipped weights up to floating-point
 non-determinism. Output is written to a temporary folder beside ``--out`` and renamed into
