@@ -168,6 +168,8 @@ def test_unet_from_needs_out_and_a_model_folder(tmp_path):
         train.main(["mini-sd", "--unet-from", models.MINI_SD_ID])
     with pytest.raises(SystemExit, match="no unet/ folder"):
         train.main(["mini-sd", "--unet-from", str(tmp_path), "--out", str(tmp_path / "o")])
+    with pytest.raises(SystemExit, match=r"no vae/config\.json"):
+        train.main(["mini-sd", "--vae-from", str(tmp_path), "--out", str(tmp_path / "o")])
     assert not (tmp_path / "o").exists()
 
 

@@ -162,6 +162,8 @@ def _run_mini_sd(args: argparse.Namespace) -> None:
     if args.latent_factor != 4 and (args.vae_from or not args.out):
         raise SystemExit("error: --latent-factor 2 trains a new VAE and needs --out DIR (the "
                          "shipped trustgain-mini-sd keeps factor 4); drop --vae-from")
+    if args.vae_from and not Path(args.vae_from, "vae", "config.json").is_file():
+        raise SystemExit(f"error: --vae-from {args.vae_from}: no vae/config.json there")
     if args.vae_from and not args.out:
         cfg = json.loads(Path(args.vae_from, "vae", "config.json").read_text())
         if len(cfg.get("block_out_channels", ())) != 3:
