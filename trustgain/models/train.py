@@ -133,6 +133,7 @@ def _run_judge(args: argparse.Namespace) -> None:
 
 
 def _run_mini_sd(args: argparse.Namespace) -> None:
+    from . import MINI_SD_ID, mini_sd_path
     from .build import write_vocab_files
     from .cards import mini_sd_card
     from .train_sd import SDRecipe, train_mini_sd
@@ -154,8 +155,8 @@ def _run_mini_sd(args: argparse.Namespace) -> None:
     if args.unet_from and not args.out:
         raise SystemExit("error: --unet-from makes a new model and needs --out DIR (the "
                          "shipped trustgain-mini-sd is never overwritten by a fine-tune)")
-    if args.unet_from == "trustgain-mini-sd" and not Path(args.unet_from).exists():
-        args.unet_from = str(HERE / "trustgain-mini-sd")  # the shipped model, by its id
+    if args.unet_from == MINI_SD_ID and not Path(args.unet_from).exists():
+        args.unet_from = str(mini_sd_path())  # the shipped model, by its id
     if args.unet_from and not Path(args.unet_from, "unet").is_dir():
         raise SystemExit(f"error: --unet-from {args.unet_from}: no unet/ folder there")
     recipe.unet_from = args.unet_from

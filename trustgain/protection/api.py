@@ -46,7 +46,7 @@ class ProtectConfig:
     - ``smooth``: TI-FGSM (Dong et al., arXiv 1904.02884): the gradient is blurred by a
       Gaussian of this sigma (in perturbation cells, i.e. ``block`` pixels each) before its
       sign is taken, which smooths the perturbation (0 = off). On the bench's patches at
-      sigma 1 it raised SSIM from 0.885 to 0.921 at the same PSNR, shrank the residual from
+      sigma 1 it raised SSIM from 0.884 to 0.921 at the same PSNR, shrank the residual from
       0.84 to 0.66 bits per subpixel and moved transfer by a few points (BENCHMARKS.md,
       protection, tenth pass): 1 by default.
     - ``seed``: seeds the random start and transformations (with the image id), so a run is
