@@ -22,6 +22,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from trustgain.protection.fused import for_attack
+
 if TYPE_CHECKING:
     from trustgain.protection.api import ProtectConfig
 
@@ -214,7 +216,8 @@ def perturb(x: torch.Tensor, *, key: bytes, config: ProtectConfig,
             raise ValueError(f"{len(ids)} image ids for a batch of {x.shape[0]}")
         g = torch.Generator().manual_seed(seed_for(config, "\0schedule"))
         gens = [torch.Generator().manual_seed(seed_for(config, i)) for i in ids]
-    return attack(x, surrogates, refs, eps=config.eps / 255, alpha=config.alpha / 255,
+    return attack(x, for_attack(surrogates), refs, eps=config.eps / 255,
+                  alpha=config.alpha / 255,
                   steps=config.steps, momentum=config.momentum, p_div=config.diversity,
                   eot=config.eot, samples=config.eot_samples, kappa=config.kappa, g=g,
                   random_start=config.random_start, block=config.block,
