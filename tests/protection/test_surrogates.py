@@ -90,3 +90,25 @@ def test_bench_quick_runs_and_recovery_is_exact():
                     } - set(B.SKLEARN)
     assert {r.metric.split(" on ")[1].split()[0] for r in ceiling} == torch_models
     assert all(0 <= r.value <= 100 for r in ceiling)
+
+
+def test_linear_ceiling_is_exact_on_a_small_logistic_regression():
+    """The closed-form attack agrees with brute force over every corner of the budget box."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    from trustgain.bench import protection as B
+
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, (60, 2, 2, 1), dtype=np.uint8)  # 4 pixels: 16 corners
+    y = (x.reshape(60, -1).astype(int) @ np.array([1, -1, 2, 0])) % 3
+    model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=500)).fit(
+        x.reshape(60, -1) / 255, y)
+    corners = np.array(np.meshgrid(*[[-1, 1]] * 4)).reshape(4, -1).T
+    for eps in (3, 20, 60):
+        right = model.predict(x.reshape(60, -1) / 255) == y
+        brute = [any(model.predict(np.clip(f + eps * corners, 0, 255) / 255) != t)
+                 for f, t in zip(x.reshape(60, -1)[right].astype(float), y[right], strict=True)]
+        assert B.linear_ceiling(model, x, y, eps) == pytest.approx(np.mean(brute))
+    assert B.linear_ceiling(S.train_sklearn("rf", x, y, trees=3), x, y, 8) is None

@@ -146,7 +146,13 @@ def ceiling_rows(quick: bool, models: dict[str, Any], xte: np.ndarray, yte: np.n
     rows = []
     for name, model in models.items():
         if not isinstance(model, torch.nn.Module):
-            continue  # scikit-learn: no gradients
+            exact = linear_ceiling(model, xte, yte, EPS)
+            if exact is not None:
+                rows.append(Row(f"ceiling: exact L-inf attack on {name} alone, white-box ASR "
+                                f"@{EPS}/255", 100 * exact, "%", "", None,
+                                "held out; a linear model's best integer perturbation is "
+                                "x - eps*sign(w_true - w_other) for some other class: exact"))
+            continue  # other scikit-learn models: no gradients
         atk = torchattacks.APGDT(model.eval(), norm="Linf", eps=EPS / 255, steps=steps,
                                  n_restarts=1, n_classes=int(yte.max()) + 1, seed=0)
         t0, out = time.perf_counter(), []
@@ -160,6 +166,30 @@ def ceiling_rows(quick: bool, models: dict[str, Any], xte: np.ndarray, yte: np.n
                         f"{role}; torchattacks APGD-T, {steps} steps, all target classes, "
                         f"per pixel, no EoT; {ms:.0f} ms/img"))
     return rows
+
+
+def linear_ceiling(model: Any, x: np.ndarray, y: np.ndarray, eps: int) -> float | None:
+    """Exact white-box ASR of a linear scikit-learn classifier (optionally after a
+    ``StandardScaler``) under an integer L-inf budget of ``eps``: the image is misclassified
+    by some perturbation iff, for some wrong class j, moving every pixel ``eps`` against
+    ``sign(w_true - w_j)`` (clipped to 0..255) flips that pair. None for other models."""
+    steps = getattr(model, "steps", [(None, model)])
+    clf, scale = steps[-1][1], 1.0
+    if not hasattr(clf, "coef_") or len(steps) > 2 or clf.coef_.shape[0] < 3:
+        return None
+    if len(steps) == 2:
+        if not hasattr(steps[0][1], "scale_"):
+            return None
+        scale = steps[0][1].scale_
+    w = clf.coef_ / scale
+    flat = x.reshape(len(x), -1).astype(np.float32)
+    right = S.predict(model, x) == y
+    hit = np.zeros(int(right.sum()), dtype=bool)
+    for j in range(len(w)):
+        d = w[y[right]] - w[j]
+        adv = np.clip(flat[right] - eps * np.sign(d), 0, 255)
+        hit |= (y[right] != j) & (model.predict(adv / 255) != y[right])
+    return float(hit.mean()) if right.any() else None
 
 
 def asr(model: Any, x: np.ndarray, xp: np.ndarray, y: np.ndarray,
