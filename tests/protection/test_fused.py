@@ -6,9 +6,10 @@ import pytest
 import torch
 from torch import nn
 
+from trustgain.errors import ConfigError
 from trustgain.protection import ProtectConfig, pgd
 from trustgain.protection import surrogates as S
-from trustgain.protection.fused import fold_batchnorm, for_attack
+from trustgain.protection.fused import LinearBackpropReLU, fold_batchnorm, for_attack
 
 
 def _trained_like(arch: str, seed: int = 0) -> nn.Module:
@@ -77,7 +78,8 @@ def test_perturb_with_folded_surrogates_matches_the_unfolded_attack():
     """perturb() folds; attack() on the original models gives the same signs almost everywhere."""
     models = [_trained_like("cnn", 1), _trained_like("wide", 2)]
     x = torch.rand(3, 3, 32, 32, generator=torch.Generator().manual_seed(3))
-    cfg = ProtectConfig(eps=8, steps=5, eot=(), diversity=0.0, block=1, smooth=0.0)
+    cfg = ProtectConfig(eps=8, steps=5, eot=(), diversity=0.0, block=1, smooth=0.0,
+                        linear_backprop=None)
     ours = pgd.perturb(x, key=b"", config=cfg, surrogates=models, image_id="a")
     refs = pgd.references(models, x, None)
     g = torch.Generator().manual_seed(pgd.seed_for(cfg, "a"))
@@ -86,3 +88,35 @@ def test_perturb_with_folded_surrogates_matches_the_unfolded_attack():
                        g=g, random_start=True, block=1)
     same = ((ours - plain).abs() < 0.5 / 255).float().mean()
     assert same > 0.99
+
+
+def test_linear_backprop_keeps_the_forward_pass_and_linearises_later_relus():
+    model = _trained_like("cnn")
+    (lin,) = for_attack([model], linear_backprop=1)
+    relus = [m for m in lin.modules() if isinstance(m, nn.ReLU)]
+    linear = [m for m in lin.modules() if isinstance(m, LinearBackpropReLU)]
+    assert (len(relus), len(linear)) == (1, 2)
+    assert sum(isinstance(m, nn.ReLU) for m in model.modules()) == 3  # original untouched
+    x = torch.rand(4, 3, 32, 32, generator=torch.Generator().manual_seed(5), requires_grad=True)
+    assert torch.allclose(model(x), lin(x), atol=1e-4)
+    (g0,) = torch.autograd.grad(model(x).logsumexp(1).sum(), x)
+    (g1,) = torch.autograd.grad(lin(x).logsumexp(1).sum(), x)
+    assert not torch.allclose(g0, g1, atol=1e-4)
+
+
+def test_linear_backprop_relu_passes_negative_gradients():
+    x = torch.tensor([-1.0, 2.0], requires_grad=True)
+    y = LinearBackpropReLU()(x)
+    (g,) = torch.autograd.grad(y.sum(), x)
+    assert y.tolist() == [0.0, 2.0] and g.tolist() == [1.0, 1.0]
+
+
+def test_linear_backprop_leaves_models_without_convolutions_alone():
+    mlp = S.wrap("mlp", S.make_net("mlp", 5)).eval()
+    assert for_attack([mlp], linear_backprop=0)[0] is mlp
+
+
+@pytest.mark.parametrize("bad", [True, -1, 1.5, 65])
+def test_linear_backprop_setting_is_checked(bad):
+    with pytest.raises(ConfigError, match="linear_backprop"):
+        ProtectConfig(linear_backprop=bad)

@@ -36,7 +36,7 @@ def test_architectures_take_any_size(arch):
     for size in (32, 48, 20):
         assert model(torch.rand(2, 3, size, size)).shape == (2, 5)
     with pytest.raises(ConfigError, match="known"):
-        S.make_net("vgg", 5)
+        S.make_net("alexnet", 5)
 
 
 def test_train_save_load_round_trip(tmp_path):

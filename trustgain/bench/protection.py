@@ -48,7 +48,7 @@ from trustgain.protection import surrogates as S
 EPS = 8
 STEPS = 20
 ENSEMBLE = ("cnn", "wide", "mlp")
-HELD_OUT = ("resnet",)
+HELD_OUT = ("resnet", "narrow", "vgg", "mobile", "vit")
 SKLEARN = ("lr", "svc", "rf")
 
 
@@ -65,15 +65,20 @@ def _train_all(quick: bool, x: np.ndarray, y: np.ndarray) -> dict[str, Any]:
     cache = os.environ.get("TRUSTGAIN_BENCH_CACHE")
     folder = Path(cache) / ("quick" if quick else "full") if cache else None
     epochs = 1 if quick else 6
-    archs = ("cnn", "mlp") if quick else ("cnn", "wide", "resnet", "mlp")
+    # this order fixes each architecture's training seed (its index)
+    archs = ("cnn", "mlp") if quick else ("cnn", "wide", "resnet", "mlp", "narrow", "vgg",
+                                          "mobile", "vit")
     models: dict[str, Any] = {}
     if folder is not None and (folder / S.CONFIG_NAME).is_file():
         models = S.load_named(folder)
-    else:
-        for i, arch in enumerate(archs):
-            models[arch] = S.train(arch, x, y, epochs=epochs, seed=i)
-        if folder is not None:
-            S.save(models, folder, meta={"n_classes": int(y.max()) + 1, "channels": 3})
+    missing = [a for a in archs if a not in models]
+    for arch in missing:  # seed = the architecture's place in the list, cached or not
+        _log(f"training {arch}")
+        models[arch] = S.train(arch, x, y, epochs=epochs, seed=archs.index(arch))
+    if folder is not None and missing:
+        S.save(models, folder, meta={"n_classes": int(y.max()) + 1, "channels": 3},
+               overwrite=True)
+    models = {a: models[a] for a in archs}
     for kind in ("rf",) if quick else SKLEARN:
         path = folder / f"{kind}.pkl" if folder is not None else None
         if path is not None and path.is_file():
@@ -353,7 +358,7 @@ def _attack_rows(rows: list[Row], label: str, quick: bool, models: dict[str, Any
     t, ok = _target(quick, ">= 3 incl. sklearn",
                     len(hits) >= 3 and any(k in SKLEARN for k in hits))
     rows.append(Row(f"{tag}held-out models with transfer ASR >= 70%", len(hits), "models", t,
-                    ok, ", ".join(hits) or "none"))
+                    ok, f"{', '.join(hits) or 'none'} (of {len(tr)} held out)"))
     purifiers = {"jpeg50": jpeg, "blur1": blur}
     ddpm = _ddpm_purifier()
     if ddpm is not None:

@@ -216,8 +216,8 @@ def perturb(x: torch.Tensor, *, key: bytes, config: ProtectConfig,
             raise ValueError(f"{len(ids)} image ids for a batch of {x.shape[0]}")
         g = torch.Generator().manual_seed(seed_for(config, "\0schedule"))
         gens = [torch.Generator().manual_seed(seed_for(config, i)) for i in ids]
-    return attack(x, for_attack(surrogates), refs, eps=config.eps / 255,
-                  alpha=config.alpha / 255,
+    models = for_attack(surrogates, linear_backprop=config.linear_backprop)
+    return attack(x, models, refs, eps=config.eps / 255, alpha=config.alpha / 255,
                   steps=config.steps, momentum=config.momentum, p_div=config.diversity,
                   eot=config.eot, samples=config.eot_samples, kappa=config.kappa, g=g,
                   random_start=config.random_start, block=config.block,

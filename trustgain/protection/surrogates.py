@@ -7,9 +7,8 @@ and resizing live inside). Classifiers return logits; feature surrogates (the VA
 PhotoGuard's "encoder attack", arXiv 2302.06588) instead expose ``reference(x)`` and
 ``adv_loss(x, ref)`` (the PGD core maximises it).
 
-The architectures are plain ``torch.nn`` definitions (a small CNN, a wider CNN, a ResNet-style
-net, an MLP): no maintained package ships small 32x32 classifiers without pulling torchvision,
-which this project cannot install. Weights are saved with safetensors.
+The architectures live in :mod:`trustgain.protection.archs` (plain ``torch.nn``; why no package
+fits is said there). Weights are saved with safetensors.
 
 Command: ``python -m trustgain.protection.surrogates --data DIR -o OUT`` trains them on a
 folder (subfolders = classes; a flat folder = one class per image, labelled by patch source).
@@ -31,8 +30,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from trustgain.errors import ConfigError, InputError
+from trustgain.protection.archs import ARCHS, make_net  # noqa: F401 (re-exported)
 
-ARCHS = ("cnn", "wide", "resnet", "mlp")
 CONFIG_NAME = "surrogates.json"
 
 
@@ -156,47 +155,6 @@ class HFImageClassifier(Classifier):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(pixel_values=self.prepare(x)).logits
-
-
-# -- architectures -------------------------------------------------------------------------
-
-
-def _conv(c_in: int, c_out: int) -> list[nn.Module]:
-    return [nn.Conv2d(c_in, c_out, 3, padding=1), nn.BatchNorm2d(c_out), nn.ReLU()]
-
-
-class _Block(nn.Module):
-    def __init__(self, c_in: int, c_out: int, stride: int) -> None:
-        super().__init__()
-        self.body = nn.Sequential(
-            nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(),
-            nn.Conv2d(c_out, c_out, 3, 1, 1, bias=False), nn.BatchNorm2d(c_out))
-        self.skip = (nn.Sequential() if stride == 1 and c_in == c_out else nn.Sequential(
-            nn.Conv2d(c_in, c_out, 1, stride, bias=False), nn.BatchNorm2d(c_out)))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.relu(self.body(x) + self.skip(x))
-
-
-def make_net(arch: str, n_classes: int, channels: int = 3) -> nn.Module:
-    """An untrained network of one of :data:`ARCHS` for 32x32 inputs."""
-    if arch == "cnn":
-        return nn.Sequential(*_conv(channels, 32), nn.MaxPool2d(2), *_conv(32, 64),
-                             nn.MaxPool2d(2), *_conv(64, 64), nn.AdaptiveAvgPool2d(1),
-                             nn.Flatten(), nn.Linear(64, n_classes))
-    if arch == "wide":
-        return nn.Sequential(*_conv(channels, 64), nn.MaxPool2d(2), *_conv(64, 96),
-                             nn.MaxPool2d(2), *_conv(96, 128), nn.AdaptiveMaxPool2d(1),
-                             nn.Flatten(), nn.Dropout(0.2), nn.Linear(128, n_classes))
-    if arch == "resnet":
-        return nn.Sequential(nn.Conv2d(channels, 32, 3, 2, 1, bias=False), nn.BatchNorm2d(32),
-                             nn.ReLU(), _Block(32, 32, 1), _Block(32, 64, 2), _Block(64, 64, 1),
-                             nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, n_classes))
-    if arch == "mlp":
-        return nn.Sequential(nn.Flatten(), nn.Linear(channels * 32 * 32, 256), nn.ReLU(),
-                             nn.Dropout(0.2), nn.Linear(256, 128), nn.ReLU(),
-                             nn.Linear(128, n_classes))
-    raise ConfigError(f"unknown surrogate architecture {arch!r}; known: {', '.join(ARCHS)}")
 
 
 def wrap(arch: str, net: nn.Module, channels: int = 3) -> Classifier:
