@@ -6,10 +6,11 @@
   the protected image per image, and every bit flip of one residual. Target 100% each.
 - Attack, on the region-disjoint test patches of :mod:`trustgain.protection.patches`
   (10 classes = source image): surrogates ``cnn``, ``wide``, ``mlp`` (the ensemble attacked,
-  white-box ASR, target >= 95% each); independently trained ``resnet`` and scikit-learn
-  LR/SVC/RF on raw pixels (never seen by the attack; transfer ASR, target >= 70% on at least
-  three including a scikit-learn one). ASR = share of test images a model classifies correctly
-  that it gets wrong once protected.
+  white-box ASR, target >= 95% each); independently trained held-out families ``resnet``,
+  ``narrow``, ``vgg``, ``mobile``, ``vit`` (:mod:`trustgain.protection.archs`) and
+  scikit-learn LR/SVC/RF on raw pixels (never seen by the attack; transfer ASR, target >= 70%
+  on at least three including a scikit-learn one). ASR = share of test images a model
+  classifies correctly that it gets wrong once protected.
 - Purifiers JPEG 50, Gaussian blur sigma 1 and, when a patch DDPM is given
   (``$TRUSTGAIN_PATCH_DDPM``: a folder from :mod:`trustgain.protection.pixel_ddpm`), DiffPure-
   like DDPM purification at t*=100/1000 (:func:`trustgain.protection.ddpm.purify`). After a

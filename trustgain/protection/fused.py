@@ -123,6 +123,6 @@ def for_attack(models: Sequence[nn.Module], *, linear_backprop: int | None = Non
             continue
         copy_ = fold_batchnorm(m) if fold else copy.deepcopy(m).eval()
         if lin:
-            linearize(copy_, int(linear_backprop or 0))
+            linearize(copy_, int(linear_backprop))  # not None: _linearizable said so
         out.append(copy_ if hasattr(m, "adv_loss") else _ChannelsLast(copy_))
     return out
