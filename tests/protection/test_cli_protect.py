@@ -83,6 +83,25 @@ def test_protect_then_recover_is_bit_exact(capsys, tmp_path, photos, ring):
     assert "0 protected, 3 already done, 1 refused" in stdout
 
 
+def test_outputs_keep_profile_and_orientation_and_recover_exactly(capsys, tmp_path, ring):
+    from PIL import ImageCms
+
+    src, out, back = tmp_path / "in", tmp_path / "protected", tmp_path / "back"
+    src.mkdir()
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    exif.get_ifd(0x8825)[2] = (52.0, 31.0, 12.0)  # GPSLatitude: not carried
+    icc = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    pixels = np.random.default_rng(1).integers(0, 256, (24, 32, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(src / "cam.png", exif=exif.tobytes(), icc_profile=icc)
+    run(capsys, "protect", src, "-o", out, "--keyring", ring, *FAST)
+    run(capsys, "recover", out, "-o", back, "--keyring", ring, "--no-progress")
+    for image in (Image.open(out / "cam.png"), Image.open(back / "cam.png")):
+        assert image.getexif().get(0x0112) == 6 and image.info.get("icc_profile") == icc
+        assert not image.getexif().get_ifd(0x8825)
+    assert np.array_equal(np.asarray(Image.open(back / "cam.png")), pixels)
+
+
 def test_key_never_reaches_manifest_or_output(capsys, tmp_path, photos, ring, keyring):
     import base64
 

@@ -209,6 +209,42 @@ def test_cli_embed_detect_resume_and_errors(tmp_path, capsys):
     assert not json.loads(capsys.readouterr().out)["files"][0]["detected"]
 
 
+def _camera_jpeg(path, image: Image.Image) -> None:
+    """A camera-like JPEG: sRGB profile, EXIF orientation 6 (rotate 90) and a GPS position."""
+    from PIL import ImageCms
+
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    exif[0x010F] = "CameraMaker"
+    exif.get_ifd(0x8825)[2] = (52.0, 31.0, 12.0)  # GPSLatitude
+    icc = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    image.save(path, quality=95, exif=exif.tobytes(), icc_profile=icc)
+
+
+def test_cli_embed_keeps_profile_and_orientation_drops_the_rest(tmp_path, capsys):
+    assert main(["keys", "create"]) == 0
+    src = tmp_path / "in"
+    src.mkdir()
+    _camera_jpeg(src / "cam.jpg", _photo())
+    Image.new("P", (200, 200)).save(src / "anim.gif")  # an image type embed does not take
+    capsys.readouterr()
+    out = tmp_path / "out"
+    assert main(["watermark", "embed", str(src), "-o", str(out), "--no-progress"]) == 0
+    err = capsys.readouterr().err
+    assert "skipped 1 image file(s)" in err and "anim.gif" in err  # named, not passed over
+    marked = Image.open(out / "cam.jpg")
+    exif = marked.getexif()
+    assert exif.get(0x0112) == 6 and marked.info.get("icc_profile")
+    assert 0x010F not in exif and not exif.get_ifd(0x8825)  # maker and GPS position dropped
+    assert main(["watermark", "detect", str(out / "cam.jpg"), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["files"][0]["detected"]
+    code = main(["watermark", "embed", str(src), str(src), "-o", str(out / "cam.jpg")])
+    assert code != 0 and "-o names a folder" in capsys.readouterr().err  # not a traceback
+    (tmp_path / "file").write_bytes(b"")
+    code = main(["watermark", "embed", str(src), "-o", str(tmp_path / "file" / "x")])
+    assert code == 1 and "cannot write" in capsys.readouterr().out
+
+
 def test_chase_decodes_beyond_the_hard_decoder():
     bits = ecc.encode_bits(KEY, PAYLOAD).astype(float)
     rng = np.random.default_rng(3)

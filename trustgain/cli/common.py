@@ -79,15 +79,17 @@ def collect_images(inputs: Iterable[str], suffixes: set[str]) -> list[tuple[Path
     """(file, path relative to its input root) for each file and each image under a folder.
 
     Files named directly are kept whatever their suffix (the command then says what is wrong
-    with them); a folder without any matching image is an error, never a silent no-op.
+    with them); a folder without any matching image is an error, never a silent no-op. Image
+    files of other types found in a folder (``.gif``, ``.heic``, ...) are named on stderr, not
+    silently passed over; other files (sidecars, manifests, notes) are left alone quietly.
     """
     found: list[tuple[Path, Path]] = []
     for raw in inputs:
         root = Path(raw)
         if root.is_dir():
-            files = sorted(
-                p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in suffixes
-            )
+            every = [p for p in root.rglob("*") if p.is_file()]
+            files = sorted(p for p in every if p.suffix.lower() in suffixes)
+            _note_unsupported(root, every, suffixes)
             if not files:
                 raise InputError(f"{root} holds no images ({', '.join(sorted(suffixes))})")
             found.extend((p, p.relative_to(root)) for p in files)
@@ -96,3 +98,21 @@ def collect_images(inputs: Iterable[str], suffixes: set[str]) -> list[tuple[Path
         else:
             raise InputError(f"{root}: no such file or folder")
     return found
+
+
+#: Image types a folder may hold that some command does not take (named, never passed over).
+IMAGE_TYPES = frozenset({
+    ".apng", ".avif", ".bmp", ".cr2", ".dng", ".gif", ".heic", ".heif", ".ico", ".j2k", ".jfif",
+    ".jp2", ".jpe", ".jpeg", ".jpg", ".jxl", ".nef", ".pbm", ".pgm", ".png", ".pnm", ".ppm",
+    ".psd", ".qoi", ".raw", ".svg", ".tga", ".tif", ".tiff", ".webp",
+})
+
+
+def _note_unsupported(root: Path, files: list[Path], suffixes: set[str]) -> None:
+    """Say which image files of a type the command does not take were found under ``root``."""
+    other = sorted(p for p in files if p.suffix.lower() in IMAGE_TYPES - suffixes)
+    if other:
+        names = ", ".join(str(p.relative_to(root)) for p in other[:3])
+        more = f" and {len(other) - 3} more" if len(other) > 3 else ""
+        note(f"{root}: skipped {len(other)} image file(s) of a type this command does not take "
+             f"({names}{more}); it takes {', '.join(sorted(suffixes))}")

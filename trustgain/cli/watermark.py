@@ -20,10 +20,10 @@ from trustgain.cli.common import (
     progress,
     progress_option,
 )
-from trustgain.errors import TrustgainError
+from trustgain.errors import InputError, TrustgainError
 from trustgain.fileio import write_atomic
 from trustgain.watermark import pixel
-from trustgain.watermark.images import open_image
+from trustgain.watermark.images import display_metadata, open_image
 from trustgain.watermark.pixel_stage import KEY_PURPOSE, PixelMark, psnr
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".bmp"}
@@ -34,6 +34,7 @@ _SAVE = {
     ".webp": ("WEBP", {"lossless": True}),
     ".tif": ("TIFF", {"compression": "tiff_deflate"}),
     ".tiff": ("TIFF", {"compression": "tiff_deflate"}),
+    ".bmp": ("BMP", {}),
 }
 
 
@@ -80,6 +81,9 @@ def embed(
 ) -> None:
     """Mark images; outputs keep the input's format (JPEG at quality 95).
 
+    Outputs keep the input's colour profile and EXIF orientation, and drop the rest of its
+    metadata (GPS position, camera serial number, ...).
+
     Existing outputs are skipped, so an interrupted run resumes where it stopped. Unreadable
     or unsupported files are reported with a reason and the rest go on; exit code 1 if any
     file failed.
@@ -92,6 +96,8 @@ def embed(
     files = collect_images(inputs, IMAGE_SUFFIXES)
     out = Path(output)
     single = len(files) == 1 and out.suffix.lower() in IMAGE_SUFFIXES
+    if not single and out.exists() and not out.is_dir():
+        raise InputError(f"{out} is a file: with a folder or several inputs, -o names a folder")
     try:
         data = bytes.fromhex(payload) if payload else secrets.token_bytes(4)
     except ValueError:
@@ -145,11 +151,22 @@ def _embed_one(
         if fmt == "JPEG" and marked.mode not in ("RGB", "L"):
             raise TrustgainError(f"{marked.mode} image cannot be saved as JPEG; use .png")
         buf = io.BytesIO()
-        marked.save(buf, format=fmt, **options)
-        write_atomic(dst, buf.getvalue(), overwrite=force)
+        try:
+            marked.save(buf, format=fmt, **options, **display_metadata(image))
+        except (OSError, ValueError) as exc:  # Pillow: this mode cannot go in this format
+            raise TrustgainError(f"cannot save a {marked.mode} image as {fmt}: {exc}") from None
+        try:
+            write_atomic(dst, buf.getvalue(), overwrite=force)
+        except OSError as exc:  # a read-only folder, a file where a folder goes, a full disk
+            raise TrustgainError(f"cannot write {dst}: {exc.strerror or exc}") from None
     except TrustgainError as exc:
-        return {**base, "status": "error", "reason": str(exc)}
+        return {**base, "status": "error", "reason": _reason(exc, src)}
     return {**base, "status": "marked", "nonce": nonce, "psnr_db": psnr(image, marked)}
+
+
+def _reason(exc: Exception, src: Path) -> str:
+    """The error without the file name the line already starts with."""
+    return str(exc).removeprefix(f"{src}: ")
 
 
 @watermark.command()
@@ -196,7 +213,7 @@ def detect(
             d = pixel.detect(open_image(src), key, fpr=fpr, require_payload=require_payload)
         except TrustgainError as exc:
             failed += 1
-            results.append({"file": str(src), "status": "error", "reason": str(exc)})
+            results.append({"file": str(src), "status": "error", "reason": _reason(exc, src)})
             continue
         results.append(
             {

@@ -10,6 +10,8 @@ exact recovery need lossless pixels). Refused, each with its reason: images with
 channel (the residual would not cover alpha, so recovery could not promise the whole file),
 16-bit and float images (budgets are 8-bit pixel units), CMYK, palette and other modes (convert
 them yourself, so the conversion is your choice), and truncated or unreadable files.
+Protected and recovered PNGs carry the input's colour profile and EXIF orientation (pixels stay
+in stored order), nothing else of its metadata.
 """
 
 from __future__ import annotations
@@ -49,9 +51,14 @@ _REFUSED = {
 
 def decode(data: bytes, image_id: str) -> np.ndarray:
     """An input's pixels as uint8 HxW (grayscale) or HxWx3 (RGB), or a one-line InputError."""
+    return decode_image(data)[0]
+
+
+def decode_image(data: bytes) -> tuple[np.ndarray, dict[str, bytes]]:
+    """:func:`decode`'s pixels and the metadata the output carries (ICC profile, orientation)."""
     from PIL import Image, UnidentifiedImageError
 
-    from trustgain.watermark.images import MAX_PIXELS
+    from trustgain.watermark.images import MAX_PIXELS, display_metadata
 
     try:
         with warnings.catch_warnings():
@@ -68,15 +75,28 @@ def decode(data: bytes, image_id: str) -> np.ndarray:
         raise InputError(f"corrupt or truncated image ({exc})") from None
     if image.mode not in _MODES:
         raise InputError(_REFUSED.get(image.mode, f"{image.mode} image: convert it to RGB first"))
-    return np.array(image, dtype=np.uint8)  # a writable copy (torch.from_numpy needs one)
+    # a writable copy (torch.from_numpy needs one)
+    return np.array(image, dtype=np.uint8), display_metadata(image)
 
 
-def png_bytes(pixels: np.ndarray) -> bytes:
+def png_bytes(pixels: np.ndarray, metadata: dict[str, bytes] | None = None) -> bytes:
     from PIL import Image
 
     buf = io.BytesIO()
-    Image.fromarray(pixels).save(buf, format="PNG", optimize=True)
+    Image.fromarray(pixels).save(buf, format="PNG", optimize=True, **(metadata or {}))
     return buf.getvalue()
+
+
+def png_metadata(data: bytes) -> dict[str, bytes]:
+    """The carried metadata of a PNG (read from its header chunks; {} if unreadable)."""
+    from PIL import Image, UnidentifiedImageError
+
+    from trustgain.watermark.images import display_metadata
+
+    try:
+        return display_metadata(Image.open(io.BytesIO(data)))
+    except (OSError, UnidentifiedImageError, SyntaxError, ValueError):
+        return {}
 
 
 def surrogate_digest(folder: str | Path) -> str:
@@ -161,6 +181,7 @@ class ProtectJob:
 
         results: list[Produced | Refused | None] = [None] * len(inputs)
         good: list[tuple[int, np.ndarray, str]] = []
+        metadata: dict[int, dict[str, bytes]] = {}
         labels: dict[int, int] = {}
         for i, (data, image_id, _) in enumerate(inputs):
             top = image_id.split("/", 1)[0] if "/" in image_id else None
@@ -169,7 +190,7 @@ class ProtectJob:
                                      f"(classes: {', '.join(self.classes)})")
                 continue
             try:
-                pixels = decode(data, image_id)
+                pixels, metadata[i] = decode_image(data)
                 as_tensor(pixels)  # its shape and size, before the batch runs
             except TrustgainError as exc:
                 results[i] = Refused(str(exc))
@@ -185,7 +206,7 @@ class ProtectJob:
                                  labels=[labels[g[0]] for g in batch] if labels else None,
                                  batch_size=max(1, self.batch_size))
             for (i, pixels, _), (protected, sealed) in zip(batch, done, strict=True):
-                results[i] = self._produced(pixels, protected, sealed)
+                results[i] = self._produced(pixels, protected, sealed, metadata[i])
 
         try:
             if good:
@@ -202,7 +223,8 @@ class ProtectJob:
                     results[one[0]] = Refused(str(exc))
         return [r for r in results if r is not None]
 
-    def _produced(self, pixels: np.ndarray, protected: np.ndarray, sealed: bytes) -> Produced:
+    def _produced(self, pixels: np.ndarray, protected: np.ndarray, sealed: bytes,
+                  metadata: dict[str, bytes]) -> Produced:
         from trustgain.protection.residual import to_png
 
         chunk = sealed if self.store in ("png", "both") else None
@@ -210,7 +232,7 @@ class ProtectJob:
         diff = np.abs(pixels.astype(np.int16) - protected.astype(np.int16))
         mse = float(np.mean(diff.astype(np.float64) ** 2))
         psnr = round(10 * np.log10(255.0**2 / mse), 2) if mse else None
-        return Produced(to_png(protected, chunk), extras,
+        return Produced(to_png(protected, chunk, metadata), extras,
                         {"shape": list(pixels.shape), "linf": int(diff.max(initial=0)),
                          "psnr_db": psnr, "residual_bytes": len(sealed)})
 
@@ -248,8 +270,8 @@ class RecoverJob:
         except TrustgainError as exc:
             return Refused(str(exc))
         warned = [str(w.message) for w in caught if issubclass(w.category, RecoveryWarning)]
-        return Produced(png_bytes(original), (), {"residual": where, "exact": not warned},
-                        warned[0] if warned else None)
+        return Produced(png_bytes(original, png_metadata(data)), (),
+                        {"residual": where, "exact": not warned}, warned[0] if warned else None)
 
 
 __all__ = ["KEY_PURPOSE", "KEY_STAGE", "ProtectJob", "RecoverJob", "decode"]

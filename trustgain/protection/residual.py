@@ -320,15 +320,22 @@ def open_and_apply(protected: np.ndarray, sealed: bytes, *, key: bytes,
 # -- storage -------------------------------------------------------------------------------
 
 
-def to_png(protected: np.ndarray, sealed: bytes | None = None) -> bytes:
-    """PNG bytes of ``protected``, with the sealed residual in a ``raEd`` chunk if given."""
+def to_png(
+    protected: np.ndarray, sealed: bytes | None = None, metadata: dict[str, bytes] | None = None
+) -> bytes:
+    """PNG bytes of ``protected``, with the sealed residual in a ``raEd`` chunk if given.
+
+    ``metadata``: save keywords carried from the input (see
+    :func:`trustgain.watermark.images.display_metadata`: colour profile, EXIF orientation);
+    not covered by the seal, which binds the pixels.
+    """
     from PIL import Image
 
     from trustgain.provenance.embed import _png_chunk, _png_chunks
 
     buf = io.BytesIO()
     arr = protected[..., 0] if protected.ndim == 3 and protected.shape[2] == 1 else protected
-    Image.fromarray(arr).save(buf, format="PNG", optimize=True)
+    Image.fromarray(arr).save(buf, format="PNG", optimize=True, **(metadata or {}))
     data = buf.getvalue()
     if sealed is None:
         return data
@@ -363,10 +370,11 @@ def sidecar_path(image_path: str | os.PathLike[str]) -> Path:
 
 
 def save(path: str | os.PathLike[str], protected: np.ndarray, sealed: bytes, *,
-         store: str = "png", overwrite: bool = False) -> list[Path]:
+         store: str = "png", overwrite: bool = False,
+         metadata: dict[str, bytes] | None = None) -> list[Path]:
     """Write ``protected`` as PNG at ``path`` with the residual in a chunk (``store="png"``),
     a sidecar ``path.rae`` (``"sidecar"``) or both (``"both"``). Atomic; never overwrites
-    unless asked. Returns the paths written."""
+    unless asked. ``metadata``: as :func:`to_png`. Returns the paths written."""
     if store not in ("png", "sidecar", "both"):
         raise InputError(f"store must be png, sidecar or both, not {store!r}")
     path = Path(path)
@@ -374,7 +382,7 @@ def save(path: str | os.PathLike[str], protected: np.ndarray, sealed: bytes, *,
     if store in ("sidecar", "both"):
         written.append(write_atomic(sidecar_path(path), bytes(sealed), overwrite=overwrite))
     chunk = sealed if store in ("png", "both") else None
-    written.insert(0, write_atomic(path, to_png(protected, chunk), overwrite=overwrite))
+    written.insert(0, write_atomic(path, to_png(protected, chunk, metadata), overwrite=overwrite))
     return written
 
 

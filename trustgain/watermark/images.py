@@ -58,6 +58,30 @@ def open_image(path: str | os.PathLike[str]) -> Image.Image:
     return image
 
 
+def display_metadata(image: Image.Image) -> dict[str, bytes]:
+    """Save keywords that make an output display as ``image`` did: ICC profile and orientation.
+
+    Outputs of ``trustgain watermark embed`` and ``trustgain protect`` keep the pixels in their
+    stored orientation (what a model reading the file sees), so a camera JPEG whose EXIF says
+    "rotate 90 degrees" must keep saying so, and a wide-gamut photo its colour profile. The rest
+    of EXIF (GPS position, camera serial number, ...) is dropped on purpose: marked and protected
+    images are made to be published. Pillow writes both keywords for PNG, JPEG, WebP and TIFF.
+    """
+    out: dict[str, bytes] = {}
+    icc = image.info.get("icc_profile")
+    if isinstance(icc, bytes) and icc:
+        out["icc_profile"] = icc
+    try:
+        orientation = image.getexif().get(0x0112)
+    except (OSError, SyntaxError, ValueError, TypeError):  # unreadable EXIF: nothing to keep
+        orientation = None
+    if isinstance(orientation, int) and 2 <= orientation <= 8:
+        exif = Image.Exif()
+        exif[0x0112] = orientation
+        out["exif"] = exif.tobytes()
+    return out
+
+
 def check_embeddable(image: Image.Image, min_side: int) -> None:
     if image.mode in _REFUSED:
         raise InputError(_REFUSED[image.mode])
