@@ -112,3 +112,23 @@ def test_linear_ceiling_is_exact_on_a_small_logistic_regression():
                  for f, t in zip(x.reshape(60, -1)[right].astype(float), y[right], strict=True)]
         assert B.linear_ceiling(model, x, y, eps) == pytest.approx(np.mean(brute))
     assert B.linear_ceiling(S.train_sklearn("rf", x, y, trees=3), x, y, 8) is None
+
+
+def test_bench_reads_a_retrained_family_as_the_mean_over_its_trainings():
+    """A held-out family with retrained copies gets the mean transfer ASR, each run named."""
+    from trustgain.bench import protection as B
+
+    xtr, ytr, _ = B.P.load("train", 10)
+    xte, yte, _ = B.P.load("test", 2)
+    models = B._train_all(True, xtr, ytr)
+    rf = models["rf"]
+    always_right = type("Oracle", (), {"predict": lambda self, x: yte[: len(x)]})()
+    rows: list = []
+    B._attack_rows(rows, "t", True, models, ["cnn"], ["rf"], xte, yte, B.config(2), b"k" * 32,
+                   {"rf": [rf, always_right]})
+    by = {r.metric: r for r in rows}
+    row = by[f"[t] transfer ASR rf @{B.EPS}/255"]
+    assert "mean of 3 trainings" in row.note
+    base = float(row.note.rsplit(": ", 1)[1].split(" / ")[0])
+    assert row.value == pytest.approx((2 * base + 0.0) / 3, abs=0.06)  # oracle never fooled
+    assert "every training: none" in by["[t] held-out models with transfer ASR >= 70%"].note
