@@ -227,6 +227,7 @@ def test_cli_embed_keeps_profile_and_orientation_drops_the_rest(tmp_path, capsys
     src.mkdir()
     _camera_jpeg(src / "cam.jpg", _photo())
     Image.new("P", (200, 200)).save(src / "anim.gif")  # an image type embed does not take
+    _photo("coffee").save(src / "scan.tif", tiffinfo={0x0112: 3})  # TIFF: orientation as a tag
     capsys.readouterr()
     out = tmp_path / "out"
     assert main(["watermark", "embed", str(src), "-o", str(out), "--no-progress"]) == 0
@@ -236,6 +237,7 @@ def test_cli_embed_keeps_profile_and_orientation_drops_the_rest(tmp_path, capsys
     exif = marked.getexif()
     assert exif.get(0x0112) == 6 and marked.info.get("icc_profile")
     assert 0x010F not in exif and not exif.get_ifd(0x8825)  # maker and GPS position dropped
+    assert Image.open(out / "scan.tif").getexif().get(0x0112) == 3
     assert main(["watermark", "detect", str(out / "cam.jpg"), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["files"][0]["detected"]
     code = main(["watermark", "embed", str(src), str(src), "-o", str(out / "cam.jpg")])

@@ -152,7 +152,7 @@ def _embed_one(
             raise TrustgainError(f"{marked.mode} image cannot be saved as JPEG; use .png")
         buf = io.BytesIO()
         try:
-            marked.save(buf, format=fmt, **options, **display_metadata(image))
+            marked.save(buf, format=fmt, **options, **display_metadata(image, fmt))
         except (OSError, ValueError) as exc:  # Pillow: this mode cannot go in this format
             raise TrustgainError(f"cannot save a {marked.mode} image as {fmt}: {exc}") from None
         try:

@@ -58,7 +58,7 @@ def decode_image(data: bytes) -> tuple[np.ndarray, dict[str, bytes]]:
     """:func:`decode`'s pixels and the metadata the output carries (ICC profile, orientation)."""
     from PIL import Image, UnidentifiedImageError
 
-    from trustgain.watermark.images import MAX_PIXELS, display_metadata
+    from trustgain.watermark.images import MAX_PIXELS, display_metadata, remember_orientation
 
     try:
         with warnings.catch_warnings():
@@ -66,6 +66,7 @@ def decode_image(data: bytes) -> tuple[np.ndarray, dict[str, bytes]]:
             image = Image.open(io.BytesIO(data))
             if image.width * image.height > MAX_PIXELS:
                 raise InputError(f"{image.width}x{image.height} is larger than {MAX_PIXELS} px")
+            remember_orientation(image)
             image.load()
     except UnidentifiedImageError:
         raise InputError("not an image Pillow can read") from None

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import warnings
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -44,6 +45,7 @@ def open_image(path: str | os.PathLike[str]) -> Image.Image:
                 raise InputError(
                     f"{path}: {image.width}x{image.height} is larger than {MAX_PIXELS} pixels"
                 )
+            remember_orientation(image)
             image.load()
     except FileNotFoundError:
         raise InputError(f"{path}: no such file") from None
@@ -58,24 +60,45 @@ def open_image(path: str | os.PathLike[str]) -> Image.Image:
     return image
 
 
-def display_metadata(image: Image.Image) -> dict[str, bytes]:
+_ORIENTATION = "trustgain.orientation"
+
+
+def _orientation(image: Image.Image) -> int | None:
+    try:
+        value = image.getexif().get(0x0112)
+    except (OSError, SyntaxError, ValueError, TypeError):  # unreadable EXIF: nothing to keep
+        return None
+    return value if isinstance(value, int) else None
+
+
+def remember_orientation(image: Image.Image) -> None:
+    """Note the EXIF orientation in ``image.info`` before ``load()``: Pillow's TIFF reader
+    forgets its tags once the pixels are decoded."""
+    image.info[_ORIENTATION] = _orientation(image) or 1
+
+
+def display_metadata(image: Image.Image, fmt: str = "PNG") -> dict[str, Any]:
     """Save keywords that make an output display as ``image`` did: ICC profile and orientation.
 
     Outputs of ``trustgain watermark embed`` and ``trustgain protect`` keep the pixels in their
     stored orientation (what a model reading the file sees), so a camera JPEG whose EXIF says
     "rotate 90 degrees" must keep saying so, and a wide-gamut photo its colour profile. The rest
     of EXIF (GPS position, camera serial number, ...) is dropped on purpose: marked and protected
-    images are made to be published. Pillow writes both keywords for PNG, JPEG, WebP and TIFF.
+    images are made to be published. ``fmt`` is the Pillow format the keywords are for: PNG,
+    JPEG and WebP take EXIF bytes, TIFF the orientation as a tag; BMP can hold neither.
     """
-    out: dict[str, bytes] = {}
+    out: dict[str, Any] = {}
+    if fmt == "BMP":
+        return out
     icc = image.info.get("icc_profile")
     if isinstance(icc, bytes) and icc:
         out["icc_profile"] = icc
-    try:
-        orientation = image.getexif().get(0x0112)
-    except (OSError, SyntaxError, ValueError, TypeError):  # unreadable EXIF: nothing to keep
-        orientation = None
-    if isinstance(orientation, int) and 2 <= orientation <= 8:
+    orientation = image.info.get(_ORIENTATION)
+    if orientation is None:
+        orientation = _orientation(image)
+    if isinstance(orientation, int) and 2 <= orientation <= 8 and fmt == "TIFF":
+        out["tiffinfo"] = {0x0112: orientation}
+    elif isinstance(orientation, int) and 2 <= orientation <= 8:
         exif = Image.Exif()
         exif[0x0112] = orientation
         out["exif"] = exif.tobytes()
