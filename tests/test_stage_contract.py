@@ -20,7 +20,7 @@ def _item(phase: Phase) -> Item:
         return Item(request=request)
     rng = np.random.default_rng(0)
     images = tuple(
-        Image.fromarray(rng.integers(0, 255, (160, 160, 3), dtype=np.uint8)) for _ in range(2)
+        Image.fromarray(rng.integers(0, 255, (256, 256, 3), dtype=np.uint8)) for _ in range(2)
     )
     return Item(request=request, outputs=images)
 

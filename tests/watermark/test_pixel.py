@@ -102,7 +102,7 @@ def test_unsupported_modes_are_refused(mode, reason):
 
 
 def test_tiny_images_are_refused():
-    with pytest.raises(InputError, match="at least 128x128"):
+    with pytest.raises(InputError, match="at least 256x256"):
         pixel.embed(_photo(size=100), KEY, PAYLOAD)
 
 
@@ -138,7 +138,7 @@ def test_stage_marks_outputs_with_record_id(keyring):
 
 
 def test_stage_refuses_images_it_cannot_mark(sd_pipe, keyring):
-    with pytest.raises(StageError, match="at least 128x128"):
+    with pytest.raises(StageError, match="at least 256x256"):
         wrap(sd_pipe, ["watermark.pixel"], keyring=keyring)(
             "x", seed=0, num_inference_steps=2, height=16, width=16
         )
@@ -169,7 +169,7 @@ def test_cli_embed_detect_resume_and_errors(tmp_path, capsys):
     result = json.loads(capsys.readouterr().out)
     assert code == 1 and result["marked"] == 2 and result["failed"] == 2
     reasons = {r["file"].rsplit("/", 1)[-1]: r.get("reason", "") for r in result["files"]}
-    assert "not an image" in reasons["broken.png"] and "128x128" in reasons["tiny.png"]
+    assert "not an image" in reasons["broken.png"] and "256x256" in reasons["tiny.png"]
     before = (tmp_path / "out" / "a.png").read_bytes()
     main(["watermark", "embed", str(src), "-o", str(tmp_path / "out"), "--json", "--no-progress"])
     again = json.loads(capsys.readouterr().out)
