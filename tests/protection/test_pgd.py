@@ -248,3 +248,27 @@ def test_smooth_gradient_gives_a_smoother_perturbation_that_still_attacks():
             ProtectConfig(smooth=bad)
     assert ProtectConfig().smooth == 1.0 and ProtectConfig().to_dict()["smooth"] == 1.0
     assert ProtectConfig(**ProtectConfig(smooth=1.0).to_dict()).smooth == 1.0
+
+
+def test_surrogate_weights_scale_each_models_pull():
+    """A zero weight drops a surrogate: the result equals attacking the other one alone."""
+    a, b = _tiny_cnn(seed=0), _tiny_cnn(seed=1)
+    x = torch.rand(8, 3, 16, 16, generator=torch.Generator().manual_seed(5))
+    y = (a(x) + b(x)).argmax(1).tolist()
+
+    def run(surrogates, weights=None):
+        cfg = ProtectConfig(eps=4, steps=5, step_size=1.0, eot=(), diversity=0.0, block=1,
+                            weights=weights)
+        return pgd.perturb(x, key=b"", config=cfg, surrogates=surrogates, labels=y)
+
+    assert torch.equal(run([a, b], (1, 0)), run([a]))
+    assert torch.equal(run([a, b], (0, 2.5)), run([b], (2.5,)))
+    assert not torch.equal(run([a, b], (1, 3)), run([a, b]))
+    with pytest.raises(ConfigError, match="2 surrogates"):
+        run([a, b], (1, 1, 1))
+    for bad in ((), (0, 0), (-1, 1), (float("nan"),), "12", ("a",), 3):
+        with pytest.raises(ConfigError, match="weights"):
+            ProtectConfig(weights=bad)
+    cfg = ProtectConfig(weights=[1, 2])
+    assert cfg.weights == (1.0, 2.0) and ProtectConfig(**cfg.to_dict()) == cfg
+    assert ProtectConfig().weights is None and "weights" not in ProtectConfig().to_dict()

@@ -11,6 +11,7 @@ holder recovers the original bit for bit. Method ``"pgd"`` lives in
 from __future__ import annotations
 
 import importlib
+import math
 import os
 import re
 from collections.abc import Sequence
@@ -54,6 +55,13 @@ class ProtectConfig:
       unchanged), for better transfer to unseen models; ``None`` = off. 1 by default: on
       the bench's patches it lifted transfer to the held-out logistic regression from 68.5%
       to 79.8% (BENCHMARKS.md, protection, eleventh pass).
+    - ``weights``: one loss weight per surrogate, in the order the surrogates are given
+      (``None`` = all 1). Losses of different kinds differ in scale (a VAE encoder's latent
+      distance next to a classifier's margin), and a weak member of an ensemble can be
+      weighted up (Liu et al., arXiv 1611.02770, weight their ensemble's members). On the
+      bench's patches, weighting the MLP x2 (with ``linear_backprop=2``) moved transfer within
+      the spread between trainings of the same held-out model, so the default stays all 1
+      (BENCHMARKS.md, protection, thirteenth pass).
     - ``seed``: seeds the random start and transformations (with the image id), so a run is
       reproducible.
     """
@@ -71,6 +79,7 @@ class ProtectConfig:
     block: int = 2
     smooth: float = 1.0
     linear_backprop: int | None = 1
+    weights: tuple[float, ...] | None = None
     seed: int = 0
     extra: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
 
@@ -104,6 +113,18 @@ class ProtectConfig:
                 or not 0 <= self.linear_backprop <= 64):
             raise ConfigError("linear_backprop must be None (off) or an integer in [0, 64] "
                               f"(ReLUs kept), got {self.linear_backprop!r}")
+        if self.weights is not None:
+            try:
+                if isinstance(self.weights, str | bytes):
+                    raise TypeError
+                object.__setattr__(self, "weights", tuple(float(w) for w in self.weights))
+            except (TypeError, ValueError):
+                raise ConfigError(f"weights must be a sequence of numbers, got {self.weights!r}"
+                                  ) from None
+            if (not self.weights or not all(math.isfinite(w) and w >= 0 for w in self.weights)
+                    or not any(self.weights)):
+                raise ConfigError("weights must be None or finite non-negative numbers, one "
+                                  f"per surrogate, not all zero; got {self.weights!r}")
         if not 1 <= self.eot_samples <= 64 or self.kappa < 0:
             raise ConfigError("eot_samples must be in [1, 64] and kappa >= 0")
 
@@ -115,6 +136,10 @@ class ProtectConfig:
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["eot"] = list(self.eot)
+        if self.weights is None:  # absent, as in manifests written before the field existed,
+            del d["weights"]      # so a batch started then still resumes
+        else:
+            d["weights"] = list(self.weights)
         return d
 
 

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from trustgain.errors import ConfigError
 from trustgain.protection.fused import for_attack
 
 if TYPE_CHECKING:
@@ -136,7 +137,8 @@ def attack(x: torch.Tensor, models: Sequence[torch.nn.Module], refs: Sequence[An
            eps: float, alpha: float, steps: int, momentum: float, p_div: float,
            eot: Sequence[str], samples: int, kappa: float, g: torch.Generator,
            random_start: bool = True, block: int = 1, smooth: float = 0.0,
-           gens: Sequence[torch.Generator] | None = None) -> torch.Tensor:
+           gens: Sequence[torch.Generator] | None = None,
+           weights: Sequence[float] | None = None) -> torch.Tensor:
     """The PGD loop on [0, 1] images; ``eps``/``alpha`` in [0, 1] units. Returns x_adv.
 
     Randomness: ``g`` draws what the batch shares (which transformation, its strength, the
@@ -147,12 +149,16 @@ def attack(x: torch.Tensor, models: Sequence[torch.nn.Module], refs: Sequence[An
     ``block`` > 1 optimises one value per ``block x block`` pixels (a low-frequency
     perturbation: it survives blur/JPEG better and its residual compresses ``block**2``-fold).
     ``smooth`` > 0 blurs each gradient with a Gaussian of that sigma (cells) before the
-    sign step (TI-FGSM, translation-invariant attack).
+    sign step (TI-FGSM, translation-invariant attack). ``weights`` scales each model's loss
+    (``None`` = all 1).
     """
     h, w = x.shape[-2:]
     shape = (*x.shape[:2], -(-h // block), -(-w // block))
     if gens is not None and len(gens) != x.shape[0]:
         raise ValueError(f"{len(gens)} generators for a batch of {x.shape[0]}")
+    weights = [1.0] * len(models) if weights is None else list(weights)
+    if len(weights) != len(models):
+        raise ValueError(f"{len(weights)} weights for {len(models)} models")
     delta = (_rand(shape, g, gens) * 2 - 1).to(x) * eps if random_start else \
         x.new_zeros(shape)
     velocity = torch.zeros_like(delta)
@@ -167,8 +173,9 @@ def attack(x: torch.Tensor, models: Sequence[torch.nn.Module], refs: Sequence[An
                                gens)
             if p_div and float(torch.rand((), generator=g)) < p_div:
                 xt = diversity(xt, g)
-            for model, ref in zip(models, refs, strict=True):
-                loss = loss + _loss(model, xt, ref, kappa)
+            for model, ref, weight in zip(models, refs, weights, strict=True):
+                if weight:
+                    loss = loss + weight * _loss(model, xt, ref, kappa)
         (grad,) = torch.autograd.grad(loss, delta)
         with torch.no_grad():
             if smooth:
@@ -206,6 +213,9 @@ def perturb(x: torch.Tensor, *, key: bytes, config: ProtectConfig,
     :func:`trustgain.protection.api.protect_batch` uses).
     """
     del key
+    if config.weights is not None and len(config.weights) != len(surrogates):
+        raise ConfigError(f"config.weights has {len(config.weights)} entries for "
+                          f"{len(surrogates)} surrogates; give one weight per surrogate")
     refs = references(surrogates, x, labels)
     gens = None
     if isinstance(image_id, str):
@@ -221,4 +231,4 @@ def perturb(x: torch.Tensor, *, key: bytes, config: ProtectConfig,
                   steps=config.steps, momentum=config.momentum, p_div=config.diversity,
                   eot=config.eot, samples=config.eot_samples, kappa=config.kappa, g=g,
                   random_start=config.random_start, block=config.block,
-                  smooth=config.smooth, gens=gens)
+                  smooth=config.smooth, gens=gens, weights=config.weights)
