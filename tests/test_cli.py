@@ -125,6 +125,18 @@ def test_generate_verify_and_tamper(capsys, tmp_path, model_dir):
     code, out, _ = run(capsys, "verify", str(tmp_path), "--json", "--no-progress")
     reasons = {r["file"].rsplit("/", 1)[-1]: r.get("reason") for r in json.loads(out)}
     assert code == 1 and reasons == {"bad.png": "content_hash_mismatch", "seven.png": None}
+    # A missing path is one failed line; the others are still checked.
+    code, out, _ = run(capsys, "verify", str(out_png), str(tmp_path / "nope.png"), "--json")
+    results = json.loads(out)
+    assert code == 1 and [r["valid"] for r in results] == [True, False]
+    assert results[1]["reason"] == "unreadable"
+    assert results[1]["message"] == "no such file or folder"
+    # Same pixels, other bytes (here: bytes after IEND): valid by pixels, and the line says so.
+    (tmp_path / "tail").mkdir()
+    tail = tmp_path / "tail" / "seven.png"
+    tail.write_bytes(data + b"appended")
+    code, out, _ = run(capsys, "verify", str(tail))
+    assert code == 0 and "file bytes differ" in out
 
 
 def test_jpeg_output_and_missing_record(capsys, tmp_path, model_dir):
@@ -196,6 +208,11 @@ def test_console_script_debug_traceback(tmp_path):
 def test_key_file_mode(tmp_path, capsys):
     run(capsys, "keys", "create", "--keyring", str(tmp_path / "k.json"))
     assert stat.S_IMODE((tmp_path / "k.json").stat().st_mode) == 0o600
+    _, _, err = run(capsys, "keys", "show", "--keyring", str(tmp_path / "k.json"))
+    assert "chmod" not in err
+    (tmp_path / "k.json").chmod(0o644)  # unencrypted and readable by others: said every time
+    code, _, err = run(capsys, "keys", "show", "--keyring", str(tmp_path / "k.json"))
+    assert code == 0 and f"chmod 600 {tmp_path / 'k.json'}" in err
 
 
 def test_verify_soft_binding_through_the_watermark(capsys, tmp_path):

@@ -113,3 +113,30 @@ def test_never_overwrites_without_asking(tmp_path):
     KeyRing.generate().save(path, overwrite=True)
     assert path.read_bytes() != before
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_never_overwrites_someone_elses_public_key(tmp_path):
+    pub = tmp_path / "team.pub.pem"
+    pub.write_text("alice's key\n")
+    with pytest.raises(OutputExistsError, match=r"team\.pub\.pem"):
+        KeyRing.generate().save(tmp_path / "team.json")
+    assert pub.read_text() == "alice's key\n" and not (tmp_path / "team.json").exists()
+    (tmp_path / "t2.pub.pem").mkdir()
+    with pytest.raises(KeyFileError, match="folder"):
+        KeyRing.generate().save(tmp_path / "t2.json")
+    assert not (tmp_path / "t2.json").exists()  # nothing half-written: a retry just works
+    ring = KeyRing.generate()
+    ring.save(tmp_path / "team.json", overwrite=True)
+    assert PublicKey.load(pub) == ring.public_key
+
+
+def test_a_write_that_fails_names_the_path_not_the_temporary_file(tmp_path):
+    from trustgain.errors import OutputWriteError, TrustgainError
+    from trustgain.fileio import write_atomic
+
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(OutputWriteError) as err:
+        write_atomic(tmp_path / "file" / "k.pem", b"data")
+    assert isinstance(err.value, TrustgainError) and isinstance(err.value, OSError)
+    assert str(err.value).startswith(f"cannot write {tmp_path / 'file' / 'k.pem'}: ")
+    assert ".tmp" not in str(err.value)

@@ -161,3 +161,47 @@ def test_not_an_image_and_truncated_png():
     with pytest.raises(InputError, match="truncated"):
         verify_bytes(b"\x89PNG\r\n\x1a\n" + chunk + b"\0\0", trusted=[])
     assert zlib  # used to build chunks above
+
+
+def test_bytes_slipped_past_the_record_are_caught(artifacts):
+    """Bytes after IEND, a second record chunk, a short tagged JPEG segment: none verifies
+    as the signed file (a second chunk could carry anything strip() silently drops)."""
+    ring, art, _, fmt = artifacts
+    data, keys = art.files[0].data, [ring.public_key]
+    if fmt == "png":
+        v = verify_bytes(data + b"EVIL PAYLOAD" * 100, trusted=keys)
+        assert v.binding == "pixels"  # same pixels, but never "the exact file"
+        end = len(data) - 12  # IEND
+        extra = embed._png_chunk(b"iTXt", embed.KEYWORD + b"\0\0\0\0\0anything")
+        doubled = data[:end] + extra + data[end:]
+    else:
+        at = embed._jpeg_insert_at(data)
+        doubled = data[:at] + embed._jpeg_segment(0xEB, b"trustgain\0") + data[at:]
+    assert _reason(doubled, keys) == Reason.MALFORMED_RECORD
+
+
+@pytest.mark.parametrize("value", ["[" * 100_000 + "]" * 100_000, "NaN", "1e400",
+                                   str(2**70)])
+def test_records_with_no_canonical_form_are_malformed(artifacts, value):
+    ring, art, _, _ = artifacts
+    env = json.loads(embed.extract(art.files[0].data))
+    env["record"]["extra"] = "@@"
+    text = json.dumps(env).replace('"@@"', value)
+    assert _reason(_replace_record(art.files[0].data, text), [ring.public_key]) == \
+        Reason.MALFORMED_RECORD
+
+
+def test_verify_file_reads_only_images(tmp_path):
+    from trustgain.errors import InputError
+
+    big = tmp_path / "huge.png"
+    with big.open("wb") as fh:  # sparse: a 3 GB file of zeros is refused from its first bytes
+        fh.truncate(3 * 2**30)
+    with pytest.raises(InputError, match="not a PNG or JPEG"):
+        verify_file(big, trusted=[])
+    with pytest.raises(InputError, match="not a regular file"):
+        verify_file("/dev/zero", trusted=[])
+    png = tmp_path / "a.png"
+    Image.new("RGB", (4, 4)).save(png)
+    with pytest.raises(InputError, match=r"sidecar .*no such file"):
+        verify_file(png, trusted=[], sidecar=tmp_path / "gone.json")

@@ -62,6 +62,19 @@ class OutputExistsError(TrustgainError):
         )
 
 
+class OutputWriteError(TrustgainError, OSError):
+    """An output could not be written (read-only folder, full disk, a file where a folder
+    goes). Also an :class:`OSError`, so code that stops a batch on write failures still does."""
+
+    def __init__(self, path: object, exc: OSError) -> None:
+        self.message = f"cannot write {path}: {exc.strerror or exc}"
+        TrustgainError.__init__(self, self.message)
+        self.errno, self.strerror, self.filename = exc.errno, exc.strerror, str(path)
+
+    def __str__(self) -> str:
+        return self.message
+
+
 class InputError(TrustgainError):
     """An input file is unreadable or of a kind trustgain does not handle."""
 

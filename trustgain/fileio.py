@@ -7,7 +7,7 @@ import os
 import tempfile
 from pathlib import Path
 
-from trustgain.errors import OutputExistsError, TrustgainError
+from trustgain.errors import OutputExistsError, OutputWriteError, TrustgainError
 
 
 def write_atomic(
@@ -17,12 +17,23 @@ def write_atomic(
 
     Without ``overwrite``, an existing file is never replaced (checked atomically with a hard
     link, so two writers cannot both win). A crash leaves either the old file or the new one.
+    A write that fails (read-only folder, full disk) raises :class:`OutputWriteError`, which
+    names ``path``, not the temporary file.
     """
     path = Path(path)
     if path.is_dir():
         raise TrustgainError(f"{path} is a folder, not a file path")
     if not overwrite and path.exists():
         raise OutputExistsError(path)
+    try:
+        return _write(path, data, overwrite, mode)
+    except OutputExistsError:
+        raise
+    except OSError as exc:
+        raise OutputWriteError(path, exc) from None
+
+
+def _write(path: Path, data: bytes, overwrite: bool, mode: int) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:

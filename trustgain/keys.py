@@ -28,7 +28,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 
 from trustgain.digest import canonical_json
-from trustgain.errors import KeyFileError
+from trustgain.errors import KeyFileError, OutputExistsError
 from trustgain.fileio import trustgain_home, write_atomic
 
 FORMAT = "trustgain.keyring"
@@ -210,9 +210,16 @@ class KeyRing:
             kek = _scrypt(passphrase, salt, _SCRYPT)
             secret = AESGCM(kek).encrypt(nonce, secret, canonical_json(header))
         body = json.dumps({**header, "secret": _b64(secret)}, indent=2).encode() + b"\n"
+        pem, pub = self.public_key.to_pem(), public_key_path(path)
+        if path.exists() and not overwrite and not path.is_dir():
+            raise OutputExistsError(path)
+        if pub.is_dir():  # both paths checked before either is written
+            raise KeyFileError(f"{pub} is a folder; the public key goes there")
+        if pub.exists() and not overwrite and pub.read_bytes() != pem:
+            raise OutputExistsError(pub)  # someone else's public key: never replaced unasked
         path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         write_atomic(path, body, overwrite=overwrite, mode=0o600)
-        write_atomic(public_key_path(path), self.public_key.to_pem(), overwrite=True, mode=0o644)
+        write_atomic(pub, pem, overwrite=True, mode=0o644)
         return path
 
     @classmethod

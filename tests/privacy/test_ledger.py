@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import multiprocessing as mp
 import stat
 from datetime import UTC, datetime
@@ -82,3 +83,40 @@ def test_concurrent_charges_lose_nothing(tmp_path):
         assert p.exitcode == 0
     assert len(ledger.spends()) == 45
     assert ledger.spent()[0] == pytest.approx(0.045)
+
+
+@pytest.mark.parametrize("edit", [
+    lambda d: [],
+    lambda d: "str",
+    lambda d: {"format": d["format"]},
+    lambda d: {**d, "budget": {"epsilon": "ten", "delta": 1e-5}},
+    lambda d: {**d, "budget": {"epsilon": float("nan"), "delta": 1e-5}},
+    lambda d: {**d, "budget": {"epsilon": True, "delta": 1e-5}},
+    lambda d: {**d, "spends": {}},
+    lambda d: {**d, "spends": [{**d["spends"][0], "epsilon": -100}]},
+    lambda d: {**d, "spends": [{**d["spends"][0], "epsilon": "1"}]},
+    lambda d: {**d, "spends": [{k: v for k, v in d["spends"][0].items() if k != "delta"}]},
+    lambda d: "[" * 100_000 + "]" * 100_000,
+])
+def test_a_malformed_ledger_lets_nothing_be_spent(tmp_path, edit):
+    """Fail closed: a negative spend or a NaN budget would otherwise leave room to spend."""
+    ledger = _ledger(tmp_path)
+    ledger.charge(what="a", accountant="rdp", epsilon=0.5, delta=0.0)
+    doc = json.loads(ledger.path.read_text())
+    bad = edit(doc)
+    ledger.path.write_text(bad if isinstance(bad, str) and bad.startswith("[")
+                           else json.dumps(bad))
+    for call in (ledger.spent, ledger.remaining, lambda: ledger.charge(
+            what="b", accountant="rdp", epsilon=1e6, delta=0.0)):
+        with pytest.raises(LedgerError):
+            call()
+
+
+def test_ledger_paths_and_amount_types_are_checked(tmp_path):
+    with pytest.raises(LedgerError, match="not a ledger file path"):
+        Ledger("")
+    with pytest.raises(LedgerError, match="numbers"):
+        _ledger(tmp_path).charge(what="x", accountant="rdp", epsilon="1", delta=0.0)
+    with pytest.raises(OutputExistsError) as err:
+        _ledger(tmp_path)
+    assert "never replaced" in err.value.hint

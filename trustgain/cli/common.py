@@ -72,7 +72,12 @@ def passphrase_for_reading(path: str | os.PathLike[str]) -> str | None:
 
 def load_keyring(path: str | None) -> KeyRing:
     path = path or str(default_keyring_path())
-    return KeyRing.load(path, passphrase=passphrase_for_reading(path))
+    ring = KeyRing.load(path, passphrase=passphrase_for_reading(path))
+    mode = Path(path).stat().st_mode & 0o777
+    if mode & 0o077 and not is_encrypted(path):  # an unprotected secret others can read
+        note(f"{path} holds unencrypted keys and is readable by others (mode {mode:o}); "
+             f"run: chmod 600 {path}")
+    return ring
 
 
 def collect_images(inputs: Iterable[str], suffixes: set[str]) -> list[tuple[Path, Path]]:

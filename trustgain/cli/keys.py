@@ -82,6 +82,9 @@ def show(keyring_path: str | None, as_json: bool) -> None:
     if public is None:
         load_keyring(str(path))  # raises the one-line "no key file" error with its hint
     info = _describe(path, public)
+    if path.stat().st_mode & 0o077 and not is_encrypted(path):
+        note(f"warning: {path} holds unencrypted keys and is readable by others; "
+             f"run: chmod 600 {path}")
     lines = [f"{k}: {v}" for k, v in info.items()]
     emit(info, as_json, "\n".join(lines))
 

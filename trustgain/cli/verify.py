@@ -16,7 +16,7 @@ from trustgain.cli.common import (
     progress,
     progress_option,
 )
-from trustgain.errors import Reason, TrustgainError, VerificationError
+from trustgain.errors import InputError, Reason, TrustgainError, VerificationError
 from trustgain.keys import PublicKey
 from trustgain.provenance import default_trusted_keys, verify_file
 from trustgain.provenance.soft import soft_bind
@@ -100,7 +100,13 @@ def verify(
       trustgain verify out/ --public-key alice.pem --json
       trustgain verify reposted.jpg --records out/   # soft binding through the watermark
     """
-    paths = [f for f, _ in collect_images(files, IMAGE_SUFFIXES)]
+    entries: list[tuple[Path, TrustgainError | None]] = []
+    for f in files:  # a missing path or an empty folder is one failed entry, not the end
+        try:
+            entries += [(p, None) for p, _ in collect_images([f], IMAGE_SUFFIXES)]
+        except InputError as exc:
+            entries.append((Path(f), exc))
+    paths = [p for p, _ in entries]
     if sidecar and len(paths) != 1:
         raise click.UsageError("--sidecar needs exactly one file")
     trusted = [PublicKey.load(k) for k in public_keys] if public_keys else default_trusted_keys()
@@ -110,8 +116,10 @@ def verify(
     if record_dirs:
         mark_key = load_keyring(keyring_path).derive("watermark.pixel", "pixel").material
     results, ok = [], True
-    for path in progress(paths, desc="verify", disable=no_progress or len(paths) < 2):
+    for path, error in progress(entries, desc="verify", disable=no_progress or len(paths) < 2):
         try:
+            if error is not None:
+                raise error
             v = verify_file(path, trusted=trusted, sidecar=sidecar)
         except VerificationError as exc:
             ok = False
@@ -124,7 +132,8 @@ def verify(
         except TrustgainError as exc:  # unreadable or not an image: a reason, then go on
             ok = False
             results.append(
-                {"file": str(path), "valid": False, "reason": "unreadable", "message": str(exc)}
+                {"file": str(path), "valid": False, "reason": "unreadable",
+                 "message": str(exc).removeprefix(f"{path}: ")}
             )
             continue
         results.append(
@@ -142,6 +151,8 @@ def verify(
         )
     human = "\n".join(
         f"{r['file']}: valid (record {r['record_id']}, key {r['key_id']}, {r['source']})"
+        + ("" if r["binding"] == "file" else
+           "; pixels match, file bytes differ: re-encoded or metadata changed")
         if r["valid"]
         else f"{r['file']}: INVALID {r['message']}" + _soft_text(r)
         for r in results

@@ -25,7 +25,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from trustgain.errors import TrustgainError
+from trustgain.errors import OutputExistsError, TrustgainError
 from trustgain.fileio import write_atomic
 
 FORMAT = "trustgain.privacy-ledger/1"
@@ -51,6 +51,8 @@ class Spend:
 
 
 def _check_amount(epsilon: float, delta: float) -> None:
+    if not (_number(epsilon) and _number(delta)):
+        raise LedgerError(f"epsilon and delta must be numbers, not {epsilon!r} and {delta!r}")
     if not (math.isfinite(epsilon) and epsilon >= 0):
         raise LedgerError(f"epsilon must be a finite number >= 0, not {epsilon!r}")
     if not (0 <= delta < 1):
@@ -62,6 +64,8 @@ class Ledger:
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
+        if not self.path.name:
+            raise LedgerError(f"{str(path)!r} is not a ledger file path")
         self._lock_path = self.path.with_name(self.path.name + ".lock")
 
     @classmethod
@@ -83,7 +87,12 @@ class Ledger:
             "composition": "basic",
             "spends": [],
         }
-        write_atomic(ledger.path, _dump(doc), mode=0o600)
+        try:
+            write_atomic(ledger.path, _dump(doc), mode=0o600)
+        except OutputExistsError as exc:  # no --force here: replacing would forget spends
+            exc.hint = ("a ledger is the record of what a dataset has spent and is never "
+                        "replaced; choose another path")
+            raise
         return ledger
 
     @contextmanager
@@ -106,8 +115,14 @@ class Ledger:
             ) from None
         except (OSError, ValueError) as exc:
             raise LedgerError(f"cannot read privacy ledger {self.path}: {exc}") from None
-        if doc.get("format") != FORMAT:
+        except RecursionError:
+            raise LedgerError(f"{self.path} is not a privacy ledger (nested too deeply)") from None
+        if not isinstance(doc, dict) or doc.get("format") != FORMAT:
             raise LedgerError(f"{self.path} is not a privacy ledger ({FORMAT})")
+        problem = _malformed(doc)
+        if problem:  # fail closed: a ledger we cannot read exactly lets nothing be spent
+            raise LedgerError(f"privacy ledger {self.path} is malformed: {problem}",
+                              hint="restore it from a backup; it is never repaired by guessing")
         return doc
 
     @property
@@ -158,6 +173,39 @@ class Ledger:
             doc["spends"].append(asdict(spend))
             write_atomic(self.path, _dump(doc), overwrite=True, mode=0o600)
         return spend
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _malformed(doc: dict[str, Any]) -> str | None:
+    """What is wrong with a parsed ledger, or None: every amount a valid (epsilon, delta)."""
+    if not isinstance(doc.get("dataset"), str):
+        return "no dataset name"
+    budget = doc.get("budget")
+    if not isinstance(budget, dict) or not all(_number(budget.get(k)) for k in ("epsilon",
+                                                                                 "delta")):
+        return "the budget is not a pair of numbers"
+    try:
+        _check_amount(budget["epsilon"], budget["delta"])
+    except LedgerError as exc:
+        return f"budget {exc}"
+    spends = doc.get("spends")
+    if not isinstance(spends, list):
+        return "spends is not a list"
+    fields = set(Spend.__dataclass_fields__)
+    for i, s in enumerate(spends):
+        if not isinstance(s, dict) or set(s) != fields:
+            return f"spend {i + 1} does not have exactly the fields {', '.join(sorted(fields))}"
+        if not (_number(s["epsilon"]) and _number(s["delta"])) or not all(
+                isinstance(s[k], str) for k in ("what", "accountant", "time")):
+            return f"spend {i + 1} has a field of the wrong type"
+        try:
+            _check_amount(s["epsilon"], s["delta"])
+        except LedgerError as exc:
+            return f"spend {i + 1}: {exc}"
+    return None
 
 
 def _total(doc: dict[str, Any]) -> tuple[float, float]:

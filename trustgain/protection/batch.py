@@ -285,13 +285,13 @@ def _settle(task: _Task, result: Produced | Refused | None, out_root: Path,
         for f in (*item.files[1:], main):  # the main output last: it marks completion
             path = out_root / f
             write_atomic(path, blobs[f], overwrite=path.exists() and f in manifest.state.owned)
+    except OSError as exc:  # disk full, permissions: every later write would fail too
+        raise BatchError(f"cannot write under {out_root}: {exc.strerror or exc}",
+                         hint="free space or fix permissions, then rerun to resume") from None
     except TrustgainError as exc:  # e.g. OutputExistsError: a file appeared in the way
         manifest.append({"kind": "item", "input": item.rel, "status": "refused",
                          "input_sha256": task.sha, "reason": str(exc)})
         return "refused", str(exc)
-    except OSError as exc:  # disk full, permissions: every later write would fail too
-        raise BatchError(f"cannot write under {out_root}: {exc.strerror or exc}",
-                         hint="free space or fix permissions, then rerun to resume") from None
     manifest.append({"kind": "item", "input": item.rel, "status": "ok", "input_sha256": task.sha,
                      "files": {f: hashlib.sha256(b).hexdigest() for f, b in blobs.items()},
                      "info": result.info, "warning": result.warning})

@@ -51,18 +51,25 @@ def embed(data: bytes, text: str) -> bytes:
 def extract(data: bytes) -> str | None:
     """The embedded record text, or None when the file carries none."""
     if media_type(data) == "image/png":
-        for _, ctype, body, crc_ok in _png_chunks(data):
-            if ctype == b"iTXt" and body.startswith(KEYWORD + b"\0"):
-                if not crc_ok:
-                    raise VerificationError(Reason.MALFORMED_RECORD, "record chunk fails its CRC")
-                if not body.startswith(_ITXT_PREFIX):
-                    raise VerificationError(Reason.MALFORMED_RECORD, "record chunk header unknown")
-                return _decode(body[len(_ITXT_PREFIX) :])
-        return None
+        records = [(body, crc_ok) for _, ctype, body, crc_ok in _png_chunks(data)
+                   if ctype == b"iTXt" and body.startswith(KEYWORD + b"\0")]
+        if not records:
+            return None
+        if len(records) > 1:  # strip() drops them all, so a second one could carry anything
+            raise VerificationError(Reason.MALFORMED_RECORD,
+                                    f"file carries {len(records)} record chunks, not one")
+        body, crc_ok = records[0]
+        if not crc_ok:
+            raise VerificationError(Reason.MALFORMED_RECORD, "record chunk fails its CRC")
+        if not body.startswith(_ITXT_PREFIX):
+            raise VerificationError(Reason.MALFORMED_RECORD, "record chunk header unknown")
+        return _decode(body[len(_ITXT_PREFIX) :])
     parts: dict[int, bytes] = {}
     total = None
     for _, marker, body in _jpeg_segments(data):
-        if marker == _APP11 and body.startswith(_JPEG_TAG) and len(body) >= len(_JPEG_TAG) + 2:
+        if marker == _APP11 and body.startswith(_JPEG_TAG):
+            if len(body) < len(_JPEG_TAG) + 2:  # strip() drops it: it must not hide anything
+                raise VerificationError(Reason.MALFORMED_RECORD, "record segment is truncated")
             seq, count = body[len(_JPEG_TAG)], body[len(_JPEG_TAG) + 1]
             total = count if total is None else total
             if count != total or not 1 <= seq <= count or seq in parts:
@@ -82,6 +89,8 @@ def strip(data: bytes) -> bytes:
         for offset, ctype, body, _ in _png_chunks(data):
             if not (ctype == b"iTXt" and body.startswith(KEYWORD + b"\0")):
                 out.append(data[offset : offset + 12 + len(body)])
+                end = offset + 12 + len(body)
+        out.append(data[end:])  # bytes after IEND: covered too, so none can be slipped in
         return b"".join(out)
     out, last = [], 0
     for offset, marker, body in _jpeg_segments(data):

@@ -16,7 +16,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from trustgain.digest import canonical_json
-from trustgain.errors import Reason, VerificationError
+from trustgain.errors import ConfigError, Reason, VerificationError
 from trustgain.keys import KeyRing
 from trustgain.types import StageRecord
 
@@ -104,6 +104,8 @@ class SignedRecord:
             env = json.loads(text)
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise _malformed(f"record is not JSON ({exc.msg})") from None
+        except RecursionError:
+            raise _malformed("record is nested too deeply to be one trustgain wrote") from None
         if not isinstance(env, dict) or not isinstance(env.get("record"), dict):
             raise _malformed("envelope has no record object")
         record = env["record"]
@@ -123,6 +125,10 @@ class SignedRecord:
             isinstance(o, dict) for o in record["outputs"]
         ):
             raise _malformed("record outputs are not a list of objects")
+        try:  # what the signature covers must exist: NaN, 1e400 or 2**70 have no RFC 8785 form
+            canonical_json(record)
+        except (ConfigError, RecursionError):
+            raise _malformed("record holds a value with no canonical JSON form") from None
         try:
             signature = base64.b64decode(env.get("signature", ""), validate=True)
         except (TypeError, ValueError, binascii.Error):

@@ -109,12 +109,19 @@ def verify_file(
 ) -> Verified:
     """Verify ``path``; ``trusted`` defaults to :func:`default_trusted_keys`."""
     path = Path(path)
+    if path.exists() and not path.is_file():
+        raise InputError(f"{path} is not a regular file")
     try:
-        data = path.read_bytes()
+        with path.open("rb") as fh:
+            embed.media_type(fh.read(8))  # not an image: say so before reading gigabytes
+            fh.seek(0)
+            data = fh.read()
     except OSError as exc:
         raise InputError(f"cannot read {path}: {exc.strerror}") from None
     side = Path(sidecar) if sidecar is not None else sidecar_path(path)
     sidecar_text = None
+    if sidecar is not None and not side.is_file():
+        raise InputError(f"sidecar {side}: no such file")
     if side.is_file():
         try:
             sidecar_text = side.read_text(encoding="utf-8")
