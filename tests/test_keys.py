@@ -140,3 +140,15 @@ def test_a_write_that_fails_names_the_path_not_the_temporary_file(tmp_path):
     assert isinstance(err.value, TrustgainError) and isinstance(err.value, OSError)
     assert str(err.value).startswith(f"cannot write {tmp_path / 'file' / 'k.pem'}: ")
     assert ".tmp" not in str(err.value)
+
+
+def test_deeply_nested_files_are_one_line_errors(tmp_path):
+    from trustgain.config import PipelineConfig
+    from trustgain.errors import ConfigError
+
+    deep = tmp_path / "deep.json"
+    deep.write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(KeyFileError, match="not a trustgain key file"):
+        KeyRing.load(deep)
+    with pytest.raises(ConfigError, match="nested too deeply"):
+        PipelineConfig.load(deep)

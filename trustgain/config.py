@@ -74,6 +74,8 @@ class PipelineConfig:
             raise ConfigError(f"no config file at {path}") from None
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise ConfigError(f"cannot read {path}: {exc}") from None
+        except RecursionError:
+            raise ConfigError(f"{path} is nested too deeply to be a trustgain config") from None
         return cls.from_dict(doc, source=str(path))
 
 
