@@ -56,12 +56,16 @@ class PipelineConfig:
             if not isinstance(settings, dict):
                 raise ConfigError(f"{source}: settings of '{entry['name']}' must be an object")
             stages.append(build_stage(entry["name"], **settings))
+        fmt = doc.get("output_format", "png")
+        if fmt not in ("png", "jpeg"):
+            raise ConfigError(f"{source}: output_format must be \"png\" or \"jpeg\", not "
+                              f"{fmt!r}")
         quality = doc.get("jpeg_quality", 95)
         if not isinstance(quality, int) or not 1 <= quality <= 100:
             raise ConfigError(f"{source}: jpeg_quality must be an integer in 1..100")
         return cls(
             stages=tuple(resolve_stages(stages)),
-            output_format=str(doc.get("output_format", "png")),
+            output_format=fmt,
             jpeg_quality=quality,
         )
 

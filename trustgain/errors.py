@@ -58,7 +58,7 @@ class OutputExistsError(TrustgainError):
 
     def __init__(self, path: object) -> None:
         super().__init__(
-            f"{path} exists", hint="choose another path or pass --force/overwrite=True"
+            f"{path} exists", hint="choose another path, or pass overwrite=True to replace it"
         )
 
 

@@ -33,3 +33,12 @@ def test_rejects_unknown_and_bad_arguments():
         epsilon_spent(noise_multiplier=1.0, sample_rate=1.5, steps=1, delta=DELTA)
     with pytest.raises(TypeError):
         epsilon_spent("rdp", 1.0, Q, 1, DELTA)  # privacy parameters are keyword-only
+
+
+def test_unreachable_and_meaningless_targets_are_one_line_errors():
+    kw = dict(accountant="rdp", sample_rate=1.0, steps=1, delta=DELTA)
+    with pytest.raises(ConfigError, match="cannot be reached in 1 step"):
+        noise_for_epsilon(target_epsilon=1e-9, **kw)  # opacus: "privacy budget is too low"
+    for target in (1000.0, float("inf"), float("nan"), 0.0):
+        with pytest.raises(ConfigError, match="target epsilon must be in"):
+            noise_for_epsilon(target_epsilon=target, **kw)  # refused before the search

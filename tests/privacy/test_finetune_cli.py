@@ -44,6 +44,35 @@ def test_dp_run_and_errors(tmp_path, wired, capsys):
     assert "exists" in capsys.readouterr().err
     bad = [a for a in args if a not in ("--noise-multiplier", "1.0")]
     bad[bad.index(str(tmp_path / "o"))] = str(tmp_path / "o2")
-    assert main(bad) == 1
+    assert main(bad) == 2  # a usage error, in the flags' names
     err = capsys.readouterr().err
-    assert err.startswith("error:") and "exactly one" in err
+    assert "with --dp give one of --target-epsilon and --noise-multiplier" in err
+
+
+@pytest.mark.parametrize(("extra", "says"), [
+    (["--dp", "--target-epsilon", "1000"], "out of range"),  # opacus' search would not end
+    (["--dp", "--target-epsilon", "inf"], "not a finite number"),
+    (["--dp", "--noise-multiplier", "nan"], "not a finite number"),
+    (["--target-epsilon", "5"], "--target-epsilon needs --dp"),
+    (["--ledger", "l.json"], "--ledger needs --dp"),
+    (["--physical-batch-size", "0"], "x>=1"),
+    (["--epochs", "0"], "x>=1"),
+    (["--lr", "-1"], "out of range"),
+])
+def test_flag_errors_before_any_work(tmp_path, wired, capsys, extra, says):
+    (tmp_path / "data").mkdir()
+    code = main(["finetune", "--data", str(tmp_path / "data"), "-o", str(tmp_path / "o"),
+                 *extra])
+    err = capsys.readouterr().err
+    assert code == 2 and says in err and "Traceback" not in err
+
+
+def test_unwritable_output_folder_fails_before_training(tmp_path):
+    from trustgain.errors import OutputWriteError
+    from trustgain.privacy.finetune import finetune as run
+
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    with pytest.raises(OutputWriteError, match="cannot write"):
+        run(tmp_path / "no-model-needed", tmp_path, blocker / "sub" / "ft", dp=False)
+    assert blocker.read_text() == "not a folder"

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import click
 
-from trustgain.cli.common import emit, json_option, note
+from trustgain.cli.common import device_option, emit, json_option, note
 from trustgain.errors import InputError
+from trustgain.generators.loading import LATENT_T2I_PARTS, load_pipeline
 
 
 @click.group()
@@ -14,26 +15,7 @@ def audit() -> None:
 
 
 def _load_pipe(model: str, device: str):
-    from diffusers import DiffusionPipeline
-    from diffusers.utils import logging as dlogging
-
-    from trustgain.models import MINI_SD_ID, mini_sd_path
-
-    dlogging.set_verbosity_error()
-    source = str(mini_sd_path()) if model == MINI_SD_ID else model
-    try:
-        pipe = DiffusionPipeline.from_pretrained(source)
-    except (OSError, ValueError) as exc:
-        raise InputError(
-            f"cannot load model {model!r}: {str(exc).splitlines()[0]}",
-            hint="give a diffusers folder or hub id (text-to-image, e.g. Stable Diffusion)",
-        ) from None
-    for part in ("unet", "vae", "tokenizer", "text_encoder", "scheduler"):
-        if getattr(pipe, part, None) is None:
-            raise InputError(f"{model!r} has no {part}: the audit needs a latent text-to-image "
-                             "diffusion pipeline")
-    pipe.set_progress_bar_config(disable=True)
-    return pipe.to(device)
+    return load_pipeline(model, device, need=LATENT_T2I_PARTS, purpose="the audit")
 
 
 @audit.command()
@@ -52,7 +34,7 @@ def _load_pipe(model: str, device: str):
 @click.option("--fpr", default=0.01, show_default=True, type=click.FloatRange(0, 1,
               min_open=True, max_open=True), help="False-positive rate for the TPR figure.")
 @click.option("--seed", default=0, show_default=True, type=int, help="Noise and bootstrap seed.")
-@click.option("--device", default="cpu", show_default=True, help="torch device.")
+@device_option()
 @json_option
 def membership(model, members, nonmembers, reference, timesteps, draws, fpr, seed, device,
                as_json):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
 from collections.abc import Iterable, Iterator
@@ -18,12 +19,87 @@ from trustgain.keys import KeyRing, default_keyring_path, is_encrypted
 T = TypeVar("T")
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON for machines.")
+
+
+def _quiet_libraries(ctx: click.Context, param: click.Parameter, value: bool) -> bool:
+    """--no-progress also silences diffusers' and transformers' own bars (model loading,
+    "Writing model shards"), which trustgain's progress helper does not draw."""
+    if value:
+        import diffusers.utils.logging
+        import transformers.utils.logging
+
+        diffusers.utils.logging.disable_progress_bar()
+        transformers.utils.logging.disable_progress_bar()
+    return value
+
+
 progress_option = click.option(
     "--no-progress",
     is_flag=True,
     envvar="TRUSTGAIN_NO_PROGRESS",
+    callback=_quiet_libraries,
     help="No progress bars (also TRUSTGAIN_NO_PROGRESS=1).",
 )
+
+
+class FiniteFloat(click.ParamType):
+    """A float in [lo, hi] that is neither NaN nor infinite (click.FloatRange lets NaN by)."""
+
+    name = "float"
+
+    def __init__(self, lo: float | None = None, hi: float | None = None, *,
+                 lo_open: bool = False) -> None:
+        self.lo, self.hi, self.lo_open = lo, hi, lo_open
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> float:
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            self.fail(f"{value!r} is not a number", param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number", param, ctx)
+        low_bad = self.lo is not None and (number <= self.lo if self.lo_open else number < self.lo)
+        if low_bad or (self.hi is not None and number > self.hi):
+            lo = "" if self.lo is None else f"{'>' if self.lo_open else '>='} {self.lo:g}"
+            hi = "" if self.hi is None else f"<= {self.hi:g}"
+            bounds = " and ".join(x for x in (lo, hi) if x)
+            self.fail(f"{number:g} is out of range (must be {bounds})", param, ctx)
+        return number
+
+
+def _check_device(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """A torch device this machine has, or a one-line usage error (never a CUDA traceback)."""
+    if value is None or value == "cpu":
+        return value
+    import torch
+
+    try:
+        device = torch.device(value)
+    except (RuntimeError, ValueError):
+        raise click.BadParameter(f"'{value}' is not a torch device (cpu, cuda, cuda:1, mps)",
+                                 ctx, param) from None
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise click.BadParameter(f"'{value}': this torch build or machine has no CUDA GPU; "
+                                     "use --device cpu", ctx, param)
+        if device.index is not None and device.index >= count:
+            raise click.BadParameter(f"'{value}': this machine has {count} CUDA GPU(s)",
+                                     ctx, param)
+    elif device.type == "mps":
+        if not torch.backends.mps.is_available():
+            raise click.BadParameter(f"'{value}': Apple MPS is not available here; use "
+                                     "--device cpu", ctx, param)
+    elif device.type != "cpu":
+        raise click.BadParameter(f"'{value}': trustgain runs on cpu, cuda or mps", ctx, param)
+    return value
+
+
+def device_option(default: str | None = "cpu") -> Any:
+    """``--device``: checked against what this machine has before any model is loaded."""
+    shown = "[default: cuda when available, else cpu]" if default is None else "torch device."
+    return click.option("--device", default=default, show_default=default is not None,
+                        callback=_check_device, help=f"{shown} e.g. cpu, cuda, cuda:1, mps.")
 keyring_option = click.option(
     "--keyring",
     "keyring_path",

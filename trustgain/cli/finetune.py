@@ -6,7 +6,22 @@ import math
 
 import click
 
-from trustgain.cli.common import emit, json_option, note, progress_option
+from trustgain.cli.common import FiniteFloat, emit, json_option, note, progress_option
+from trustgain.privacy.accounting import MAX_TARGET_EPSILON
+
+
+def _check_dp_flags(dp: bool, target_epsilon: float | None, noise_multiplier: float | None,
+                    ledger: str | None) -> None:
+    """The flag combinations, in the flags' own names (the library speaks of arguments)."""
+    if dp and (target_epsilon is None) == (noise_multiplier is None):
+        raise click.UsageError("with --dp give one of --target-epsilon and --noise-multiplier")
+    if not dp:
+        given = [f for f, v in (("--target-epsilon", target_epsilon),
+                                ("--noise-multiplier", noise_multiplier),
+                                ("--ledger", ledger)) if v is not None]
+        if given:
+            raise click.UsageError(f"{' and '.join(given)} need{'s' if len(given) == 1 else ''} "
+                                   "--dp")
 
 
 @click.command()
@@ -18,13 +33,15 @@ from trustgain.cli.common import emit, json_option, note, progress_option
               help="Folder for the fine-tuned pipeline (must not exist).")
 @click.option("--dp/--no-dp", default=False, show_default=True,
               help="Differentially private training (DP-SGD, opacus).")
-@click.option("--target-epsilon", type=float, default=None,
+@click.option("--target-epsilon", type=FiniteFloat(0, MAX_TARGET_EPSILON, lo_open=True),
+              default=None,
               help="With --dp: the epsilon to spend; the noise is chosen for it.")
-@click.option("--noise-multiplier", type=float, default=None,
+@click.option("--noise-multiplier", type=FiniteFloat(0, lo_open=True), default=None,
               help="With --dp: the noise (sigma) instead of a target epsilon.")
-@click.option("--delta", type=float, default=1e-5, show_default=True,
+@click.option("--delta", type=FiniteFloat(0, 1, lo_open=True), default=1e-5, show_default=True,
               help="With --dp: delta (keep it below 1 / number of images).")
-@click.option("--max-grad-norm", type=float, default=1.0, show_default=True,
+@click.option("--max-grad-norm", type=FiniteFloat(0, lo_open=True), default=1.0,
+              show_default=True,
               help="Per-image gradient clipping norm C.")
 @click.option("--accountant", type=click.Choice(["prv", "rdp"]), default="prv",
               show_default=True, help="Privacy accountant (opacus).")
@@ -34,16 +51,17 @@ from trustgain.cli.common import emit, json_option, note, progress_option
 @click.option("--train-tokens", is_flag=True,
               help="Also train the text encoder's word embeddings (under DP too): for words "
                    "the base model never saw, such as new classes.")
-@click.option("--lora-rank", type=int, default=4, show_default=True)
-@click.option("--epochs", type=int, default=10, show_default=True)
-@click.option("--batch-size", type=int, default=64, show_default=True,
+@click.option("--lora-rank", type=click.IntRange(min=1), default=4, show_default=True)
+@click.option("--epochs", type=click.IntRange(min=1), default=10, show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True,
               help="Expected batch size (Poisson sampling makes it vary with --dp).")
-@click.option("--physical-batch-size", type=int, default=None,
+@click.option("--physical-batch-size", type=click.IntRange(min=1), default=None,
               help="With --dp: split batches to cap memory; accounting is unchanged.")
 @click.option("--noise-multiplicity", type=click.IntRange(min=1), default=1, show_default=True,
               help="Average each record's loss over K (timestep, noise) draws before it is "
                    "clipped: same privacy cost, less noisy gradients, K times the compute.")
-@click.option("--lr", type=float, default=1e-4, show_default=True, help="AdamW learning rate.")
+@click.option("--lr", type=FiniteFloat(0, lo_open=True), default=1e-4, show_default=True,
+              help="AdamW learning rate.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--ledger", type=click.Path(dir_okay=False), default=None,
               help="Privacy ledger of the dataset: refused if over budget, charged after.")
@@ -72,6 +90,8 @@ def finetune(data, model, out, dp, target_epsilon, noise_multiplier, delta, max_
     same settings. OUT gets the pipeline, README.md (model card) and privacy.json.
     """
     from trustgain.privacy.finetune import finetune as run
+
+    _check_dp_flags(dp, target_epsilon, noise_multiplier, ledger)
 
     if model is None:
         from trustgain.models import mini_sd_path

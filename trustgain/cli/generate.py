@@ -7,6 +7,8 @@ from pathlib import Path
 import click
 
 from trustgain.cli.common import (
+    FiniteFloat,
+    device_option,
     emit,
     json_option,
     keyring_option,
@@ -15,7 +17,8 @@ from trustgain.cli.common import (
     progress_option,
 )
 from trustgain.config import PipelineConfig
-from trustgain.errors import OutputExistsError, TrustgainError
+from trustgain.errors import OutputExistsError
+from trustgain.generators.loading import check_model_source, load_pipeline
 from trustgain.pipeline import TrustPipeline
 from trustgain.provenance.verify import sidecar_path
 from trustgain.stage import build_stage, resolve_stages
@@ -24,30 +27,12 @@ from trustgain.types import MAX_SEED
 _SUFFIX_FORMAT = {".png": "png", ".jpg": "jpeg", ".jpeg": "jpeg"}
 
 
-def load_diffusers(model: str, device: str | None, no_progress: bool):
-    """``DiffusionPipeline.from_pretrained(model)`` on ``device``, or a one-line error."""
-    import torch
-    from diffusers import DiffusionPipeline
-
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    if no_progress:
-        import diffusers.utils.logging
-        import transformers.utils.logging
-
-        diffusers.utils.logging.disable_progress_bar()
-        transformers.utils.logging.disable_progress_bar()
-    try:
-        pipe = DiffusionPipeline.from_pretrained(model)
-    except (OSError, ValueError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise TrustgainError(
-            f"cannot load model '{model}': {first}",
-            hint="give a local folder saved with save_pretrained, or a hub id "
-            "reachable from this machine",
-        ) from None
-    pipe = pipe.to(device)
-    pipe.set_progress_bar_config(disable=no_progress, leave=False)
-    return pipe
+def _multiple_of_8(ctx: click.Context, param: click.Parameter, value: int | None) -> int | None:
+    """Stable Diffusion pipelines take sizes divisible by 8: say so before the model loads."""
+    if value is not None and value % 8:
+        raise click.BadParameter(f"{value} is not a multiple of 8 (try {value - value % 8} or "
+                                 f"{value - value % 8 + 8})", ctx, param)
+    return value
 
 
 def _outputs(output: Path, n: int) -> list[Path]:
@@ -67,9 +52,9 @@ def _outputs(output: Path, n: int) -> list[Path]:
     "-o",
     "--output",
     type=click.Path(dir_okay=False),
-    default="trustgain.png",
-    show_default=True,
-    help="Image file (.png or .jpg); -0, -1... added for several.",
+    default=None,
+    help="Image file (.png or .jpg); -0, -1... added for several "
+    "[default: trustgain.png, or .jpg when trustgain.json says output_format jpeg].",
 )
 @click.option(
     "--config",
@@ -86,22 +71,20 @@ def _outputs(output: Path, n: int) -> list[Path]:
 )
 @click.option("--negative-prompt", default=None)
 @click.option("--steps", "num_inference_steps", type=click.IntRange(1, 1000), default=None)
-@click.option("--guidance", "guidance_scale", type=float, default=None)
+@click.option("--guidance", "guidance_scale", type=FiniteFloat(0, 100), default=None,
+              help="Classifier-free guidance scale [default: the pipeline's].")
 @click.option(
     "--seed",
     type=click.IntRange(0, MAX_SEED),
     default=None,
     help="Random seed [default: random, recorded in the provenance record].",
 )
-@click.option("--height", type=click.IntRange(8, 8192), default=None)
-@click.option("--width", type=click.IntRange(8, 8192), default=None)
+@click.option("--height", type=click.IntRange(8, 8192), default=None, callback=_multiple_of_8,
+              help="Pixels, a multiple of 8 [default: the model's].")
+@click.option("--width", type=click.IntRange(8, 8192), default=None, callback=_multiple_of_8,
+              help="Pixels, a multiple of 8 [default: the model's].")
 @click.option("-n", "--num-images", type=click.IntRange(1, 64), default=1, show_default=True)
-@click.option(
-    "--device",
-    type=click.Choice(["cpu", "cuda", "mps"]),
-    default=None,
-    help="[default: cuda when available, else cpu]",
-)
+@device_option(default=None)
 @click.option("--no-sidecar", is_flag=True, help="Do not write FILE.trustgain.json beside it.")
 @click.option("--force", is_flag=True, help="Overwrite existing output files.")
 @keyring_option
@@ -136,27 +119,32 @@ def generate(
       trustgain generate "a cat" --model ./sd --stage generate.keyed_latents --seed 7
       trustgain generate "a cat" --model ./sd --config trustgain.json -n 4 --json
     """
-    out = Path(output)
+    config = PipelineConfig.load(config_path) if config_path else PipelineConfig()
+    out = Path(output or ("trustgain.jpg" if config.output_format == "jpeg" else "trustgain.png"))
     fmt = _SUFFIX_FORMAT.get(out.suffix.lower())
     if fmt is None:
         raise click.BadParameter(
             "the file name must end in .png, .jpg or .jpeg", param_hint="--output"
         )
+    if config_path and fmt != config.output_format:
+        note(f"{config_path} says output_format {config.output_format}; writing {fmt}, "
+             f"as the name {out.name} says")
     paths = _outputs(out, num_images)
     if not force:
         for path in paths + ([] if no_sidecar else [sidecar_path(p) for p in paths]):
             if path.exists():
                 raise OutputExistsError(path)
-    config = PipelineConfig.load(config_path) if config_path else PipelineConfig()
     stages = resolve_stages([*config.stages, *(build_stage(n) for n in stage_names)])
+    if model is not None:
+        check_model_source(model)  # a mistyped path, before asking for a passphrase
     keyring = load_keyring(keyring_path)  # before the slow model load: fail fast
     if model is None:
         from trustgain.models import MINI_SD_ID, mini_sd_path
 
-        pipe, model = load_diffusers(str(mini_sd_path()), device, no_progress), MINI_SD_ID
+        pipe, model = load_pipeline(str(mini_sd_path()), device, quiet=no_progress), MINI_SD_ID
         num_inference_steps = num_inference_steps or 25  # what its model card measured
     else:
-        pipe = load_diffusers(model, device, no_progress)
+        pipe = load_pipeline(model, device, quiet=no_progress)
     from trustgain.generators.diffusers import DiffusersGenerator
 
     trust = TrustPipeline(

@@ -18,7 +18,7 @@ from trustgain.cli.stages import stages
 from trustgain.cli.verify import verify
 from trustgain.cli.watermark import watermark
 from trustgain.cli.watermark_latent import detect_latent_cmd
-from trustgain.errors import TrustgainError
+from trustgain.errors import OutputExistsError, TrustgainError
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -61,8 +61,11 @@ def main(argv: list[str] | None = None) -> int:
         if os.environ.get("TRUSTGAIN_DEBUG") == "1":
             raise
         click.echo(f"error: {exc}", err=True)
-        if exc.hint:
-            click.echo(f"hint: {exc.hint}", err=True)
+        hint = exc.hint
+        if isinstance(exc, OutputExistsError):  # the library's hint names the Python argument
+            hint = "choose another path, or pass --force to replace it"
+        if hint:
+            click.echo(f"hint: {hint}", err=True)
         return 1
     except click.exceptions.Abort:
         click.echo("aborted", err=True)

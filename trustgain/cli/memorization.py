@@ -12,7 +12,14 @@ from pathlib import Path
 import click
 import numpy as np
 
-from trustgain.cli.common import collect_images, emit, json_option, note, progress
+from trustgain.cli.common import (
+    collect_images,
+    emit,
+    json_option,
+    note,
+    progress,
+    progress_option,
+)
 from trustgain.cli.watermark import IMAGE_SUFFIXES
 from trustgain.errors import InputError
 from trustgain.watermark.images import open_image
@@ -50,8 +57,9 @@ def _images(folder: str, what: str, size: int, quiet: bool) -> tuple[list, list[
               help="Neighbours in the score's denominator.")
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False),
               help="Index file to write (.npz, mode 0600: it holds downscaled members).")
-@click.option("--overwrite", is_flag=True, help="Replace an existing index file.")
-@click.option("--no-progress", is_flag=True, help="No progress bars.")
+@click.option("--force", "--overwrite", "overwrite", is_flag=True,
+              help="Replace an existing index file.")
+@progress_option
 @json_option
 def memorization_index(members, reference, calibration, rate, channels, size, k, output,
                        overwrite, no_progress, as_json):
@@ -69,7 +77,7 @@ def memorization_index(members, reference, calibration, rate, channels, size, k,
     from trustgain.privacy.memorization import build_index, calibrate
 
     if Path(output).exists() and not overwrite:
-        raise InputError(f"{output} exists", hint="pass --overwrite to replace it")
+        raise InputError(f"{output} exists", hint="pass --force to replace it")
     mem, _ = _images(members, "members", size, no_progress)
     ref = _images(reference, "reference", size, no_progress)[0] if reference else None
     cal, _ = _images(calibration, "calibration outputs", size, no_progress)
@@ -91,7 +99,7 @@ def memorization_index(members, reference, calibration, rate, channels, size, k,
 @click.argument("outputs", nargs=-1, required=True)
 @click.option("--index", "index_path", required=True, type=click.Path(dir_okay=False,
               exists=True), help="Index made by `trustgain audit memorization-index`.")
-@click.option("--no-progress", is_flag=True, help="No progress bars.")
+@progress_option
 @json_option
 def memorization(outputs, index_path, no_progress, as_json):
     """Flag outputs that are near-copies of the indexed training images.

@@ -4,11 +4,44 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import json
+from typing import Any
 
 import click
 
 from trustgain.cli.common import emit, json_option
-from trustgain.stage import known_stages, stage_class
+from trustgain.errors import TrustgainError
+from trustgain.stage import build_stage, known_stages, stage_class, stage_settings
+
+
+def _settings(name: str, cls: type) -> dict[str, Any]:
+    """The defaults as trustgain.json would hold them (from a default-built stage), else per
+    field, with "(required)" for settings that have no default."""
+    try:
+        built = stage_settings(build_stage(name))
+    except (TrustgainError, TypeError, ValueError):  # needs arguments: list its fields
+        if not dataclasses.is_dataclass(cls):
+            return {}
+        built = {f.name: _default(f) for f in dataclasses.fields(cls) if f.init}
+    return json.loads(json.dumps(built, default=str))
+
+
+def _default(field: dataclasses.Field) -> Any:
+    """A setting's default as JSON can hold it: ``"(required)"`` when there is none, the
+    factory's value for ``default_factory``, and the text of anything else (paths, enums)."""
+    if field.default is not dataclasses.MISSING:
+        value = field.default
+    elif field.default_factory is not dataclasses.MISSING:
+        value = field.default_factory()
+    else:
+        return "(required)"
+    if isinstance(value, tuple):
+        value = list(value)
+    try:
+        json.dumps(value, allow_nan=False)
+    except (TypeError, ValueError):
+        return str(value)
+    return value
 
 
 @click.command()
@@ -23,11 +56,7 @@ def stages(as_json: bool) -> None:
     rows = []
     for name in known_stages():
         cls = stage_class(name)
-        settings = (
-            {f.name: f.default for f in dataclasses.fields(cls)}
-            if dataclasses.is_dataclass(cls)
-            else {}
-        )
+        settings = _settings(name, cls)
         doc = (inspect.getdoc(inspect.getmodule(cls)) or inspect.getdoc(cls) or "").split("\n")[0]
         doc = doc.split(": ", 1)[-1] if doc.startswith("``") else doc
         rows.append(

@@ -15,6 +15,7 @@ import click
 
 from trustgain.cli.common import (
     collect_images,
+    device_option,
     emit,
     json_option,
     keyring_option,
@@ -71,7 +72,7 @@ def _read_one(image, pipe, key, params, index, *, steps, fpr, encoder, prompt):
               help="Detected when the (exact) p-value is at most this.")
 @click.option("--pipeline-encoder", is_flag=True,
               help="Encode with the pipeline's own VAE, not its detector-side encoder.")
-@click.option("--device", default="cpu", show_default=True, help="torch device.")
+@device_option()
 @keyring_option
 @json_option
 @progress_option

@@ -8,9 +8,16 @@ the setting of ``opacus.PrivacyEngine`` with ``poisson_sampling=True``.
 
 from __future__ import annotations
 
+import contextlib
+import warnings
+from collections.abc import Iterator
 from typing import Any
 
 from trustgain.errors import ConfigError
+
+#: Largest target epsilon the noise search takes. Beyond it the guarantee says nothing useful,
+#: and opacus' search (bisection down to a tiny sigma) runs for minutes to hours with "prv".
+MAX_TARGET_EPSILON = 100.0
 
 # Names trustgain accepts, mapped to opacus' registry names. "gdp" is left out on purpose:
 # opacus warns that it "can underestimate privacy expenditure".
@@ -50,7 +57,20 @@ def epsilon_spent(
         raise ConfigError(f"noise_multiplier must be > 0, not {noise_multiplier!r}")
     acc = _make(accountant)
     acc.history = [(noise_multiplier, sample_rate, steps)]
-    return float(acc.get_epsilon(delta=delta))
+    with _quiet():
+        return float(acc.get_epsilon(delta=delta))
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """Silence what opacus' accountants print on valid input: numpy's log(0) at sample rate 1
+    (the result is still right) and RDP's "optimal order is the largest alpha" (the bound is
+    still a valid upper bound, only not the tightest)."""
+    import numpy as np
+
+    with np.errstate(divide="ignore", invalid="ignore"), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Optimal order is the", category=UserWarning)
+        yield
 
 
 def noise_for_epsilon(
@@ -64,18 +84,29 @@ def noise_for_epsilon(
 ) -> float:
     """Smallest noise multiplier whose spent epsilon is at most ``target_epsilon``."""
     _check(sample_rate, steps, delta)
-    if target_epsilon <= 0:
-        raise ConfigError(f"target_epsilon must be > 0, not {target_epsilon!r}")
+    if not 0 < target_epsilon <= MAX_TARGET_EPSILON:  # also refuses NaN and infinity
+        raise ConfigError(
+            f"target epsilon must be in (0, {MAX_TARGET_EPSILON:g}], not {target_epsilon!r}",
+            hint="above it DP promises nothing useful: give a noise multiplier directly, "
+            "or train without DP")
     _make(accountant)  # validates the name with our message
     from opacus.accountants.utils import get_noise_multiplier
 
-    return float(
-        get_noise_multiplier(
-            target_epsilon=target_epsilon,
-            target_delta=delta,
-            sample_rate=sample_rate,
-            steps=steps,
-            accountant=ACCOUNTANTS[accountant],
-            epsilon_tolerance=epsilon_tolerance,
-        )
-    )
+    try:
+        with _quiet():
+            sigma = get_noise_multiplier(
+                target_epsilon=target_epsilon,
+                target_delta=delta,
+                sample_rate=sample_rate,
+                steps=steps,
+                accountant=ACCOUNTANTS[accountant],
+                epsilon_tolerance=epsilon_tolerance,
+            )
+    except ValueError as exc:
+        if "too low" not in str(exc):
+            raise
+        raise ConfigError(
+            f"target epsilon {target_epsilon:g} cannot be reached in {steps} step(s) at sampling "
+            f"rate {sample_rate:.4g} with delta {delta:g} (the noise would pass opacus' limit)",
+            hint="raise the target epsilon or delta, or train for fewer epochs") from None
+    return float(sigma)

@@ -41,9 +41,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from trustgain.errors import ConfigError, InputError, OutputExistsError
+from trustgain.errors import ConfigError, InputError, OutputExistsError, OutputWriteError
 from trustgain.fileio import write_atomic
+from trustgain.generators.loading import check_model_source
 from trustgain.privacy import finetune_trainable as tr
+from trustgain.privacy.accounting import ACCOUNTANTS, MAX_TARGET_EPSILON
 from trustgain.privacy.finetune_card import CONFIG_KEY, FORMAT, card, record_view
 from trustgain.privacy.finetune_data import dataset_digest, load_records
 
@@ -116,6 +118,18 @@ def per_sample_mse(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return (pred.float() - target.float()).pow(2).flatten(1).mean(1)
 
 
+def _check_writable(out: Path) -> None:
+    """Fail before hours of training when OUT's folder cannot take the result."""
+    parent = out.parent
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        probe = parent / f".{out.name}.probe"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise OutputWriteError(parent, exc) from None
+
+
 def _check_args(dp: bool, target_epsilon: float | None, noise_multiplier: float | None,
                 delta: float, max_grad_norm: float, epochs: int, batch_size: int, lr: float,
                 ledger: Any, accountant: str) -> None:
@@ -123,14 +137,14 @@ def _check_args(dp: bool, target_epsilon: float | None, noise_multiplier: float 
         if (target_epsilon is None) == (noise_multiplier is None):
             raise ConfigError("with dp=True give exactly one of target_epsilon and "
                               "noise_multiplier")
-        if target_epsilon is not None and not target_epsilon > 0:
-            raise ConfigError(f"target_epsilon must be > 0, not {target_epsilon!r}")
-        if noise_multiplier is not None and not noise_multiplier > 0:
-            raise ConfigError(f"noise_multiplier must be > 0, not {noise_multiplier!r}")
+        if target_epsilon is not None and not 0 < target_epsilon <= MAX_TARGET_EPSILON:
+            raise ConfigError(f"target_epsilon must be in (0, {MAX_TARGET_EPSILON:g}], not "
+                              f"{target_epsilon!r}")
+        if noise_multiplier is not None and not 0 < noise_multiplier < math.inf:
+            raise ConfigError(f"noise_multiplier must be a finite number > 0, not "
+                              f"{noise_multiplier!r}")
         if not 0 < delta < 1:
             raise ConfigError(f"delta must be in (0, 1), not {delta!r}")
-        from trustgain.privacy.accounting import ACCOUNTANTS
-
         if accountant not in ACCOUNTANTS:
             raise ConfigError(f"unknown accountant {accountant!r}; known: "
                               f"{', '.join(sorted(ACCOUNTANTS))}")
@@ -140,16 +154,18 @@ def _check_args(dp: bool, target_epsilon: float | None, noise_multiplier: float 
         if ledger is not None:
             raise ConfigError("a fine-tune without DP cannot be charged to a privacy ledger "
                               "(its epsilon is infinite)", hint="pass dp=True")
-    if not max_grad_norm > 0:
+    if not 0 < max_grad_norm < math.inf:
         raise ConfigError(f"max_grad_norm must be > 0, not {max_grad_norm!r}")
-    if epochs < 1 or batch_size < 1 or not lr > 0:
-        raise ConfigError("epochs and batch_size must be >= 1 and lr > 0")
+    if epochs < 1 or batch_size < 1 or not 0 < lr < math.inf:
+        raise ConfigError(f"epochs and batch_size must be >= 1 and lr a finite number > 0, not "
+                          f"{epochs!r}, {batch_size!r}, {lr!r}")
 
 
 def _load_pipeline(model: str | os.PathLike[str]) -> Any:
     from diffusers import DiffusionPipeline
     from diffusers.utils import logging as dlogging
 
+    check_model_source(str(model))
     verbosity = dlogging.get_verbosity()
     dlogging.set_verbosity_error()
     try:
@@ -254,6 +270,11 @@ def finetune(
                           hint="add --train-tokens, or choose full, attention or lora")
     if out.exists() and not overwrite:
         raise OutputExistsError(out)
+    if physical_batch_size is not None and not (
+            isinstance(physical_batch_size, int) and physical_batch_size >= 1):
+        raise ConfigError(f"physical_batch_size must be an integer >= 1, not "
+                          f"{physical_batch_size!r}")
+    _check_writable(out)
     pipe = _load_pipeline(model).to(device)
     scale = 2 ** (len(pipe.vae.config.block_out_channels) - 1)
     resolution = pipe.unet.config.sample_size * scale
@@ -325,9 +346,13 @@ def _write_output(pipe: Any, run: Any, report: FinetuneReport, out: Path,
     pipe.unet.register_to_config(**{CONFIG_KEY: record_view(_jsonable(facts))})
     tmp = out.with_name(f".{out.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    pipe.save_pretrained(tmp, safe_serialization=True)
-    (tmp / "privacy.json").write_text(json.dumps(_jsonable(facts), indent=2) + "\n")
-    (tmp / "README.md").write_text(card(facts))
+    try:
+        pipe.save_pretrained(tmp, safe_serialization=True)
+        (tmp / "privacy.json").write_text(json.dumps(_jsonable(facts), indent=2) + "\n")
+        (tmp / "README.md").write_text(card(facts))
+    except OSError as exc:  # the checkpoint stays, so a rerun resumes and only writes
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise OutputWriteError(out, exc) from None
     if out.exists():
         if not overwrite:
             shutil.rmtree(tmp)

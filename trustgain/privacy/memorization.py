@@ -211,7 +211,9 @@ def load_index(path: str | os.PathLike[str]) -> MemorizationIndex:
     if fmt == "trustgain.memorization-index/1":
         raise InputError(f"{path}: a memorization index of format 1 (RGB pixels, no reference "
                          "set), which this version no longer reads",
-                         hint="rebuild it with build_index(..., reference=...) and calibrate")
+                         hint="rebuild it with `trustgain audit memorization-index "
+                         "--reference ...` (build_index(..., reference=...) and calibrate "
+                         "in Python)")
     if fmt != FORMAT:
         raise InputError(f"{path}: not a memorization index (format {fmt!r})")
     return MemorizationIndex(feats.astype(np.float32), size=int(meta["size"]), k=int(meta["k"]),
@@ -259,7 +261,8 @@ class MemorizationGuard:
         path = Path(self.index)
         if not path.is_file():
             raise InputError(f"memorization index {path} not found",
-                             hint="build one with trustgain.privacy.memorization.build_index")
+                             hint="build one with `trustgain audit memorization-index` "
+                             "(trustgain.privacy.memorization.build_index in Python)")
         index = _cached_index(str(path.resolve()), path.stat().st_mtime_ns)
         if index.threshold is None:
             raise ConfigError(f"memorization index {path} is not calibrated",

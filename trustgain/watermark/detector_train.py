@@ -145,9 +145,11 @@ def load_pipeline(model: str, device: str, progress: bool = True) -> Any:
     from diffusers import DiffusionPipeline
     from diffusers.utils import logging as dlogging
 
+    from trustgain.generators.loading import check_model_source
     from trustgain.models import MINI_SD_ID, mini_sd_path
 
     source = str(mini_sd_path()) if model == MINI_SD_ID else model
+    check_model_source(source)
     verbosity = dlogging.get_verbosity()
     dlogging.set_verbosity_error()
     if not progress:
