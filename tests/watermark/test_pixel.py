@@ -13,6 +13,7 @@ from trustgain import KeyRing, Phase, StageResult, wrap
 from trustgain.cli.main import main
 from trustgain.errors import InputError, StageError
 from trustgain.watermark import attacks, ecc, pixel
+from trustgain.watermark.images import open_image
 
 KEY = bytes(range(32))
 PAYLOAD = b"\xde\xad\xbe\xef"
@@ -132,6 +133,9 @@ def test_stage_marks_outputs_with_record_id(keyring):
     record = art.record.record
     params = record["stages"][1]["params"]
     assert params["payload"] == record["record_id"][:8]
+    (mark,) = params["marks"]  # each mark checked as it is kept, the strength used recorded
+    assert mark["strength"] == pixel.STRENGTH and mark["check_p_value"] <= 1e-3
+    assert record["stages"][1]["version"] == "2"
     key = keyring.derive("watermark.pixel", "pixel")
     assert pixel.detect(art.images[0], key.material).payload.hex() == params["payload"]
     assert key.material.hex() not in json.dumps(record)
@@ -237,7 +241,14 @@ def test_cli_embed_keeps_profile_and_orientation_drops_the_rest(tmp_path, capsys
     exif = marked.getexif()
     assert exif.get(0x0112) == 6 and marked.info.get("icc_profile")
     assert 0x010F not in exif and not exif.get_ifd(0x8825)  # maker and GPS position dropped
-    assert Image.open(out / "scan.tif").getexif().get(0x0112) == 3
+    # Pillow turns a TIFF upright as it loads it: the output holds upright pixels and no
+    # orientation tag, so it displays as the input did (a kept tag would turn it twice).
+    upright = np.asarray(open_image(src / "scan.tif").convert("L"), dtype=float)
+    scan = Image.open(out / "scan.tif")
+    assert scan.getexif().get(0x0112) in (None, 1)
+    assert np.abs(np.asarray(scan.convert("L"), dtype=float) - upright).mean() < 4
+    assert main(["watermark", "detect", str(out / "scan.tif"), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["files"][0]["detected"]
     assert main(["watermark", "detect", str(out / "cam.jpg"), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["files"][0]["detected"]
     code = main(["watermark", "embed", str(src), str(src), "-o", str(out / "cam.jpg")])
@@ -289,3 +300,19 @@ def test_strict_rows_count_released_payloads():
     assert rows["TPR@1e-3 payload required, none"].value == 0.5
     assert rows["TPR@1e-3 payload required, none"].ok is False
     assert rows["TPR@1e-6 payload required, none"].value == 0.25
+
+
+def test_checked_embed_raises_strength_only_where_the_mark_is_not_found():
+    from trustgain.watermark.pixel_check import WeakMarkError, embed_checked
+
+    small = Image.fromarray(skdata.astronaut()).resize((256, 256), Image.Resampling.BICUBIC)
+    key = b"k" * 32  # with nonce 0 this 256-px photo is missed at the default strength
+    plain, _ = pixel.embed(small, key, PAYLOAD, nonce=0)
+    assert not pixel.detect(plain, key, require_payload=True).detected
+    mark = embed_checked(small, key, PAYLOAD, nonce=0)
+    assert mark.strength > pixel.STRENGTH and mark.p_value <= 1e-3
+    assert pixel.detect(mark.image, key, require_payload=True).payload == PAYLOAD
+    with pytest.raises(WeakMarkError, match="not found in the marked image even at strength"):
+        embed_checked(small, key, PAYLOAD, nonce=0, max_strength=pixel.STRENGTH)
+    big = Image.fromarray(skdata.astronaut())  # 512 px: found at once, nothing raised
+    assert embed_checked(big, key, PAYLOAD, nonce=0).strength == pixel.STRENGTH

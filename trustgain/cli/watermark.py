@@ -24,6 +24,7 @@ from trustgain.errors import InputError, TrustgainError
 from trustgain.fileio import write_atomic
 from trustgain.watermark import pixel
 from trustgain.watermark.images import display_metadata, open_image
+from trustgain.watermark.pixel_check import embed_checked
 from trustgain.watermark.pixel_stage import KEY_PURPOSE, PixelMark, psnr
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".bmp"}
@@ -65,6 +66,14 @@ def watermark() -> None:
     show_default=True,
     help="RMS luminance change in 8-bit units.",
 )
+@click.option(
+    "--max-strength",
+    type=click.FloatRange(0.5, 8.0),
+    default=None,
+    help="Each output is read back; where the mark is not found the strength is raised "
+    "(x1.25, x1.5, x2) up to this [default: twice --strength, at most 8; equal to --strength: "
+    "check only].",
+)
 @click.option("--force", is_flag=True, help="Overwrite existing outputs (inputs never).")
 @keyring_option
 @json_option
@@ -74,12 +83,18 @@ def embed(
     output: str,
     payload: str | None,
     strength: float,
+    max_strength: float | None,
     force: bool,
     keyring_path: str | None,
     as_json: bool,
     no_progress: bool,
 ) -> None:
     """Mark images; outputs keep the input's format (JPEG at quality 95).
+
+    Each output is decoded again and checked for the mark and its payload before it is
+    written; where it is not found (small or very busy images) the strength is raised for that
+    image only, and the strength used is reported. An image whose mark cannot be found even
+    at --max-strength is refused, not written.
 
     Outputs keep the input's colour profile and EXIF orientation, and drop the rest of its
     metadata (GPS position, camera serial number, ...).
@@ -104,11 +119,14 @@ def embed(
         raise click.BadParameter("must be 8 hex digits", param_hint="--payload") from None
     if len(data) != 4:
         raise click.BadParameter("must be 8 hex digits (32 bits)", param_hint="--payload")
+    if max_strength is not None and max_strength < strength:
+        raise click.BadParameter(f"{max_strength:g} is below --strength {strength:g}",
+                                 param_hint="--max-strength")
     key, key_id = _key(keyring_path)
     results, failed = [], 0
     for src, rel in progress(files, desc="embed", disable=no_progress or len(files) < 2):
         dst = out if single else out / rel
-        result = _embed_one(src, dst, key, data, strength, force)
+        result = _embed_one(src, dst, key, data, (strength, max_strength), force)
         failed += result["status"] == "error"
         results.append(result)
     summary = {
@@ -122,6 +140,8 @@ def embed(
     human = "\n".join(
         f"{r['file']}: {r['status']}"
         + (f" ({r['reason']})" if r.get("reason") else f" -> {r['output']}")
+        + (f" (strength raised to {r['strength']:g} so the mark is found)"
+           if r.get("strength", strength) > strength else "")
         for r in results
     )
     emit(
@@ -135,7 +155,12 @@ def embed(
 
 
 def _embed_one(
-    src: Path, dst: Path, key: bytes, payload: bytes, strength: float, force: bool
+    src: Path,
+    dst: Path,
+    key: bytes,
+    payload: bytes,
+    strengths: tuple[float, float | None],
+    force: bool,
 ) -> dict[str, Any]:
     base: dict[str, Any] = {"file": str(src), "output": str(dst)}
     if dst.suffix.lower() not in _SAVE:
@@ -146,22 +171,30 @@ def _embed_one(
         return {**base, "status": "skipped", "reason": "output exists"}
     try:
         image = open_image(src)
-        marked, nonce = pixel.embed(image, key, payload, strength=strength)
         fmt, options = _SAVE[dst.suffix.lower()]
-        if fmt == "JPEG" and marked.mode not in ("RGB", "L"):
-            raise TrustgainError(f"{marked.mode} image cannot be saved as JPEG; use .png")
-        buf = io.BytesIO()
+        if fmt == "JPEG" and image.mode not in ("RGB", "L"):
+            raise TrustgainError(f"{image.mode} image cannot be saved as JPEG; use .png")
+
+        def encode(marked: Any) -> bytes:
+            buf = io.BytesIO()
+            try:
+                marked.save(buf, format=fmt, **options, **display_metadata(image, fmt))
+            except (OSError, ValueError) as exc:  # Pillow: this mode cannot go in this format
+                raise TrustgainError(f"cannot save a {marked.mode} image as {fmt}: "
+                                     f"{exc}") from None
+            return buf.getvalue()
+
+        strength, top = strengths
+        mark = embed_checked(image, key, payload, strength=strength, max_strength=top,
+                             encode=encode)
         try:
-            marked.save(buf, format=fmt, **options, **display_metadata(image, fmt))
-        except (OSError, ValueError) as exc:  # Pillow: this mode cannot go in this format
-            raise TrustgainError(f"cannot save a {marked.mode} image as {fmt}: {exc}") from None
-        try:
-            write_atomic(dst, buf.getvalue(), overwrite=force)
+            write_atomic(dst, mark.data, overwrite=force)
         except OSError as exc:  # a read-only folder, a file where a folder goes, a full disk
             raise TrustgainError(f"cannot write {dst}: {exc.strerror or exc}") from None
     except TrustgainError as exc:
         return {**base, "status": "error", "reason": _reason(exc, src)}
-    return {**base, "status": "marked", "nonce": nonce, "psnr_db": psnr(image, marked)}
+    return {**base, "status": "marked", "nonce": mark.nonce, "strength": mark.strength,
+            "check_p_value": mark.p_value, "psnr_db": psnr(image, mark.image)}
 
 
 def _reason(exc: Exception, src: Path) -> str:

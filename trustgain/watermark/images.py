@@ -9,6 +9,8 @@ Detection reads the luminance of any mode Pillow opens.
 
 from __future__ import annotations
 
+import functools
+import io
 import os
 import warnings
 from pathlib import Path
@@ -47,6 +49,8 @@ def open_image(path: str | os.PathLike[str]) -> Image.Image:
                 )
             remember_orientation(image)
             image.load()
+            if image.format == "TIFF" and tiff_loader_orients():
+                image.info[_ORIENTATION] = 1  # the pixels are upright already
     except FileNotFoundError:
         raise InputError(f"{path}: no such file") from None
     except IsADirectoryError:
@@ -69,6 +73,18 @@ def _orientation(image: Image.Image) -> int | None:
     except (OSError, SyntaxError, ValueError, TypeError):  # unreadable EXIF: nothing to keep
         return None
     return value if isinstance(value, int) else None
+
+
+@functools.cache
+def tiff_loader_orients() -> bool:
+    """Whether this Pillow turns a TIFF's pixels upright as it loads them (Pillow 13 does,
+    and drops the tag): then an output must not carry the orientation again, or every reader
+    would turn it twice. Probed once on a 2x1 image, so no Pillow version is assumed."""
+    buf = io.BytesIO()
+    Image.frombytes("L", (2, 1), bytes([0, 255])).save(buf, "TIFF", tiffinfo={0x0112: 2})
+    with Image.open(io.BytesIO(buf.getvalue())) as probe:
+        probe.load()
+        return probe.getpixel((0, 0)) == 255  # orientation 2: mirrored left-right
 
 
 def remember_orientation(image: Image.Image) -> None:

@@ -15,6 +15,7 @@ from PIL import Image
 from trustgain.stage import Phase, RunContext
 from trustgain.types import Item, StageResult
 from trustgain.watermark import pixel
+from trustgain.watermark.pixel_check import embed_checked
 
 KEY_PURPOSE = "pixel"
 
@@ -26,18 +27,28 @@ def payload_for(record_id: str) -> bytes:
 
 @dataclass(frozen=True)
 class PixelMark:
-    """Keyed luminance mark on each image output (``strength``: RMS change, 8-bit units)."""
+    """Keyed luminance mark on each image output (``strength``: RMS change, 8-bit units).
+
+    Each mark is read back before the stage returns; where it is not found the strength is
+    raised for that image, up to ``max_strength`` (default twice ``strength``), and an image
+    whose mark cannot be found even then fails the stage (:mod:`trustgain.watermark.pixel_check`).
+    The strength used and the check's p-value are recorded per image.
+    """
 
     name: ClassVar[str] = "watermark.pixel"
     phase: ClassVar[Phase] = Phase.PROTECT
-    version: ClassVar[str] = "1"
+    version: ClassVar[str] = "2"  # 2: each mark checked, strength raised where needed
     requires: ClassVar[frozenset[str]] = frozenset()
 
     strength: float = pixel.STRENGTH
+    max_strength: float | None = None
 
     def __post_init__(self) -> None:
         if not 0.5 <= self.strength <= 8.0:
             raise ValueError("strength must be in [0.5, 8] (RMS luminance change, 8-bit units)")
+        top = self.max_strength
+        if top is not None and not self.strength <= top <= 8.0:
+            raise ValueError("max_strength must be in [strength, 8]")
 
     def __call__(self, item: Item, ctx: RunContext) -> StageResult:
         images = [o for o in item.outputs if isinstance(o, Image.Image)]
@@ -47,9 +58,11 @@ class PixelMark:
         payload = payload_for(ctx.run_id)
         marked, marks = [], []
         for image in images:
-            out, nonce = pixel.embed(image, key.material, payload, strength=self.strength)
-            marked.append(out)
-            marks.append({"nonce": nonce, "psnr_db": psnr(image, out)})
+            mark = embed_checked(image, key.material, payload, strength=self.strength,
+                                 max_strength=self.max_strength)
+            marked.append(mark.image)
+            marks.append({"nonce": mark.nonce, "strength": mark.strength,
+                          "check_p_value": mark.p_value, "psnr_db": psnr(image, mark.image)})
         params: dict[str, Any] = {
             "key_id": key.key_id,
             "payload": payload.hex(),
