@@ -252,3 +252,29 @@ def test_class_wise_poison_needs_class_folders_and_method(tmp_path, photos, ring
     code, _, err = run(capsys, "protect", src, "-o", tmp_path / "o", "--poison", "grating",
                        "--keyring", ring, *FAST)
     assert code == 2 and "--poison needs --method poison" in err
+
+
+def test_surrogate_weights_from_the_command_line(capsys, tmp_path, photos, ring):
+    from trustgain.protection import surrogates as S
+
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, (8, 32, 32, 3), dtype=np.uint8)
+    folders = []
+    for arch in ("cnn", "mlp"):
+        folder = tmp_path / arch
+        S.save({arch: S.train(arch, x, np.repeat([0, 1], 4), epochs=1)}, folder,
+               meta={"n_classes": 2, "channels": 3})
+        folders += ["--surrogate", folder]
+    src, _ = photos
+    code, _, err = run(capsys, "protect", src, "-o", tmp_path / "o", *folders,
+                       "--weight", "1", *FAST)
+    assert code == 2 and "1 --weight for 2 --surrogate" in err
+    code, _, err = run(capsys, "protect", src, "-o", tmp_path / "o", *folders,
+                       "--weight", "nan", "--weight", "1", *FAST)
+    assert code == 2 and "not a finite number" in err
+    code, _, _ = run(capsys, "protect", src, "-o", tmp_path / "o", *folders, "--weight", "1",
+                     "--weight", "0.5", "--keyring", ring, *FAST)
+    assert code == 0
+    manifest = (tmp_path / "o" / "trustgain-manifest.jsonl").read_text()
+    header = json.loads(manifest.splitlines()[0])
+    assert header["settings"]["config"]["weights"] == [1.0, 0.5]  # a resume keeps them

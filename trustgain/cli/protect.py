@@ -9,6 +9,7 @@ from typing import Any
 import click
 
 from trustgain.cli.common import (
+    FiniteFloat,
     emit,
     json_option,
     keyring_option,
@@ -93,6 +94,10 @@ def class_folders(in_dir: Path) -> tuple[str, ...]:
 @click.option("--surrogate", "surrogates", multiple=True, type=click.Path(file_okay=False,
               exists=True), help="Surrogate folder (python -m trustgain.protection.surrogates); "
               "repeat for an ensemble [default: the embedded digits judge].")
+@click.option("--weight", "weights", multiple=True, type=FiniteFloat(0),
+              help="With --method pgd: the loss weight of each --surrogate, in the same order "
+              "(one per --surrogate) [default: 1 each]; e.g. to balance a VAE encoder's "
+              "latent distance against classifiers' margins.")
 @click.option("--ddpm", "ddpm_path", type=click.Path(file_okay=False, exists=True), default=None,
               help="Pixel DDPM folder for --method ddpm "
               "(python -m trustgain.protection.pixel_ddpm).")
@@ -113,7 +118,8 @@ def class_folders(in_dir: Path) -> tuple[str, ...]:
 @progress_option
 def protect(in_dir: str, out_dir: str, method: str, poison_kind: str | None, eps: int,
             steps: int,
-            surrogates: tuple[str, ...], ddpm_path: str | None, store: str,
+            surrogates: tuple[str, ...], weights: tuple[float, ...], ddpm_path: str | None,
+            store: str,
             keyring_path: str | None,
             ray_address: str | None, workers: int | None, threads: int | None,
             batch_size: int, as_json: bool, no_progress: bool) -> None:
@@ -129,6 +135,8 @@ def protect(in_dir: str, out_dir: str, method: str, poison_kind: str | None, eps
     Examples:
       trustgain protect photos/ -o protected/
       trustgain protect photos/ -o protected/ --eps 8 --steps 40 --surrogate surrogates/
+      trustgain protect photos/ -o protected/ --surrogate cnn/ --surrogate vae/ \\
+          --weight 1 --weight 0.5                                    # per-surrogate weights
       trustgain protect photos/ -o protected/ --residual sidecar --json --threads 1
       trustgain protect digits/ -o protected/ --method ddpm --ddpm my-ddpm/
       trustgain protect dataset/ -o protected/ --method poison --poison grating
@@ -153,7 +161,11 @@ def protect(in_dir: str, out_dir: str, method: str, poison_kind: str | None, eps
     if poison_kind in ("grating", "shortcut"):
         classes = class_folders(Path(in_dir))
         extra["n_classes"] = len(classes)
-    config = ProtectConfig(method=method, eps=eps, steps=steps, extra=extra)
+    if weights and (method != "pgd" or len(weights) != len(surrogates)):
+        raise click.UsageError(f"--weight goes with --method pgd, one per --surrogate "
+                               f"({len(weights)} --weight for {len(surrogates)} --surrogate)")
+    config = ProtectConfig(method=method, eps=eps, steps=steps, extra=extra,
+                           weights=tuple(weights) if weights else None)
     if method != "pgd" and importlib.util.find_spec(f"trustgain.protection.{method}") is None:
         raise ConfigError(f"protection method {method!r} is not available in this build",
                           hint="use --method pgd")
