@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -18,8 +20,13 @@ SD = dict(height=16, width=16, output_type="np")
 
 def test_schedule_stage_chooses_backend_and_steps(sd_pipe, keyring):
     other = tiny_sd_pipeline(seed=1)
-    stage = build_stage("schedule.backend_steps")
+    full = build_stage("schedule.backend_steps")
+    stage = dataclasses.replace(full, backends=full.backends[:2])  # the two served here
     names = [b.name for b in stage.backends]
+    with pytest.raises(ConfigError, match="does not serve"):  # a profile with no pipeline
+        TrustPipeline(MultiGenerator({n: DiffusersGenerator(sd_pipe, model_id=n)
+                                      for n in names}, default=names[0]), [full],
+                      keyring=keyring)
     multi = MultiGenerator(
         {
             names[0]: DiffusersGenerator(sd_pipe, model_id=names[0]),

@@ -52,6 +52,8 @@ class Artifact:
         sidecar: bool = True,
     ) -> Path:
         """Write output ``index`` with its embedded record, and the record beside it."""
+        if isinstance(index, bool) or not isinstance(index, int):
+            raise ConfigError(f"index must be an integer, not {index!r}")
         if not self.files:
             raise ConfigError("this artifact has no encodable outputs (output_type was not 'pil')")
         if not 0 <= index < len(self.files):
@@ -66,12 +68,17 @@ class Artifact:
                 f"{' or '.join(_SUFFIXES[file.media_type])} file name"
             )
         side = sidecar_path(path)
+        for target in (path, side) if sidecar else (path,):  # checked first: never half a
+            if target.is_dir():                                # pair written
+                raise ConfigError(f"{target} is a folder; a file goes there")
         if sidecar and side.exists() and not overwrite:
-            raise OutputExistsError(side)  # checked first: never half a pair written
+            raise OutputExistsError(side)
         write_atomic(path, file.data, overwrite=overwrite)
         if sidecar:
             text = self.record.to_json(index, indent=2) + "\n"
             write_atomic(side, text.encode("utf-8"), overwrite=overwrite)
+        elif overwrite and side.is_file():
+            side.unlink()  # it described the file just replaced, not this one
         return path
 
 

@@ -23,6 +23,14 @@ class PipelineConfig:
     output_format: str = "png"
     jpeg_quality: int = 95
 
+    def __post_init__(self) -> None:
+        if self.output_format not in ("png", "jpeg"):
+            raise ConfigError(f"output_format must be \"png\" or \"jpeg\", not "
+                              f"{self.output_format!r}")
+        q = self.jpeg_quality
+        if isinstance(q, bool) or not isinstance(q, int) or not 1 <= q <= 100:
+            raise ConfigError(f"jpeg_quality must be an integer in 1..100, not {q!r}")
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "format": FORMAT,
@@ -40,7 +48,7 @@ class PipelineConfig:
     def from_dict(cls, doc: Any, *, source: str = "config") -> PipelineConfig:
         if not isinstance(doc, dict) or doc.get("format") != FORMAT:
             raise ConfigError(f"{source} is not a trustgain.json file")
-        if doc.get("version") != FORMAT_VERSION:
+        if type(doc.get("version")) is not int or doc["version"] != FORMAT_VERSION:
             raise ConfigError(
                 f"{source} has version {doc.get('version')!r}; "
                 f"this trustgain reads version {FORMAT_VERSION}"
@@ -61,7 +69,7 @@ class PipelineConfig:
             raise ConfigError(f"{source}: output_format must be \"png\" or \"jpeg\", not "
                               f"{fmt!r}")
         quality = doc.get("jpeg_quality", 95)
-        if not isinstance(quality, int) or not 1 <= quality <= 100:
+        if isinstance(quality, bool) or not isinstance(quality, int) or not 1 <= quality <= 100:
             raise ConfigError(f"{source}: jpeg_quality must be an integer in 1..100")
         return cls(
             stages=tuple(resolve_stages(stages)),
@@ -76,7 +84,7 @@ class PipelineConfig:
             doc = json.loads(path.read_text(encoding="utf-8"))
         except FileNotFoundError:
             raise ConfigError(f"no config file at {path}") from None
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        except (OSError, ValueError) as exc:  # bad UTF-8 or JSON, integers past the digit limit
             raise ConfigError(f"cannot read {path}: {exc}") from None
         except RecursionError:
             raise ConfigError(f"{path} is nested too deeply to be a trustgain config") from None

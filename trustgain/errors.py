@@ -95,3 +95,8 @@ class VerificationError(TrustgainError):
     def __init__(self, reason: Reason, message: str) -> None:
         super().__init__(f"{reason.value}: {message}")
         self.reason = reason
+
+
+class SettingError(ConfigError, ValueError):
+    """A stage setting has the wrong type or is out of range (also a ValueError, which is what
+    dataclass validation conventionally raises)."""

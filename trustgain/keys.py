@@ -283,7 +283,7 @@ def is_encrypted(path: str | os.PathLike[str]) -> bool:
 def _read_header(path: Path, data: bytes) -> dict[str, Any]:
     try:
         doc = json.loads(data)
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
+    except (ValueError, RecursionError):  # bad UTF-8 or JSON, integers past the digit limit
         raise KeyFileError(f"{path} is truncated or not a trustgain key file") from None
     if not isinstance(doc, dict) or doc.get("format") != FORMAT:
         raise KeyFileError(f"{path} is not a trustgain key file")

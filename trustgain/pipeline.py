@@ -13,12 +13,12 @@ from typing import Any
 
 from trustgain.artifact import Artifact, attach_record, encode_outputs
 from trustgain.config import PipelineConfig
-from trustgain.digest import canonical_json, item_sha256, sha256_hex
+from trustgain.digest import canonical_json, item_sha256
 from trustgain.errors import ConfigError, GeneratorError, StageError, TrustgainError
 from trustgain.generators.diffusers import DiffusersGenerator
 from trustgain.generators.multi import MultiGenerator
 from trustgain.keys import KeyRing
-from trustgain.provenance.record import SignedRecord, build_record
+from trustgain.provenance.record import SignedRecord, build_record, request_digest
 from trustgain.stage import Phase, RunContext, Stage, resolve_stages
 from trustgain.types import MAX_SEED, GenerationRequest, Item, StageRecord, StageResult
 
@@ -57,6 +57,9 @@ class TrustPipeline:
         self._keyring = keyring
         self._clock = clock or (lambda: datetime.now(timezone.utc))
         for stage in self.stages:
+            check = getattr(stage, "check_generator", None)
+            if check is not None:  # a stage that needs more of the generator than capabilities
+                check(generator)
             for capability in sorted(getattr(stage, "requires", frozenset())):
                 if not generator.supports(capability):
                     raise GeneratorError(
@@ -121,7 +124,7 @@ class TrustPipeline:
         if request.seed is None:  # recorded, so every output can be replayed
             request = request.replace(seed=secrets.randbelow(MAX_SEED + 1))
         run_id = uuid.uuid4().hex
-        request_digest = sha256_hex(canonical_json(request.to_dict()))
+        digest = request_digest(request.to_dict(), self._keyring)
         item = Item(request=request)
         records: list[StageRecord] = []
         before = [s for s in self.stages if s.phase <= Phase.GENERATE]
@@ -144,7 +147,7 @@ class TrustPipeline:
         for stage in after:
             item, record = self._run_stage(stage, item, run_id)
             records.append(record)
-        return self._seal(item, records, run_id, request_digest, generation_seconds)
+        return self._seal(item, records, run_id, digest, generation_seconds)
 
     def _run_stage(self, stage: Stage, item: Item, run_id: str) -> tuple[Item, StageRecord]:
         ctx = RunContext(
@@ -182,7 +185,7 @@ class TrustPipeline:
         item: Item,
         records: list[StageRecord],
         run_id: str,
-        request_digest: str,
+        digest: str,
         generation_seconds: float,
     ) -> Artifact:
         files, entries = encode_outputs(
@@ -192,7 +195,8 @@ class TrustPipeline:
             record_id=run_id,
             created=self._clock(),
             generator=self.generator.describe(),
-            request_sha256=request_digest,
+            request_hmac_sha256=digest,
+            seed=item.request.seed,
             stages=records,
             outputs=entries,
             signer_key_id=self._keyring.key_id,

@@ -149,6 +149,13 @@ def stage_settings(stage: Stage) -> dict[str, Any]:
 
 def resolve_stages(stages: Sequence[Stage | str]) -> list[Stage]:
     """Build names, then check the contract: known phases, no duplicates, phases in order."""
+    if isinstance(stages, str):
+        raise ConfigError(f"stages must be a list of names or stages, not the string {stages!r}",
+                          hint=f"write [{stages!r}]")
+    for s in stages:
+        if isinstance(s, type):
+            raise ConfigError(f"{s.__name__} is a stage class; pass an instance, "
+                              f"{s.__name__}(...), or its name")
     built = [build_stage(s) if isinstance(s, str) else s for s in stages]
     seen: set[str] = set()
     for stage in built:

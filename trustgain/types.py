@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+import numbers
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from types import MappingProxyType
@@ -26,6 +28,52 @@ def _frozen(mapping: Mapping[str, Any] | None) -> Mapping[str, Any]:
     return MappingProxyType(dict(mapping or {}))
 
 
+#: Pipeline arguments trustgain sets itself, with what to do instead.
+RESERVED = {
+    "generator": "pass seed= (recorded, so the output can be replayed)",
+    "latents": "use a GENERATE stage (generate.keyed_latents, watermark.latent)",
+    "callback_on_step_end": "write a GENERATE stage that returns a StepHook",
+    "callback_on_step_end_tensor_inputs": "declare tensor_inputs on the stage's StepHook",
+}
+
+
+def _prompt(name: str, value: Any) -> str | tuple[str, ...] | None:
+    """A prompt is None, a string, or a non-empty list of strings (kept as a tuple)."""
+    if value is None or isinstance(value, str):
+        return value
+    if isinstance(value, list | tuple) and value and all(isinstance(v, str) for v in value):
+        return tuple(value)
+    raise ConfigError(f"{name} must be a string or a non-empty list of strings, not "
+                      f"{type(value).__name__}")
+
+
+def _integer(name: str, value: Any) -> int:
+    """An integer (numpy integers too), never a bool, float or string."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise ConfigError(f"{name} must be an integer, not {value!r}")
+    return int(value)
+
+
+def _check_extra(extra: Mapping[str, Any]) -> None:
+    """Extra pipeline arguments: not ones trustgain manages, and JSON values only (the request
+    digest in the record covers them)."""
+    from trustgain.digest import canonical_json
+
+    for key, value in extra.items():
+        if key in RESERVED:
+            raise ConfigError(f"'{key}' is managed by trustgain; do not pass it to the pipeline",
+                              hint=RESERVED[key])
+        try:
+            canonical_json(value)
+        except (ConfigError, TypeError, ValueError):
+            raise ConfigError(
+                f"pipeline argument '{key}' is a {type(value).__name__}; only JSON values "
+                "(numbers, strings, lists, objects) can be passed, since the record's request "
+                "digest covers them",
+                hint="pass text prompts rather than embeddings" if "embeds" in key else None,
+            ) from None
+
+
 @dataclass(frozen=True)
 class GenerationRequest:
     """What the caller asked for, with diffusers' argument names.
@@ -34,8 +82,8 @@ class GenerationRequest:
     values only, since the request digest covers them).
     """
 
-    prompt: str | None = None
-    negative_prompt: str | None = None
+    prompt: str | tuple[str, ...] | None = None
+    negative_prompt: str | tuple[str, ...] | None = None
     num_inference_steps: int | None = None
     guidance_scale: float | None = None
     seed: int | None = None
@@ -48,17 +96,40 @@ class GenerationRequest:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "extra", _frozen(self.extra))
-        if self.num_images_per_prompt < 1:
+        for name in ("prompt", "negative_prompt"):
+            object.__setattr__(self, name, _prompt(name, getattr(self, name)))
+        for name in ("num_inference_steps", "seed", "height", "width", "num_images_per_prompt"):
+            value = getattr(self, name)
+            if value is not None:
+                object.__setattr__(self, name, _integer(name, value))
+        if self.num_images_per_prompt is None or self.num_images_per_prompt < 1:
             raise ConfigError("num_images_per_prompt must be at least 1")
         if self.num_inference_steps is not None and self.num_inference_steps < 1:
             raise ConfigError("num_inference_steps must be at least 1")
         if self.seed is not None and not 0 <= self.seed <= MAX_SEED:
             raise ConfigError(f"seed must be in [0, {MAX_SEED}] (exact in JSON records)")
+        for name in ("height", "width"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be at least 1")
+        if self.guidance_scale is not None:
+            g = self.guidance_scale
+            if isinstance(g, bool) or not isinstance(g, numbers.Real) or not math.isfinite(g):
+                raise ConfigError(f"guidance_scale must be a finite number, not {g!r}")
+            object.__setattr__(self, "guidance_scale", float(g))
+        _check_extra(self.extra)
+
+    @property
+    def batch_size(self) -> int:
+        """Outputs the call makes: prompts (one, or a list) times ``num_images_per_prompt``."""
+        prompts = len(self.prompt) if isinstance(self.prompt, tuple) else 1
+        return prompts * self.num_images_per_prompt
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "prompt": self.prompt,
-            "negative_prompt": self.negative_prompt,
+            "prompt": list(self.prompt) if isinstance(self.prompt, tuple) else self.prompt,
+            "negative_prompt": (list(self.negative_prompt)
+                                if isinstance(self.negative_prompt, tuple)
+                                else self.negative_prompt),
             "num_inference_steps": self.num_inference_steps,
             "guidance_scale": self.guidance_scale,
             "seed": self.seed,

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from trustgain import settings
 from trustgain.errors import AuditFailed
 from trustgain.stage import Phase, RunContext
 from trustgain.types import Item, StageResult
@@ -48,8 +49,7 @@ class OutputCheck:
     def __post_init__(self) -> None:
         if self.on_fail not in _ON_FAIL:
             raise ValueError(f"on_fail must be one of {', '.join(_ON_FAIL)}, not {self.on_fail!r}")
-        if self.min_std < 0:
-            raise ValueError("min_std must be >= 0")
+        object.__setattr__(self, "min_std", settings.number("min_std", self.min_std, 0))
 
     def __call__(self, item: Item, ctx: RunContext) -> StageResult:
         checked, problems = [], []

@@ -47,6 +47,10 @@ class DiffusersGenerator:
         # str(): from_pretrained keeps a pathlib.Path as given, and records hold JSON only
         self.model_id = str(model_id or config.get("_name_or_path")
                             or f"unnamed:{type(pipe).__name__}")
+        from trustgain.models import MINI_SD_ID, mini_sd_path
+
+        if self.model_id == str(mini_sd_path()):  # the shipped model by its name, not by a
+            self.model_id = MINI_SD_ID            # path on this machine
         self.callback_tensor_inputs = tuple(getattr(pipe, "_callback_tensor_inputs", ()) or ())
 
     def supports(self, capability: str) -> bool:
@@ -87,11 +91,14 @@ class DiffusersGenerator:
                 "in-generation stages need a UNet pipeline with a VAE"
             )
         size = unet.config.sample_size
-        h = request.height or size * scale
-        w = request.width or size * scale
+        sh, sw = (size, size) if isinstance(size, int) else tuple(size)
+        if request.height and request.width:
+            h, w = request.height, request.width
+        else:  # as diffusers does: with either side missing, both take the model's default
+            h, w = sh * scale, sw * scale
         if h % scale or w % scale:
             raise ConfigError(f"height and width must be multiples of {scale}")
-        return (request.num_images_per_prompt, unet.config.in_channels, h // scale, w // scale)
+        return (request.batch_size, unet.config.in_channels, h // scale, w // scale)
 
     def check_hooks(self, hooks: Sequence[StepHook]) -> None:
         if not hooks:
@@ -124,7 +131,7 @@ class DiffusersGenerator:
                 continue
             if name not in self._params:
                 raise GeneratorError(f"{type(self.pipe).__name__} takes no '{name}'")
-            kwargs[name] = value
+            kwargs[name] = list(value) if isinstance(value, tuple) else value  # prompt lists
         n = request.num_images_per_prompt
         if "num_images_per_prompt" in self._params:
             kwargs["num_images_per_prompt"] = n

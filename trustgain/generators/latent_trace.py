@@ -14,6 +14,7 @@ from typing import Any, ClassVar
 
 import torch
 
+from trustgain import settings
 from trustgain.digest import output_sha256
 from trustgain.stage import Phase, RunContext
 from trustgain.types import Item, StageResult, StepHook
@@ -33,8 +34,7 @@ class LatentTrace:
     every: int = 1
 
     def __post_init__(self) -> None:
-        if self.every < 1:
-            raise ValueError("every must be at least 1")
+        object.__setattr__(self, "every", settings.integer("every", self.every, 1))
 
     def __call__(self, item: Item, ctx: RunContext) -> StageResult:
         trace: list[dict[str, Any]] = []

@@ -54,6 +54,7 @@ from typing import Any, ClassVar
 import numpy as np
 from PIL import Image
 
+from trustgain import settings
 from trustgain.errors import AuditFailed, ConfigError, InputError
 from trustgain.fileio import write_atomic
 from trustgain.stage import Phase, RunContext
@@ -251,6 +252,8 @@ class MemorizationGuard:
     on_flag: str = "raise"
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "index", settings.text("index", self.index, optional=True,
+                                                        path=True))
         if self.on_flag not in _ON_FLAG:
             raise ValueError(f"on_flag must be one of {', '.join(_ON_FLAG)}, not {self.on_flag!r}")
 

@@ -284,7 +284,12 @@ class RedactPII:
             text = getattr(request, field)
             if text is None:
                 continue
-            new, counts = redact(text, region=self.region, kinds=self.kinds)
+            if isinstance(text, tuple):  # a list of prompts: each redacted, counts summed
+                done = [redact(t, region=self.region, kinds=self.kinds) for t in text]
+                new = tuple(t for t, _ in done)
+                counts = dict(sum((Counter(c) for _, c in done), Counter()))
+            else:
+                new, counts = redact(text, region=self.region, kinds=self.kinds)
             params[field] = counts
             total += sum(counts.values())
             if new != text:

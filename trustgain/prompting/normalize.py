@@ -12,6 +12,7 @@ import unicodedata
 from dataclasses import dataclass
 from typing import ClassVar
 
+from trustgain import settings
 from trustgain.stage import Phase, RunContext
 from trustgain.types import Item, StageResult
 
@@ -45,8 +46,7 @@ class NormalizePrompt:
     def __post_init__(self) -> None:
         if self.form not in _FORMS:
             raise ValueError(f"form must be one of {', '.join(_FORMS)}, not {self.form!r}")
-        if self.max_chars < 1:
-            raise ValueError("max_chars must be at least 1")
+        object.__setattr__(self, "max_chars", settings.integer("max_chars", self.max_chars, 1))
 
     def __call__(self, item: Item, ctx: RunContext) -> StageResult:
         request = item.request
@@ -58,7 +58,12 @@ class NormalizePrompt:
             text = getattr(request, field)
             if text is None:
                 continue
-            new, report = normalize_text(text, form=self.form, max_chars=self.max_chars)
-            changes[field] = new
-            params[field] = report
+            if isinstance(text, tuple):  # a list of prompts: each normalised, one report each
+                done = [normalize_text(t, form=self.form, max_chars=self.max_chars) for t in text]
+                changes[field] = tuple(t for t, _ in done)
+                params[field] = [r for _, r in done]
+            else:
+                new, report = normalize_text(text, form=self.form, max_chars=self.max_chars)
+                changes[field] = new
+                params[field] = report
         return StageResult(item.replace(request=request.replace(**changes)), params)

@@ -20,6 +20,8 @@ from typing import Any, ClassVar
 import numpy as np
 from PIL import Image
 
+from trustgain import settings
+from trustgain.errors import SettingError
 from trustgain.stage import Phase, RunContext
 from trustgain.types import Item, StageResult
 
@@ -43,6 +45,16 @@ class ProtectRAE:
     residual_dir: str | None = None
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "method", settings.text("method", self.method))
+        object.__setattr__(self, "eps", settings.integer("eps", self.eps, 1, 255))
+        object.__setattr__(self, "steps", settings.integer("steps", self.steps, 0))
+        object.__setattr__(self, "surrogates", settings.text("surrogates", self.surrogates,
+                                                             path=True))
+        object.__setattr__(self, "residual_dir", settings.text(
+            "residual_dir", self.residual_dir, optional=True, path=True))
+        if self.method != "pgd":  # ddpm needs a DDPM folder and poison class folders: the CLI
+            raise SettingError(f"method must be 'pgd' in this stage, not {self.method!r}; "
+                               "ddpm and poison run through `trustgain protect --method`")
         self.config()  # validates method / eps / steps early, as a ValueError-free ConfigError
         if self.surrogates != "judge" and not Path(self.surrogates).is_dir():
             raise ValueError(f"surrogates must be 'judge' or a folder, got {self.surrogates!r}")

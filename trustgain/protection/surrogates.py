@@ -271,7 +271,7 @@ def load_named(folder: str | Path) -> dict[str, Classifier]:
     folder = Path(folder)
     try:
         doc = json.loads((folder / CONFIG_NAME).read_text())
-    except (OSError, json.JSONDecodeError) as exc:
+    except (OSError, ValueError) as exc:
         raise InputError(f"{folder} holds no readable {CONFIG_NAME} ({exc})",
                          hint="train surrogates with python -m trustgain.protection.surrogates"
                          ) from None

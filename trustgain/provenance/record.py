@@ -2,7 +2,12 @@
 
 A :class:`SignedRecord` is the record (a JSON object) plus the signature over its RFC 8785
 bytes. The signer is named by key id inside the record, so the id is covered by the
-signature. Prompts are not stored, only the request digest.
+signature. Prompts are not stored, only a *keyed* digest of the request
+(``request_hmac_sha256``: HMAC-SHA256 under a key derived from the signer's keyring). A plain
+hash of a request would let anyone holding the record confirm a guessed prompt, including a
+redacted e-mail address; the keyed digest lets only the keyring's owner check a request
+(:func:`request_matches`). Records written before it carry ``request_sha256`` and still verify.
+The seed is stored, so the keyring's owner can replay an output from its record.
 """
 
 from __future__ import annotations
@@ -29,7 +34,6 @@ REQUIRED = (
     "created",
     "trustgain_version",
     "generator",
-    "request_sha256",
     "stages",
     "outputs",
     "signer",
@@ -41,7 +45,8 @@ def build_record(
     record_id: str,
     created: datetime,
     generator: Mapping[str, Any],
-    request_sha256: str,
+    request_hmac_sha256: str,
+    seed: int | None = None,
     stages: Sequence[StageRecord],
     outputs: Sequence[Mapping[str, Any]],
     signer_key_id: str,
@@ -58,12 +63,33 @@ def build_record(
         "created": created.astimezone(timezone.utc).isoformat(timespec="seconds"),
         "trustgain_version": __version__,
         "generator": dict(generator),
-        "request_sha256": request_sha256,
+        "request_hmac_sha256": request_hmac_sha256,
+        "seed": seed,
         "stages": [s.to_dict() for s in stages],
         "generation_seconds": None if generation_seconds is None else round(generation_seconds, 6),
         "outputs": [dict(o) for o in outputs],
         "signer": {"algorithm": "Ed25519", "key_id": signer_key_id},
     }
+
+
+def request_digest(request: Mapping[str, Any], keyring: KeyRing) -> str:
+    """HMAC-SHA256 of the request's canonical JSON under the keyring's request key."""
+    import hashlib
+    import hmac
+
+    key = keyring.derive("provenance", "request").material
+    return hmac.new(key, canonical_json(dict(request)), hashlib.sha256).hexdigest()
+
+
+def request_matches(record: Mapping[str, Any], request: Mapping[str, Any],
+                    keyring: KeyRing) -> bool:
+    """Whether ``request`` (a ``GenerationRequest.to_dict()``) is the one ``record`` was made
+    for. Only the keyring that signed the record can tell; constant-time comparison."""
+    import hmac
+
+    stored = record.get("request_hmac_sha256")
+    return isinstance(stored, str) and hmac.compare_digest(stored,
+                                                           request_digest(request, keyring))
 
 
 @dataclass(frozen=True)
@@ -102,17 +128,21 @@ class SignedRecord:
         """Parse an envelope; anything off is ``malformed_record``."""
         try:
             env = json.loads(text)
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise _malformed(f"record is not JSON ({exc.msg})") from None
+        except ValueError as exc:  # also bad UTF-8, and integers past Python's digit limit
+            why = exc.msg if isinstance(exc, json.JSONDecodeError) else str(exc).split(":")[0]
+            raise _malformed(f"record is not JSON ({why})") from None
         except RecursionError:
             raise _malformed("record is nested too deeply to be one trustgain wrote") from None
         if not isinstance(env, dict) or not isinstance(env.get("record"), dict):
             raise _malformed("envelope has no record object")
         record = env["record"]
         missing = [k for k in REQUIRED if k not in record]
+        if not {"request_hmac_sha256", "request_sha256"} & set(record):
+            missing.append("request_hmac_sha256")
         if missing:
             raise _malformed(f"record lacks {', '.join(missing)}")
-        if record["format"] != FORMAT or record["version"] != FORMAT_VERSION:
+        if (record["format"] != FORMAT or type(record["version"]) is not int
+                or record["version"] != FORMAT_VERSION):
             raise _malformed(f"record format {record['format']!r} v{record['version']!r} unknown")
         signer = record["signer"]
         if (

@@ -21,6 +21,7 @@ step grid's median length on that backend ([INF], a plain estimate).
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -28,7 +29,8 @@ from typing import Any, ClassVar
 import numpy as np
 
 from schedulers.online import CATEGORIES, BackendProfile, choose, default_backends, prompt_category
-from trustgain.errors import ConfigError
+from trustgain import settings
+from trustgain.errors import ConfigError, SettingError
 from trustgain.scheduling.queue import queue_state
 from trustgain.stage import Phase, RunContext
 from trustgain.types import Item, StageResult
@@ -37,8 +39,23 @@ from trustgain.types import Item, StageResult
 def _profile(value: BackendProfile | Mapping[str, Any]) -> BackendProfile:
     if isinstance(value, BackendProfile):
         return value
+    if not isinstance(value, Mapping):
+        raise SettingError(f"a backend profile must be an object, not {value!r}")
     d = dict(value)
-    d["quality"] = tuple(tuple(float(x) for x in q) for q in d["quality"])
+    fields = {f.name for f in dataclasses.fields(BackendProfile)}
+    required = {f.name for f in dataclasses.fields(BackendProfile)
+                if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING}
+    if missing := required - set(d):
+        raise SettingError(f"backend profile {d.get('name', '?')!r} lacks "
+                           f"{', '.join(sorted(missing))}")
+    if unknown := set(d) - fields:
+        raise SettingError(f"backend profile {d.get('name', '?')!r} has no "
+                           f"{', '.join(sorted(unknown))}; fields: {', '.join(sorted(fields))}")
+    try:
+        d["quality"] = tuple(tuple(float(x) for x in q) for q in d["quality"])
+    except (TypeError, ValueError):
+        raise SettingError(f"backend profile {d.get('name', '?')!r}: quality must be a list "
+                           "of number triples") from None
     return BackendProfile(**d)
 
 
@@ -68,11 +85,36 @@ class ScheduleBackendSteps:
     reserve: bool = True
 
     def __post_init__(self) -> None:
+        if isinstance(self.backends, str | bytes | dict) or isinstance(self.steps, str | bytes):
+            raise SettingError("backends and steps must be lists")
         object.__setattr__(self, "backends", tuple(_profile(b) for b in self.backends))
-        object.__setattr__(self, "steps", tuple(int(s) for s in self.steps))
+        object.__setattr__(self, "steps",
+                           tuple(settings.integer("steps", s, 1) for s in self.steps))
+        for name in ("latency_weight", "cost_weight"):
+            object.__setattr__(self, name, settings.number(name, getattr(self, name), 0))
+        object.__setattr__(self, "deadline_s", settings.number(
+            "deadline_s", self.deadline_s, 0, lo_open=True, optional=True))
+        object.__setattr__(self, "queue", settings.text("queue", self.queue, optional=True))
+        for name in ("keep_requested_steps", "reserve"):
+            object.__setattr__(self, name, settings.flag(name, getattr(self, name)))
         bad = _check(self)
         if bad:
             raise ConfigError(f"schedule.backend_steps: {bad[0]}", hint=bad[1])
+
+    def check_generator(self, generator: Any) -> None:
+        """Refuse, when the pipeline is built, profiles naming backends the generator lacks:
+        otherwise every call would fail after the decision."""
+        while getattr(generator, "inner", None) is not None:  # e.g. a QueuedGenerator
+            generator = generator.inner
+        served = set(getattr(generator, "backends", None) or ()) or {
+            getattr(generator, "model_id", None)}
+        missing = [b.name for b in self.backends if b.name not in served]
+        if missing:
+            raise ConfigError(
+                f"schedule.backend_steps may choose {', '.join(missing)}, which the generator "
+                f"does not serve (it serves {', '.join(sorted(map(str, served)))})",
+                hint="wrap the pipelines in MultiGenerator({name: DiffusersGenerator(pipe)}) "
+                "with the profiles' names, or pass profiles named after the generator")
 
     def _backlog(self) -> tuple[list[float], dict[str, Any]] | None:
         """Seconds until each backend is free, and the snapshot as recorded."""
@@ -93,7 +135,10 @@ class ScheduleBackendSteps:
 
     def __call__(self, item: Item, ctx: RunContext) -> StageResult:
         request = item.request
-        category, source = prompt_category(request.prompt)
+        prompt = request.prompt
+        if isinstance(prompt, tuple):  # one backend serves the whole batch: the first prompt
+            prompt = prompt[0]        # decides its category
+        category, source = prompt_category(prompt)
         requested = request.num_inference_steps
         grid = (requested,) if self.keep_requested_steps and requested else self.steps
         backlog = self._backlog()

@@ -58,6 +58,7 @@ import torch
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
 from scipy.special import ndtri
 
+from trustgain import settings
 from trustgain.keys import DerivedKey
 from trustgain.stage import Phase, RunContext
 from trustgain.types import Item, StageResult
@@ -295,10 +296,10 @@ class LatentMark:
     nonce_space: int = 256
 
     def __post_init__(self) -> None:
-        if not 1 <= self.payload_bits <= 128:
-            raise ValueError("payload_bits must be between 1 and 128")
-        if not 0 <= self.nonce_space <= 2**32:
-            raise ValueError("nonce_space must be between 0 and 2**32")
+        object.__setattr__(self, "payload_bits",
+                           settings.integer("payload_bits", self.payload_bits, 1, 128))
+        object.__setattr__(self, "nonce_space",
+                           settings.integer("nonce_space", self.nonce_space, 0, 2**32))
 
     def __call__(self, item: Item, ctx: RunContext) -> StageResult:
         if ctx.generator is None:
