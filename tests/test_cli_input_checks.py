@@ -83,3 +83,32 @@ def test_config_output_format_is_checked():
     with pytest.raises(ConfigError, match="output_format must be"):
         PipelineConfig.from_dict({**doc, "output_format": "gif"})
     assert PipelineConfig.from_dict({**doc, "output_format": "jpeg"}).output_format == "jpeg"
+
+
+@pytest.mark.parametrize(("args", "says"), [
+    (["models", "--device", "tpu"], "is not a torch device"),
+    (["models", "--data", "."], "models takes no --data"),
+    (["watermark", "--data", "/nonexistent-folder"], "no such folder"),
+    (["models", "--only", "x"], "models has no other options"),
+    (["protection", "--only", "x"], "python -m trustgain.bench.protection --help"),
+])
+def test_bench_flags_are_checked_before_any_run(capsys, args, says):
+    from trustgain.bench.__main__ import main as bench
+
+    with pytest.raises(SystemExit) as info:
+        bench(args)
+    assert info.value.code == 2 and says in capsys.readouterr().err
+
+
+def test_bench_json_is_never_replaced_unasked_and_checked_first(capsys, tmp_path):
+    from trustgain.bench.__main__ import main as bench
+
+    keep = tmp_path / "keep.json"
+    keep.write_text("{}")
+    for target, says in ((keep, "pass --force"), (tmp_path, "is a folder"),
+                         (tmp_path / "file" / "x.json", "cannot write there")):
+        (tmp_path / "file").touch()
+        with pytest.raises(SystemExit):
+            bench(["models", "--quick", "--json", str(target)])
+        assert says in capsys.readouterr().err
+    assert keep.read_text() == "{}"

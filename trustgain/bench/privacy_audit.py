@@ -368,15 +368,22 @@ def run(quick: bool = False, device: str = "cpu") -> list[Row]:
 
 
 if __name__ == "__main__":
-    import sys
+    import argparse
 
     import torch
 
     from trustgain.bench import format_table
 
+    ap = argparse.ArgumentParser(prog="python -m trustgain.bench.privacy_audit",
+                                 description="The membership-audit benchmark (issue 6).")
+    ap.add_argument("--quick", action="store_true", help="small version")
+    ap.add_argument("--dp-repeats", type=int, default=None, metavar="N",
+                    help="only the DP rows, repeated over N trainings")
+    args = ap.parse_args()
+    if args.dp_repeats is not None and args.dp_repeats < 1:
+        ap.error("--dp-repeats must be at least 1")
     torch.set_num_threads(1)
-    if "--dp-repeats" not in sys.argv:
-        print(format_table(run(quick="--quick" in sys.argv)))
+    if args.dp_repeats is None:
+        print(format_table(run(quick=args.quick)))
     else:
-        repeats = int(sys.argv[sys.argv.index("--dp-repeats") + 1])
-        print(format_table(dp_repeat_rows(repeats)))
+        print(format_table(dp_repeat_rows(args.dp_repeats)))

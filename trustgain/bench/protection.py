@@ -577,11 +577,22 @@ def cost_rows(quick: bool, cfg: ProtectConfig, ensemble: list[torch.nn.Module],
     return rows
 
 if __name__ == "__main__":  # pragma: no cover
+    import argparse
     import sys
 
     from trustgain.bench import format_table
 
-    if "--ceiling-only" in sys.argv:  # the APGD-T reference rows alone (cached surrogates)
+    ap = argparse.ArgumentParser(
+        prog="python -m trustgain.bench.protection",
+        description="The protection benchmark (issue 5). Cache trained models with "
+                    "TRUSTGAIN_BENCH_CACHE=DIR.")
+    ap.add_argument("--quick", action="store_true", help="small version")
+    part = ap.add_mutually_exclusive_group()
+    part.add_argument("--ceiling-only", action="store_true",
+                      help="only the single-model APGD-T ceiling rows")
+    part.add_argument("--cost-only", action="store_true", help="only the cost rows")
+    args = ap.parse_args()
+    if args.ceiling_only:  # the APGD-T reference rows alone (cached surrogates)
         xtr, ytr, _ = P.load("train", 300)
         xte, yte, _ = P.load("test", 30)
         found = ceiling_rows(False, _train_all(False, xtr, ytr), xte, yte)
@@ -589,11 +600,11 @@ if __name__ == "__main__":  # pragma: no cover
             sys.exit("error: the ceiling rows need torchattacks "
                      "(pip install --no-deps torchattacks==3.5.1)")
         print(format_table(found))
-    elif "--cost-only" in sys.argv:  # re-time the cost rows alone (cached surrogates)
+    elif args.cost_only:  # re-time the cost rows alone (cached surrogates)
         xtr, ytr, _ = P.load("train", 300)
         xte, _, _ = P.load("test", 30)
         found = _train_all(False, xtr, ytr)
         print(format_table(cost_rows(False, config(STEPS), [found[a] for a in ENSEMBLE],
                                      xte, os.urandom(32))))
     else:
-        print(format_table(run(quick="--quick" in sys.argv)))
+        print(format_table(run(quick=args.quick)))

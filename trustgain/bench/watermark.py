@@ -30,6 +30,7 @@ from PIL import Image
 from scipy.stats import binom, binomtest
 
 from trustgain.bench import Row
+from trustgain.errors import InputError
 from trustgain.watermark import attacks, ecc, pixel
 from trustgain.watermark.images import open_image
 
@@ -74,12 +75,17 @@ def load_images(data: Path | None, limit: int | None) -> list[tuple[str, Image.I
         if isinstance(array, tuple):  # stereo pairs
             array = array[0]
         images.append((f"skimage:{name}", square(Image.fromarray(array))))
-    if data is not None:
-        files = sorted(
-            p for p in Path(data).rglob("*") if p.suffix.lower() in {".png", ".jpg", ".jpeg"}
-        )
-        images += [(p.name, square(open_image(p))) for p in files]
-    return images[:limit] if limit else images
+    if data is None:
+        return images[:limit] if limit else images
+    files = sorted(
+        p for p in Path(data).rglob("*") if p.suffix.lower() in {".png", ".jpg", ".jpeg"}
+    )
+    if not files:
+        raise InputError(f"{data} holds no .png or .jpg images")
+    yours = [(p.name, square(open_image(p))) for p in files]
+    if limit:  # a quick run with --data uses the given images first
+        return (yours + images)[:limit]
+    return images + yours
 
 
 @dataclass

@@ -69,29 +69,10 @@ class FiniteFloat(click.ParamType):
 
 def _check_device(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
     """A torch device this machine has, or a one-line usage error (never a CUDA traceback)."""
-    if value is None or value == "cpu":
-        return value
-    import torch
+    from trustgain.devices import device_problem
 
-    try:
-        device = torch.device(value)
-    except (RuntimeError, ValueError):
-        raise click.BadParameter(f"'{value}' is not a torch device (cpu, cuda, cuda:1, mps)",
-                                 ctx, param) from None
-    if device.type == "cuda":
-        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        if count == 0:
-            raise click.BadParameter(f"'{value}': this torch build or machine has no CUDA GPU; "
-                                     "use --device cpu", ctx, param)
-        if device.index is not None and device.index >= count:
-            raise click.BadParameter(f"'{value}': this machine has {count} CUDA GPU(s)",
-                                     ctx, param)
-    elif device.type == "mps":
-        if not torch.backends.mps.is_available():
-            raise click.BadParameter(f"'{value}': Apple MPS is not available here; use "
-                                     "--device cpu", ctx, param)
-    elif device.type != "cpu":
-        raise click.BadParameter(f"'{value}': trustgain runs on cpu, cuda or mps", ctx, param)
+    if value is not None and (problem := device_problem(value)):
+        raise click.BadParameter(problem.replace("use cpu", "use --device cpu"), ctx, param)
     return value
 
 
