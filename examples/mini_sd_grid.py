@@ -9,12 +9,15 @@ tilted left, green tilted right. Fixed seed, so reruns give the same picture.
 from __future__ import annotations
 
 import argparse
+import io
+import math
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
 
+from trustgain.fileio import write_atomic
 from trustgain.models import load_mini_sd
 from trustgain.models.data import WORDS
 
@@ -37,6 +40,12 @@ def main() -> None:
     p.add_argument("--guidance", type=float, default=4.0)
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args()
+    if args.steps < 1:
+        p.error("--steps must be at least 1")
+    if not math.isfinite(args.guidance) or args.guidance < 0:
+        p.error("--guidance must be a finite number >= 0")
+    if args.out.suffix.lower() != ".png" or args.out.is_dir():
+        p.error(f"--out {args.out}: give a .png file name")
     pipe = load_mini_sd("cpu")
     prompts = [s.format(w=WORDS[d], n=d) for d in range(10) for s in STYLES]
     gen = torch.Generator().manual_seed(args.seed)
@@ -49,8 +58,9 @@ def main() -> None:
             for d in range(10)]
     grid = Image.fromarray(np.concatenate(rows, axis=0))
     grid = grid.resize((grid.width * 2, grid.height * 2), Image.NEAREST)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    grid.save(args.out, optimize=True)
+    buf = io.BytesIO()
+    grid.save(buf, format="PNG", optimize=True)
+    write_atomic(args.out, buf.getvalue(), overwrite=True)  # the grid is meant to be redrawn
     print(f"wrote {args.out} ({grid.width}x{grid.height}); columns: " + " | ".join(STYLES))
 
 

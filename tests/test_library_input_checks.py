@@ -127,3 +127,20 @@ def test_shipped_model_is_recorded_by_name_not_path():
     from trustgain.models import MINI_SD_ID, load_mini_sd
 
     assert DiffusersGenerator(load_mini_sd()).model_id == MINI_SD_ID
+
+
+@pytest.mark.parametrize(("text", "out"), [
+    ("nu\u034fde", "nude"),  # combining grapheme joiner
+    ("a\ufe01b", "ab"),  # a variation selector outside any emoji
+    ("x\U000e0100y", "xy"),  # variation selectors supplement ("emoji smuggling")
+    ("\u3164hi", "hi"),  # Hangul filler (NFKC makes it U+1160, still invisible)
+    ("zero\u200bwidth", "zerowidth"),
+    ("a\u200db", "ab"),  # a joiner between letters hides nothing a model should read
+    ("\U0001f468\u200d\U0001f469\u200d\U0001f467", None),  # family: one emoji, kept whole
+    ("\U0001f3f3\ufe0f\u200d\U0001f308", None),  # rainbow flag
+    ("\u2764\ufe0f\ufe0f\ufe0f", "\u2764\ufe0f"),  # one presentation selector, not a payload
+])
+def test_normalize_strips_ignorables_but_keeps_emoji_sequences(text, out):
+    from trustgain.prompting.normalize import normalize_text
+
+    assert normalize_text(text)[0] == (text if out is None else out)

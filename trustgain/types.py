@@ -39,12 +39,28 @@ RESERVED = {
 
 def _prompt(name: str, value: Any) -> str | tuple[str, ...] | None:
     """A prompt is None, a string, or a non-empty list of strings (kept as a tuple)."""
-    if value is None or isinstance(value, str):
+    if value is None:
+        return value
+    if isinstance(value, str):
+        _utf8(name, value)
         return value
     if isinstance(value, list | tuple) and value and all(isinstance(v, str) for v in value):
+        for v in value:
+            _utf8(name, v)
         return tuple(value)
     raise ConfigError(f"{name} must be a string or a non-empty list of strings, not "
                       f"{type(value).__name__}")
+
+
+def _utf8(name: str, text: str) -> None:
+    """Refuse text that is not Unicode (bytes the terminal could not decode arrive in
+    ``sys.argv`` as lone surrogates), naming where."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ConfigError(f"{name} is not valid UTF-8 text (undecodable byte at character "
+                          f"{exc.start})",
+                          hint="pass the text as UTF-8; check the terminal's locale") from None
 
 
 def _integer(name: str, value: Any) -> int:

@@ -20,10 +20,52 @@ _FORMS = ("NFC", "NFKC")
 _SPACE = re.compile(r"\s+")
 
 
+#: Unicode's Default_Ignorable_Code_Point ranges (DerivedCoreProperties.txt, Unicode 15.1):
+#: characters renderers draw as nothing, such as the combining grapheme joiner, variation
+#: selectors and the Hangul fillers. Python's unicodedata does not expose the property, so
+#: the (stable, short) list is kept here.
+_IGNORABLE = (
+    (0x00AD, 0x00AD), (0x034F, 0x034F), (0x061C, 0x061C), (0x115F, 0x1160),
+    (0x17B4, 0x17B5), (0x180B, 0x180F), (0x200B, 0x200F), (0x202A, 0x202E),
+    (0x2060, 0x206F), (0x3164, 0x3164), (0xFE00, 0xFE0F), (0xFEFF, 0xFEFF),
+    (0xFFA0, 0xFFA0), (0xFFF0, 0xFFF8), (0x1BCA0, 0x1BCA3), (0x1D173, 0x1D17A),
+    (0xE0000, 0xE0FFF),
+)
+_ZWJ, _VS15, _VS16 = "\u200d", "\ufe0e", "\ufe0f"
+
+
+def _invisible(c: str) -> bool:
+    if c.isspace():
+        return False
+    if unicodedata.category(c) in ("Cc", "Cf"):
+        return True
+    code = ord(c)
+    return any(lo <= code <= hi for lo, hi in _IGNORABLE)
+
+
+def _emoji(c: str) -> bool:
+    """An emoji-like base: a symbol (So), a skin-tone modifier, or a keycap base."""
+    return unicodedata.category(c) == "So" or 0x1F3FB <= ord(c) <= 0x1F3FF or c in "#*0123456789"
+
+
+def _strip_invisible(text: str) -> list[str]:
+    """Drop invisible characters, except the joiner and presentation selectors *inside* an
+    emoji sequence (family, flag and profession emoji are joined with U+200D, and U+FE0F asks
+    for emoji presentation): there they change what the model reads, not hide text."""
+    kept: list[str] = []
+    for i, c in enumerate(text):
+        after_emoji = bool(kept) and (_emoji(kept[-1]) or kept[-1] == _VS16)
+        selector = c in (_VS15, _VS16) and bool(kept) and _emoji(kept[-1])
+        joiner = c == _ZWJ and after_emoji and i + 1 < len(text) and _emoji(text[i + 1])
+        if not _invisible(c) or selector or joiner:
+            kept.append(c)
+    return kept
+
+
 def normalize_text(text: str, *, form: str = "NFKC", max_chars: int = 1000) -> tuple[str, dict]:
     """Normalise ``text``; returns the new text and what was done (counts, never the text)."""
     normal = unicodedata.normalize(form, text)
-    kept = [c for c in normal if not (unicodedata.category(c) in ("Cc", "Cf") and not c.isspace())]
+    kept = _strip_invisible(normal)
     removed = len(normal) - len(kept)
     out = _SPACE.sub(" ", "".join(kept)).strip()
     truncated = len(out) > max_chars
@@ -37,7 +79,7 @@ class NormalizePrompt:
 
     name: ClassVar[str] = "prompt.normalize"
     phase: ClassVar[Phase] = Phase.PREPARE
-    version: ClassVar[str] = "1"
+    version: ClassVar[str] = "2"  # 2: Default_Ignorable characters too; emoji joiners kept
     requires: ClassVar[frozenset[str]] = frozenset()
 
     form: str = "NFKC"
