@@ -64,7 +64,7 @@ class Artifact:
         path = Path(path)
         if path.suffix.lower() not in _SUFFIXES[file.media_type]:
             raise ConfigError(
-                f"{path.name}: a {file.media_type} output needs a "
+                f"{path.name}: an {file.media_type} output needs a "
                 f"{' or '.join(_SUFFIXES[file.media_type])} file name"
             )
         side = sidecar_path(path)

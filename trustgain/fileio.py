@@ -30,6 +30,10 @@ def write_atomic(
     except OutputExistsError:
         raise
     except OSError as exc:
+        blocker = next((p for p in path.parents if p.is_file()), None)
+        if blocker is not None:  # mkdir says only "File exists"
+            raise TrustgainError(f"cannot write {path}: {blocker} is a file, not a folder"
+                                 ) from None
         raise OutputWriteError(path, exc) from None
 
 

@@ -26,6 +26,12 @@ def _settings(name: str, cls: type) -> dict[str, Any]:
     return json.loads(json.dumps(built, default=str))
 
 
+def _short(value: Any) -> str:
+    """A setting's default on one line (long values, such as backend profiles, cut)."""
+    text = json.dumps(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
 def _default(field: dataclasses.Field) -> Any:
     """A setting's default as JSON can hold it: ``"(required)"`` when there is none, the
     factory's value for ``default_factory``, and the text of anything else (paths, enums)."""
@@ -70,5 +76,8 @@ def stages(as_json: bool) -> None:
             }
         )
     rows.sort(key=lambda r: (stage_class(r["name"]).phase, r["name"]))
-    human = "\n".join(f"{r['phase']:<9} {r['name']:<24} {r['summary']}" for r in rows)
+    human = "\n".join(
+        f"{r['phase']:<9} {r['name']:<24} {r['summary']}"
+        + "".join(f"\n{'':<35}{k}={_short(v)}" for k, v in r["settings"].items())
+        for r in rows)
     emit(rows, as_json, human)
