@@ -123,6 +123,13 @@ class TrustPipeline:
     def run(self, request: GenerationRequest) -> Artifact:
         if request.seed is None:  # recorded, so every output can be replayed
             request = request.replace(seed=secrets.randbelow(MAX_SEED + 1))
+        for stage in self.stages:  # what a stage can tell from the request alone, before any
+            check = getattr(stage, "check_request", None)  # work (e.g. a size it cannot mark)
+            if check is not None:
+                try:
+                    check(request)
+                except TrustgainError as exc:
+                    raise StageError(stage.name, str(exc), hint=exc.hint) from None
         run_id = uuid.uuid4().hex
         digest = request_digest(request.to_dict(), self._keyring)
         item = Item(request=request)

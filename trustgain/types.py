@@ -159,6 +159,14 @@ class GenerationRequest:
     def replace(self, **changes: Any) -> GenerationRequest:
         return replace(self, **changes)
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        """Picklable (for Ray and multiprocessing), though ``extra`` is a read-only view."""
+        return (_request_from_dict, (self.to_dict(),))
+
+
+def _request_from_dict(state: dict[str, Any]) -> GenerationRequest:
+    return GenerationRequest(**state)
+
 
 @dataclass(frozen=True)
 class StepHook:

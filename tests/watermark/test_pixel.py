@@ -316,3 +316,30 @@ def test_checked_embed_raises_strength_only_where_the_mark_is_not_found():
         embed_checked(small, key, PAYLOAD, nonce=0, max_strength=pixel.STRENGTH)
     big = Image.fromarray(skdata.astronaut())  # 512 px: found at once, nothing raised
     assert embed_checked(big, key, PAYLOAD, nonce=0).strength == pixel.STRENGTH
+
+
+def test_stage_refuses_what_it_cannot_mark_before_generating(keyring):
+    from trustgain.pipeline import TrustPipeline
+
+    calls = []
+
+    class CountingGenerator:
+        kind = "test"
+        callback_tensor_inputs = ()
+
+        def supports(self, capability):
+            return False
+
+        def describe(self):
+            return {"kind": "test", "class": "Counting", "model_id": "c", "config_sha256": ""}
+
+        def __call__(self, request, *, latents=None, hooks=()):
+            calls.append(request)
+            return (_photo("chelsea"),)
+
+    trust = TrustPipeline(CountingGenerator(), ["watermark.pixel"], keyring=keyring)
+    with pytest.raises(StageError, match="too small for the mark"):
+        trust("x", height=128, width=128)
+    with pytest.raises(StageError, match="output_type is 'np'"):
+        trust("x", output_type="np")
+    assert calls == []  # refused from the request alone: no generation was spent

@@ -12,6 +12,7 @@ from typing import Any, ClassVar
 import numpy as np
 from PIL import Image
 
+from trustgain.errors import ConfigError
 from trustgain.stage import Phase, RunContext
 from trustgain.types import Item, StageResult
 from trustgain.watermark import pixel
@@ -49,6 +50,17 @@ class PixelMark:
         top = self.max_strength
         if top is not None and not self.strength <= top <= 8.0:
             raise ValueError("max_strength must be in [strength, 8]")
+
+    def check_request(self, request: Any) -> None:
+        """Refuse, before generating, outputs this stage could not mark."""
+        output_type = request.extra.get("output_type", "pil")
+        if output_type != "pil":
+            raise ConfigError(f"it marks PIL images, and output_type is {output_type!r}",
+                              hint="leave output_type as 'pil' with this stage")
+        if request.height and request.width and min(request.height, request.width) < (
+                pixel.MIN_SIDE):
+            raise ConfigError(f"{request.width}x{request.height} outputs are too small for the "
+                              f"mark (it needs at least {pixel.MIN_SIDE}x{pixel.MIN_SIDE})")
 
     def __call__(self, item: Item, ctx: RunContext) -> StageResult:
         images = [o for o in item.outputs if isinstance(o, Image.Image)]
