@@ -144,3 +144,10 @@ def test_normalize_strips_ignorables_but_keeps_emoji_sequences(text, out):
     from trustgain.prompting.normalize import normalize_text
 
     assert normalize_text(text)[0] == (text if out is None else out)
+
+
+def test_output_check_refuses_latents_before_generating(sd_pipe, keyring):
+    from trustgain.errors import StageError
+
+    with pytest.raises(StageError, match="output_type is 'latent'"):
+        wrap(sd_pipe, ["audit.outputs"], keyring=keyring)("a cat", output_type="latent", **SD)

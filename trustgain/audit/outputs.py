@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 
 from trustgain import settings
-from trustgain.errors import AuditFailed
+from trustgain.errors import AuditFailed, ConfigError
 from trustgain.stage import Phase, RunContext
 from trustgain.types import Item, StageResult
 
@@ -50,6 +50,12 @@ class OutputCheck:
         if self.on_fail not in _ON_FAIL:
             raise ValueError(f"on_fail must be one of {', '.join(_ON_FAIL)}, not {self.on_fail!r}")
         object.__setattr__(self, "min_std", settings.number("min_std", self.min_std, 0))
+
+    def check_request(self, request: Any) -> None:
+        """Latents are not pixels: their spread says nothing about a blank image."""
+        if request.extra.get("output_type") == "latent":
+            raise ConfigError("it checks decoded images, and output_type is 'latent'",
+                              hint="use output_type 'pil', 'np' or 'pt' with this stage")
 
     def __call__(self, item: Item, ctx: RunContext) -> StageResult:
         checked, problems = [], []
