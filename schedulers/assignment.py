@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from schedulers.core import ModelProfile, QualityCurve, split_units
+from schedulers.core import ModelProfile, QualityCurve, integer, number, split_units
 from schedulers.data import load
 
 CATEGORIES = ("Basic", "Detail", "Imagination", "Complex")
@@ -57,6 +57,25 @@ class AssignmentProblem:
     _q: np.ndarray = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
+        """Checked when made (ValueError naming the field), then the quality table built."""
+        cats = np.asarray(self.categories)
+        if cats.ndim != 1 or cats.size == 0 or not np.issubdtype(cats.dtype, np.integer):
+            raise ValueError("categories must be a non-empty 1-D array of category indices, "
+                             f"not {self.categories!r}")
+        if cats.min() < 0 or cats.max() >= len(CATEGORIES):
+            raise ValueError(f"categories must be in 0..{len(CATEGORIES) - 1}")
+        if not self.models or len(self.curves) != len(self.models) or any(
+            len(per) != len(CATEGORIES) for per in self.curves
+        ):
+            raise ValueError(f"curves must hold {len(CATEGORIES)} quality curves per model "
+                             f"({len(self.models)} models)")
+        if isinstance(self.steps, str | bytes) or not self.steps:
+            raise ValueError(f"steps must be a non-empty tuple of integers >= 1, not "
+                             f"{self.steps!r}")
+        object.__setattr__(self, "steps", tuple(integer("steps", x, 1) for x in self.steps))
+        object.__setattr__(self, "units", integer("units", self.units, 1))
+        object.__setattr__(self, "delay_weight", number("delay_weight", self.delay_weight, 0.0))
+        object.__setattr__(self, "quality_sigma", number("quality_sigma", self.quality_sigma, 0.0))
         s = np.asarray(self.steps, dtype=np.float64)
         q = np.array([[c(s) for c in per] for per in self.curves])  # (K, C, S)
         object.__setattr__(self, "_q", q)

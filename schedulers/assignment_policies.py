@@ -33,12 +33,20 @@ from schedulers.assignment import AssignmentProblem, Plan, best_configuration, e
 FIXED_STEPS = 50
 
 
+def _fixed_idx(p: AssignmentProblem) -> int:
+    """Index of the baselines' fixed step count in the grid; ValueError if the grid lacks it."""
+    if FIXED_STEPS not in p.steps:
+        raise ValueError(f"steps {p.steps} must include {FIXED_STEPS}: the fixed-step baselines "
+                         f"and the paper's threshold assignment run {FIXED_STEPS} steps")
+    return p.steps.index(FIXED_STEPS)
+
+
 def _fixed(p: AssignmentProblem, model: np.ndarray) -> Plan:
     used = np.unique(model)
     units = np.zeros(len(p.models), dtype=np.int64)
     units[used] = p.units // used.size
     units[used[: p.units % used.size]] += 1
-    s = np.full(len(p.models), p.steps.index(FIXED_STEPS), dtype=np.int64)
+    s = np.full(len(p.models), _fixed_idx(p), dtype=np.int64)
     return Plan(model.astype(np.int64), s, units)
 
 
@@ -55,13 +63,13 @@ def smallest_model(p: AssignmentProblem, rng: np.random.Generator | None = None)
 
 
 def best_quality(p: AssignmentProblem, rng: np.random.Generator | None = None) -> Plan:
-    s = p.steps.index(FIXED_STEPS)
+    s = _fixed_idx(p)
     return _fixed(p, p.quality[:, p.categories, s].argmax(axis=0))
 
 
 def threshold_assignment(p: AssignmentProblem, threshold: float = 0.02) -> np.ndarray:
     """Per category, the cheapest model within ``threshold`` of the best expected score."""
-    q = p.quality[:, :, p.steps.index(FIXED_STEPS)]  # (K, C)
+    q = p.quality[:, :, _fixed_idx(p)]  # (K, C)
     ok = q >= (1.0 - threshold) * q.max(axis=0, keepdims=True)
     return ok.argmax(axis=0)[p.categories]
 

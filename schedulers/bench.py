@@ -267,8 +267,10 @@ def bench_offloading(quick: bool, seeds: int, sb3_steps: int | None = None) -> d
             f"PPO (stable-baselines3 MlpPolicy, seed 0) trained on schedulers/Offloading-v0 for "
             f"{steps} steps in {secs:.1f} s wall; ms / decision below is inference only.\n"
         )
-    else:
+    elif sb3_steps is None:
         print("PPO (stable-baselines3) row skipped: --quick (pass --sb3-steps N to include it).\n")
+    else:
+        print("PPO (stable-baselines3) row skipped: --sb3-steps 0.\n")
     methods = {
         "ours": op.ours,
         "alternating (paper-like)": op.alternating,
@@ -301,6 +303,22 @@ def bench_offloading(quick: bool, seeds: int, sb3_steps: int | None = None) -> d
     return out
 
 
+def _int_at_least(lo: int) -> Callable[[str], int]:
+    """An argparse type: an integer >= ``lo`` (anything else is a usage error)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+        if value < lo:
+            raise argparse.ArgumentTypeError(f"must be >= {lo}, not {value}")
+        return value
+
+    parse.__name__ = f"integer >= {lo}"
+    return parse
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m schedulers.bench", description=__doc__)
     ap.add_argument("scenario", choices=("contract", "assignment", "offloading"))
@@ -308,13 +326,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", metavar="PATH", help="also write the figures as JSON")
     ap.add_argument(
         "--seeds",
-        type=int,
+        type=_int_at_least(1),
         default=1,
         help="independent seeds (contract: runs of 30 rounds; others: instance sets)",
     )
     ap.add_argument(
         "--sb3-steps",
-        type=int,
+        type=_int_at_least(0),
         default=None,
         help="offloading: PPO training steps for the stable-baselines3 row "
         "(default 20480; 0 with --quick)",

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from schedulers.core import integer, number
 from schedulers.data import load
 
 SCHEMES = ("no_contract", "random", "vlm", "human", "oracle", "vlm_complete_info")
@@ -122,12 +123,22 @@ def make_scenario(
     small_share: float = 0.4,
     task_size_mb: float = 0.5,
 ) -> Scenario:
-    """Draw one round as ``generateSite.generate_tasks_servers`` does (servers 1..40% are S)."""
+    """Draw one round as ``generateSite.generate_tasks_servers`` does (servers 1..40% are S).
+
+    Both server classes always exist (at least one S and one L server: with fewer, some contract
+    class would have nowhere to run), so ``n_servers`` must be at least 2.
+    """
+    n_tasks = integer("n_tasks", n_tasks, 1)
+    n_servers = integer("n_servers", n_servers, 2)
+    if not 0.0 < number("small_share", small_share) < 1.0:
+        raise ValueError(f"small_share must be in (0, 1), not {small_share!r}")
+    number("task_size_mb", task_size_mb, 0.0, above=True)
     table = difficulty_table()
     image = rng.integers(0, table.shape[0], size=n_tasks)
     rate = rng.integers(5, 100, size=n_tasks).astype(np.float64)
     relay = rng.integers(1, 5, size=(n_tasks, n_servers)) * rng.integers(1, 4, (n_tasks, n_servers))
-    small = np.arange(1, n_servers + 1) <= int(small_share * n_servers)
+    n_small = min(max(int(small_share * n_servers), 1), n_servers - 1)
+    small = np.arange(1, n_servers + 1) <= n_small
     cap = rng.integers(3, 6, size=n_servers)
     tpi = np.round(rng.uniform(117.37, 283.26, size=n_servers) / cap, 2)
     return Scenario(

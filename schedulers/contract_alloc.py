@@ -64,8 +64,22 @@ class Queues:
         return cls([[] for _ in range(m)], np.full(m, np.inf))
 
 
+def _check_allowed(sc: Scenario, allowed: np.ndarray) -> None:
+    """ValueError unless ``allowed`` is (tasks, servers) and every task has an eligible server."""
+    want = (sc.image.size, sc.small.size)
+    if np.shape(allowed) != want:
+        raise ValueError(f"allowed must have shape (tasks, servers) {want}, not "
+                         f"{np.shape(allowed)}")
+    blocked = ~np.asarray(allowed, dtype=bool).any(axis=1)
+    if blocked.any():
+        j = int(np.argmax(blocked))
+        raise ValueError(f"task {j} has no eligible server ({int(blocked.sum())} such tasks): "
+                         "the scenario lacks servers of its contract class")
+
+
 def greedy(sc: Scenario, allowed: np.ndarray, queues: Queues | None = None) -> np.ndarray:
     """The paper's greedy: longest upload first, each to the server with least queue time."""
+    _check_allowed(sc, allowed)
     n, m = allowed.shape
     q = queues if queues is not None else Queues.empty(m)
     trans = sc.trans_ms
@@ -126,6 +140,7 @@ def exact_hungarian(sc: Scenario, allowed: np.ndarray) -> np.ndarray:
     for any balanced schedule, and late slots stay available (penalised) so that every task gets
     a server.
     """
+    _check_allowed(sc, allowed)
     choice = np.empty(allowed.shape[0], dtype=np.int64)
     trans = sc.trans_ms
     for tasks, servers in _classes(allowed):
@@ -147,6 +162,7 @@ def exact(sc: Scenario, allowed: np.ndarray, budget_ms: float | None = None,
     ``budget_ms``: decide within about this much time; a class still unproven then keeps the
     best assignment found and its proven gap (``stats``, one :class:`SolveStats` per class).
     """
+    _check_allowed(sc, allowed)
     stop_at = None if budget_ms is None else time.perf_counter() + budget_ms / 1000
     choice = np.empty(allowed.shape[0], dtype=np.int64)
     for tasks, servers in _classes(allowed):

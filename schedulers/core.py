@@ -8,12 +8,50 @@ problem modules (:mod:`schedulers.contract`, :mod:`schedulers.assignment`,
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 FloatArray = NDArray[np.float64]
+
+
+def number(what: str, value: object, lo: float | None = None, *, above: bool = False) -> float:
+    """``value`` as a finite float, ``>= lo`` (``> lo`` with ``above``); else a one-line
+    ValueError naming ``what``."""
+    if isinstance(value, bool) or not isinstance(value, int | float | np.integer | np.floating):
+        raise ValueError(f"{what} must be a number, not {value!r}")
+    x = float(value)
+    if not math.isfinite(x) or (lo is not None and (x <= lo if above else x < lo)):
+        bound = "" if lo is None else f" {'>' if above else '>='} {lo:g}"
+        raise ValueError(f"{what} must be a finite number{bound}, not {value!r}")
+    return x
+
+
+def integer(what: str, value: object, lo: int) -> int:
+    """``value`` as an int ``>= lo`` (bools refused); else a one-line ValueError."""
+    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < lo:
+        raise ValueError(f"{what} must be an integer >= {lo}, not {value!r}")
+    return int(value)
+
+
+def numbers(what: str, value: object, n: int | None, lo: float, *, above: bool = False
+            ) -> FloatArray:
+    """``value`` as a 1-D float array of length ``n`` (any if None), finite and ``>= lo`` (or
+    ``> lo``); else a one-line ValueError naming ``what``."""
+    try:
+        x = np.array(value, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise ValueError(f"{what} must be an array of numbers") from None
+    if x.ndim != 1 or (n is not None and x.size != n):
+        want = "a 1-D array" if n is None else f"a 1-D array of {n} values (one per user)"
+        raise ValueError(f"{what} must be {want}, not shape {x.shape}")
+    bad = ~np.isfinite(x) | ((x <= lo) if above else (x < lo))
+    if bad.any():
+        raise ValueError(f"{what} must be finite and {'>' if above else '>='} {lo:g}; "
+                         f"index {int(np.argmax(bad))} is {x[bad][0]}")
+    return x
 
 
 @dataclass(frozen=True)
@@ -30,7 +68,8 @@ class QualityCurve:
 
     def __call__(self, steps: ArrayLike) -> FloatArray:
         s = np.asarray(steps, dtype=np.float64)
-        return self.q_max - (self.q_max - self.q_0) * np.exp(-s / self.s0)
+        with np.errstate(divide="ignore", over="ignore"):  # s0 = 0: saturated from step 1
+            return self.q_max - (self.q_max - self.q_0) * np.exp(-s / self.s0)
 
 
 @dataclass(frozen=True)
@@ -83,6 +122,11 @@ class Job:
     deadline_s: float = 1.0
     category: str = "Basic"
 
+    def __post_init__(self) -> None:
+        number("size_mb", self.size_mb, 0.0)
+        number("rate_mbps", self.rate_mbps, 0.0, above=True)
+        number("deadline_s", self.deadline_s, 0.0, above=True)
+
     @property
     def upload_s(self) -> float:
         return 8.0 * self.size_mb / self.rate_mbps
@@ -97,6 +141,14 @@ def earliest_finish(service_s: FloatArray, ready_s: FloatArray | None = None) ->
     O(jobs) in Python, so 1,000 jobs over 100 servers decide in a few milliseconds.
     """
     n, m = service_s.shape
+    if ready_s is not None and np.shape(ready_s) != (n, m):
+        raise ValueError(f"ready_s must have the shape of service_s {(n, m)}, not "
+                         f"{np.shape(ready_s)}")
+    if np.isnan(service_s).any():
+        raise ValueError("service_s holds NaN")
+    if n and (blocked := np.isinf(service_s).all(axis=1)).any():
+        raise ValueError(f"job {int(np.argmax(blocked))} has no allowed server (every service "
+                         f"time is inf{', no servers' if m == 0 else ''})")
     free = np.zeros(m)
     choice = np.empty(n, dtype=np.int64)
     ready = np.zeros_like(service_s) if ready_s is None else ready_s

@@ -18,11 +18,17 @@ Sources and modelling choices (research notes, P6; only the abstract was availab
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 
 import numpy as np
 
+from schedulers.core import integer, number, numbers
+
 INFEASIBLE = 1e6
+_PER_USER = ("f_max_ghz", "battery_j", "rate_mbps", "deadline_s")
+_POSITIVE = ("cycles_local", "cycles_edge", "edge_ghz", "kappa", "w_t", "w_e")
+_NON_NEGATIVE = ("p_tx_w", "up_mb", "down_mb", "err_a", "err_b", "w_q")
 
 
 @dataclass(frozen=True)
@@ -48,6 +54,23 @@ class OffloadingProblem:
     w_t: float = 1.0
     w_e: float = 1.0
     w_q: float = 20.0
+
+    def __post_init__(self) -> None:
+        """Checked when made: one value per user in each array, finite and in range (a deadline
+        must be positive: one already past could never be met); ValueError naming the field."""
+        n = None
+        for name in _PER_USER:
+            above = name != "battery_j"
+            arr = numbers(name, getattr(self, name), n, 0.0, above=above)
+            object.__setattr__(self, name, arr)
+            n = arr.size
+        for name in _POSITIVE:
+            object.__setattr__(self, name, number(name, getattr(self, name), 0.0, above=True))
+        for name in _NON_NEGATIVE:
+            object.__setattr__(self, name, number(name, getattr(self, name), 0.0))
+        object.__setattr__(self, "err_c", number("err_c", self.err_c))
+        object.__setattr__(self, "units", integer("units", self.units, 1))
+        object.__setattr__(self, "t_max", integer("t_max", self.t_max, 1))
 
     @property
     def n(self) -> int:
@@ -159,12 +182,9 @@ def evaluate(p: OffloadingProblem, d: Decision) -> dict[str, float]:
 
 
 def _one(p: OffloadingProblem, i: int) -> OffloadingProblem:
-    from dataclasses import replace
-
-    return replace(
-        p,
-        f_max_ghz=p.f_max_ghz[i : i + 1],
-        battery_j=p.battery_j[i : i + 1],
-        rate_mbps=p.rate_mbps[i : i + 1],
-        deadline_s=p.deadline_s[i : i + 1],
-    )
+    """User ``i`` alone (a copy of a checked problem: not checked again, it is in the inner loop
+    of the annealer)."""
+    one = copy.copy(p)
+    for name in _PER_USER:
+        object.__setattr__(one, name, getattr(p, name)[i : i + 1])
+    return one

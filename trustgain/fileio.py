@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import tempfile
 from pathlib import Path
@@ -31,10 +32,9 @@ def write_atomic(
         raise
     except OSError as exc:
         blocker = next((p for p in path.parents if p.is_file()), None)
-        if blocker is not None:  # mkdir says only "File exists"
-            raise TrustgainError(f"cannot write {path}: {blocker} is a file, not a folder"
-                                 ) from None
-        raise OutputWriteError(path, exc) from None
+        cause = exc if blocker is None else NotADirectoryError(  # mkdir says "File exists"
+            errno.ENOTDIR, f"{blocker} is a file, not a folder")
+        raise OutputWriteError(path, cause) from None
 
 
 def _write(path: Path, data: bytes, overwrite: bool, mode: int) -> Path:

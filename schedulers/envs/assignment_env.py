@@ -16,13 +16,16 @@ import gymnasium as gym
 import numpy as np
 
 from schedulers.assignment import CATEGORIES, best_configuration, evaluate, make_problem
+from schedulers.core import integer
+from schedulers.envs import check_step
 
 
 class ModelAssignmentEnv(gym.Env[np.ndarray, np.int64]):
     metadata: dict[str, Any] = {"render_modes": []}  # noqa: RUF012
 
     def __init__(self, n_prompts: int = 8) -> None:
-        self.n_prompts = n_prompts
+        self.n_prompts = integer("n_prompts", n_prompts, 1)
+        self.model: np.ndarray | None = None
         self.action_space = gym.spaces.Discrete(3)
         # current category one-hot, then prompts per model so far (normalised), progress
         self.observation_space = gym.spaces.Box(0.0, 1.0, (len(CATEGORIES) + 3 + 1,), np.float32)
@@ -55,6 +58,8 @@ class ModelAssignmentEnv(gym.Env[np.ndarray, np.int64]):
         return {"quality": ev["quality"] * n, "delay": -self.p.delay_weight * ev["delay_s"] * n}
 
     def step(self, action: np.int64):
+        done = None if self.model is None else self.model.size >= self.n_prompts
+        check_step(self, action, done)
         self.model = np.append(self.model, int(action))
         new = self._terms()
         delta = {k: new[k] - self.terms[k] for k in new}

@@ -19,14 +19,29 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
-from schedulers.contract import ContractParams, eligible, make_scenario, optimal_bundle, utilities
+from schedulers.contract import (
+    SCHEMES,
+    ContractParams,
+    eligible,
+    make_scenario,
+    optimal_bundle,
+    utilities,
+)
+from schedulers.core import integer
+from schedulers.envs import check_step
 
 
 class ContractAllocationEnv(gym.Env[np.ndarray, np.int64]):
     metadata: dict[str, Any] = {"render_modes": []}  # noqa: RUF012
 
     def __init__(self, n_tasks: int = 40, n_servers: int = 6, scheme: str = "vlm") -> None:
-        self.n_tasks, self.n_servers, self.scheme = n_tasks, n_servers, scheme
+        if scheme not in SCHEMES or scheme == "no_contract":
+            known = ", ".join(s for s in SCHEMES if s != "no_contract")
+            raise ValueError(f"unknown scheme {scheme!r}; known: {known}")
+        self.n_tasks = integer("n_tasks", n_tasks, 1)
+        self.n_servers = integer("n_servers", n_servers, 2)
+        self.scheme = scheme
+        self.t: int | None = None
         self.action_space = gym.spaces.Discrete(n_servers)
         # task: label, upload; per server: eligible, backlog, time per image (normalised)
         self.observation_space = gym.spaces.Box(0.0, 10.0, (2 + 3 * n_servers,), np.float32)
@@ -51,6 +66,7 @@ class ContractAllocationEnv(gym.Env[np.ndarray, np.int64]):
         return np.clip(np.concatenate([head, srv]), 0.0, 10.0).astype(np.float32)
 
     def step(self, action: np.int64):
+        check_step(self, action, None if self.t is None else self.t >= self.n_tasks)
         j = self.order[self.t]
         k = int(action)
         d = self.sc.deadline_ms

@@ -14,6 +14,8 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
+from schedulers.core import integer
+from schedulers.envs import check_step
 from schedulers.offloading import INFEASIBLE, edge_terms, local_terms, make_problem
 
 
@@ -21,7 +23,8 @@ class OffloadingEnv(gym.Env[np.ndarray, np.int64]):
     metadata: dict[str, Any] = {"render_modes": []}  # noqa: RUF012
 
     def __init__(self, n_users: int = 8, units: int = 10) -> None:
-        self.n_users, self.units = n_users, units
+        self.n_users, self.units = integer("n_users", n_users, 1), integer("units", units, 1)
+        self.i: int | None = None
         self.action_space = gym.spaces.Discrete(units + 1)
         self.observation_space = gym.spaces.Box(0.0, 1.0, (6,), np.float32)
 
@@ -45,6 +48,7 @@ class OffloadingEnv(gym.Env[np.ndarray, np.int64]):
         return np.clip(np.array(o), 0.0, 1.0).astype(np.float32)
 
     def step(self, action: np.int64):
+        check_step(self, action, None if self.i is None else self.i >= self.n_users)
         p, i = self.p, self.i
         u = min(int(action), self.left)
         grid = np.arange(1, p.t_max + 1)

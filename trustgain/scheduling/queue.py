@@ -10,7 +10,8 @@ the jobs. Two ways to feed it:
   run never came (a later stage failed before generation) cannot block a backend for ever.
 - *external*: ``source`` is a callable returning ``{backend: pending}`` or
   ``{backend: (pending, busy_seconds)}`` from whatever serves the jobs (a serving frontend,
-  a Ray actor's queue length); it then overrides the tracked figures.
+  a Ray actor's queue length); it then overrides the tracked figures, so ``submit`` tracks
+  nothing (a reservation would never be read, and nothing would ever retire it).
 
 Names live in a process-wide registry (:func:`queue_state`), so the stage's settings stay a
 plain string in trustgain.json. Hand-written: a lock, a dict and deques are all it needs.
@@ -18,6 +19,7 @@ plain string in trustgain.json. Hand-written: a lock, a dict and deques are all 
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from collections import deque
@@ -58,11 +60,23 @@ class QueueState:
         self._jobs: dict[str, deque[tuple[float, float]]] = {}
 
     def submit(self, backend: str, predicted_s: float) -> None:
-        """A job was sent to ``backend``; it will take about ``predicted_s`` seconds."""
-        if predicted_s < 0:
-            raise ConfigError(f"predicted run time must be >= 0, not {predicted_s}")
+        """A job was sent to ``backend``; it will take about ``predicted_s`` seconds.
+
+        Not tracked when an external ``source`` decides the backlog."""
+        if not isinstance(backend, str) or not backend:
+            raise ConfigError(f"backend must be a non-empty name, not {backend!r}")
+        try:
+            seconds = float(predicted_s)
+        except (TypeError, ValueError):
+            seconds = math.nan
+        if isinstance(predicted_s, bool) or not math.isfinite(seconds) or seconds < 0:
+            raise ConfigError(f"predicted run time must be a finite number >= 0, not "
+                              f"{predicted_s!r}")
+        if self.source is not None:
+            return
         with self._lock:
-            self._jobs.setdefault(backend, deque()).append((self._clock(), float(predicted_s)))
+            self._expire()
+            self._jobs.setdefault(backend, deque()).append((self._clock(), seconds))
 
     def finish(self, backend: str) -> bool:
         """The oldest job on ``backend`` is done; False if none was tracked there."""
@@ -92,8 +106,11 @@ class QueueState:
 
 def _backlog(name: object, value: Any) -> Backlog:
     pending, busy = (value, None) if isinstance(value, int | float) else value
-    if pending < 0 or (busy is not None and busy < 0):
-        raise ConfigError(f"queue source gave a negative backlog for backend '{name}'")
+    if not math.isfinite(pending) or pending < 0 or (
+        busy is not None and (not math.isfinite(busy) or busy < 0)
+    ):
+        raise ConfigError(f"queue source gave a negative or non-finite backlog for backend "
+                          f"'{name}'")
     return Backlog(int(pending), None if busy is None else float(busy))
 
 
