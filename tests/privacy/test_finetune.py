@@ -280,3 +280,29 @@ def test_noise_multiplicity_and_physical_batches_under_dp(base, records, tmp_pat
     assert "noise multiplicity) | 2" in (tmp_path / "k" / "README.md").read_text()
     with pytest.raises(ConfigError, match="noise_multiplicity"):
         finetune(base, records, tmp_path / "x", dp=False, noise_multiplicity=0, **FAST)
+
+
+def test_a_failed_write_is_charged_once_and_the_rerun_only_writes(base, records, tmp_path,
+                                                                   monkeypatch):
+    import errno
+
+    from trustgain.errors import OutputWriteError
+    from trustgain.privacy import finetune as ft
+
+    book = Ledger.create(tmp_path / "ledger.json", dataset="toy", epsilon=50.0, delta=1e-4)
+    real = ft._write_output
+
+    def full_disk(pipe, run, report, out, overwrite):
+        raise OutputWriteError(out, OSError(errno.ENOSPC, "No space left on device"))
+
+    monkeypatch.setattr(ft, "_write_output", full_disk)
+    args = dict(dp=True, noise_multiplier=2.0, ledger=book.path, **FAST)
+    with pytest.raises(OutputWriteError):
+        finetune(base, records, tmp_path / "m", **args)
+    assert len(book.spends()) == 1  # charged before the release, as always
+    monkeypatch.setattr(ft, "_write_output", real)
+    finetune(base, records, tmp_path / "m", **args)  # the rerun writes, and pays nothing more
+    assert len(book.spends()) == 1 and (tmp_path / "m" / "privacy.json").is_file()
+    assert not list(tmp_path.glob(".m.*"))  # no checkpoint or charge marker left behind
+    finetune(base, records, tmp_path / "n", **args)  # another release pays again
+    assert len(book.spends()) == 2

@@ -41,6 +41,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from trustgain.digest import canonical_json, sha256_hex
 from trustgain.errors import ConfigError, InputError, OutputExistsError, OutputWriteError
 from trustgain.fileio import write_atomic
 from trustgain.generators.loading import check_model_source
@@ -322,12 +323,35 @@ def finetune(
         dataset_sha256=digest, final_loss=run.final_loss(), seconds=round(time.time() - t0, 1),
         resumed_from_step=start, ledger=str(ledger) if ledger is not None else None,
         train_tokens=train_tokens, noise_multiplicity=noise_multiplicity)
+    marker = _charged_path(out)
     if book is not None:  # charge before the model (the release) is written
-        book.charge(what=f"finetune {out.name} (data sha256 {digest[:16]})",
-                    accountant=accountant, epsilon=epsilon, delta=delta)
+        what = f"finetune {out.name} (data sha256 {digest[:16]})"
+        spend = {"what": what, "epsilon": epsilon, "delta": delta, "accountant": accountant,
+                 "ledger": str(Path(ledger).resolve()),
+                 "settings_sha256": sha256_hex(canonical_json(_jsonable(settings)))}
+        if not (resume and _already_charged(marker, spend)):  # a rerun after a failed write
+            book.charge(what=what, accountant=accountant, epsilon=epsilon, delta=delta)
+            write_atomic(marker, canonical_json(spend), overwrite=True, mode=0o600)
     _write_output(pipe, run, report, out, overwrite)
     ckpt.unlink(missing_ok=True)
+    marker.unlink(missing_ok=True)
     return report
+
+
+def _charged_path(out: Path) -> Path:
+    """Beside OUT until it is written: the charge made for it. A run whose model could not be
+    written (full disk) is charged once, and its resumed rerun, with the same settings and
+    the same epsilon, only writes. A run with --restart is new training and pays again."""
+    return out.with_name(f".{out.name}.charged.json")
+
+
+def _already_charged(marker: Path, spend: dict[str, Any]) -> bool:
+    import json
+
+    try:
+        return json.loads(marker.read_text()) == json.loads(canonical_json(spend))
+    except (OSError, ValueError):
+        return False
 
 
 def _write_output(pipe: Any, run: Any, report: FinetuneReport, out: Path,
