@@ -107,6 +107,26 @@ def test_tiny_images_are_refused():
         pixel.embed(_photo(size=100), KEY, PAYLOAD)
 
 
+class PhotoGenerator:
+    """A generator that returns one photo and counts its calls."""
+
+    kind = "test"
+    callback_tensor_inputs = ()
+
+    def __init__(self):
+        self.calls = []
+
+    def supports(self, capability):
+        return False
+
+    def describe(self):
+        return {"kind": "test", "class": "Photo", "model_id": "photo", "config_sha256": ""}
+
+    def __call__(self, request, *, latents=None, hooks=()):
+        self.calls.append(request)
+        return (_photo("chelsea"),)
+
+
 def test_stage_marks_outputs_with_record_id(keyring):
     class Photo:
         name, phase, version, requires = "test.photo", Phase.GENERATE, "1", frozenset()
@@ -114,22 +134,9 @@ def test_stage_marks_outputs_with_record_id(keyring):
         def __call__(self, item, ctx):
             return StageResult(item, {})
 
-    class FakeGenerator:
-        kind = "test"
-        callback_tensor_inputs = ()
-
-        def supports(self, capability):
-            return False
-
-        def describe(self):
-            return {"kind": "test", "class": "Fake", "model_id": "fake", "config_sha256": ""}
-
-        def __call__(self, request, *, latents=None, hooks=()):
-            return (_photo("chelsea"),)
-
     from trustgain.pipeline import TrustPipeline
 
-    art = TrustPipeline(FakeGenerator(), [Photo(), "watermark.pixel"], keyring=keyring)("x")
+    art = TrustPipeline(PhotoGenerator(), [Photo(), "watermark.pixel"], keyring=keyring)("x")
     record = art.record.record
     params = record["stages"][1]["params"]
     assert params["payload"] == record["record_id"][:8]
@@ -321,25 +328,10 @@ def test_checked_embed_raises_strength_only_where_the_mark_is_not_found():
 def test_stage_refuses_what_it_cannot_mark_before_generating(keyring):
     from trustgain.pipeline import TrustPipeline
 
-    calls = []
-
-    class CountingGenerator:
-        kind = "test"
-        callback_tensor_inputs = ()
-
-        def supports(self, capability):
-            return False
-
-        def describe(self):
-            return {"kind": "test", "class": "Counting", "model_id": "c", "config_sha256": ""}
-
-        def __call__(self, request, *, latents=None, hooks=()):
-            calls.append(request)
-            return (_photo("chelsea"),)
-
-    trust = TrustPipeline(CountingGenerator(), ["watermark.pixel"], keyring=keyring)
+    generator = PhotoGenerator()
+    trust = TrustPipeline(generator, ["watermark.pixel"], keyring=keyring)
     with pytest.raises(StageError, match="too small for the mark"):
         trust("x", height=128, width=128)
     with pytest.raises(StageError, match="output_type is 'np'"):
         trust("x", output_type="np")
-    assert calls == []  # refused from the request alone: no generation was spent
+    assert generator.calls == []  # refused from the request alone: no generation was spent
