@@ -14,7 +14,7 @@ from trustgain.audit.outputs import OutputCheck
 from trustgain.config import PipelineConfig
 from trustgain.errors import ConfigError
 from trustgain.generators.diffusers import DiffusersGenerator
-from trustgain.provenance.record import SignedRecord, request_matches
+from trustgain.provenance.record import SignedRecord, record_seed, request_matches
 from trustgain.stage import build_stage
 
 SD = dict(num_inference_steps=2, height=16, width=16)
@@ -58,7 +58,10 @@ def test_one_side_given_draws_latents_as_diffusers_does(sd_pipe):
 def test_record_keeps_seed_and_a_keyed_request_digest(sd_pipe, keyring, other_keyring):
     art = wrap(sd_pipe, keyring=keyring)("a secret prompt", **SD)
     record = art.record.record
-    assert record["seed"] == art.request.seed and "request_sha256" not in record
+    assert "request_sha256" not in record and "seed" not in record
+    assert record_seed(record, keyring) == art.request.seed  # the owner can replay it
+    assert record_seed(record, other_keyring) is None  # nobody else can read it
+    assert str(art.request.seed) not in json.dumps(record)
     assert request_matches(record, art.request.to_dict(), keyring)
     assert not request_matches(record, art.request.replace(prompt="a guess").to_dict(), keyring)
     assert not request_matches(record, art.request.to_dict(), other_keyring)

@@ -18,7 +18,7 @@ from trustgain.errors import ConfigError, GeneratorError, StageError, TrustgainE
 from trustgain.generators.diffusers import DiffusersGenerator
 from trustgain.generators.multi import MultiGenerator
 from trustgain.keys import KeyRing
-from trustgain.provenance.record import SignedRecord, build_record, request_digest
+from trustgain.provenance.record import SignedRecord, build_record, request_digest, seal_seed
 from trustgain.stage import Phase, RunContext, Stage, resolve_stages
 from trustgain.types import MAX_SEED, GenerationRequest, Item, StageRecord, StageResult
 
@@ -203,7 +203,8 @@ class TrustPipeline:
             created=self._clock(),
             generator=self.generator.describe(),
             request_hmac_sha256=digest,
-            seed=item.request.seed,
+            seed_sealed=(None if item.request.seed is None
+                         else seal_seed(item.request.seed, run_id, self._keyring)),
             stages=records,
             outputs=entries,
             signer_key_id=self._keyring.key_id,

@@ -7,7 +7,10 @@ signature. Prompts are not stored, only a *keyed* digest of the request
 hash of a request would let anyone holding the record confirm a guessed prompt, including a
 redacted e-mail address; the keyed digest lets only the keyring's owner check a request
 (:func:`request_matches`). Records written before it carry ``request_sha256`` and still verify.
-The seed is stored, so the keyring's owner can replay an output from its record.
+The seed is stored sealed (``seed_sealed``: AES-256-GCM under another keyring-derived key,
+bound to the record id), so the keyring's owner can replay an output from its record
+(:func:`record_seed`) while others cannot: a public seed would let anyone regenerate an output
+for each guessed prompt and compare.
 """
 
 from __future__ import annotations
@@ -46,7 +49,7 @@ def build_record(
     created: datetime,
     generator: Mapping[str, Any],
     request_hmac_sha256: str,
-    seed: int | None = None,
+    seed_sealed: str | None = None,
     stages: Sequence[StageRecord],
     outputs: Sequence[Mapping[str, Any]],
     signer_key_id: str,
@@ -64,7 +67,7 @@ def build_record(
         "trustgain_version": __version__,
         "generator": dict(generator),
         "request_hmac_sha256": request_hmac_sha256,
-        "seed": seed,
+        "seed_sealed": seed_sealed,
         "stages": [s.to_dict() for s in stages],
         "generation_seconds": None if generation_seconds is None else round(generation_seconds, 6),
         "outputs": [dict(o) for o in outputs],
@@ -79,6 +82,35 @@ def request_digest(request: Mapping[str, Any], keyring: KeyRing) -> str:
 
     key = keyring.derive("provenance", "request").material
     return hmac.new(key, canonical_json(dict(request)), hashlib.sha256).hexdigest()
+
+
+def seal_seed(seed: int, record_id: str, keyring: KeyRing) -> str:
+    """The seed encrypted for the keyring's owner (base64 of nonce + AES-256-GCM ciphertext)."""
+    import os
+
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+    key = keyring.derive("provenance", "seed").material
+    nonce = os.urandom(12)
+    sealed = AESGCM(key).encrypt(nonce, str(int(seed)).encode(), record_id.encode())
+    return base64.b64encode(nonce + sealed).decode("ascii")
+
+
+def record_seed(record: Mapping[str, Any], keyring: KeyRing) -> int | None:
+    """The seed of ``record``, for the keyring that signed it; None for anyone else (or for
+    records written before seeds were kept)."""
+    from cryptography.exceptions import InvalidTag
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+    sealed, record_id = record.get("seed_sealed"), record.get("record_id")
+    if not isinstance(sealed, str) or not isinstance(record_id, str):
+        return None
+    try:
+        raw = base64.b64decode(sealed, validate=True)
+        key = keyring.derive("provenance", "seed").material
+        return int(AESGCM(key).decrypt(raw[:12], raw[12:], record_id.encode()))
+    except (binascii.Error, InvalidTag, ValueError):
+        return None
 
 
 def request_matches(record: Mapping[str, Any], request: Mapping[str, Any],
