@@ -12,8 +12,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 from typing import Any
+
+from trustgain.errors import InputError, TrustgainError
+from trustgain.fileio import write_atomic
 
 from . import JUDGE_ID, MINI_SD_ID
 
@@ -166,30 +170,90 @@ that run: {log.get('test_accuracy')} on {log.get('n_test')} held-out scans.
 
 def write_cards(bench: dict[str, Any] | None = None, root: Path = HERE, note: str = "",
                 ) -> list[Path]:
-    """Render both cards from their training.json (and ``bench`` if given)."""
+    """Render both cards from their training.json (and ``bench`` if given).
+
+    A ``training.json`` that is not a JSON object raises :class:`InputError` naming it.
+    """
     written = []
     for name, render in ((MINI_SD_ID, mini_sd_card), (JUDGE_ID, judge_card)):
         log_path = root / name / "training.json"
         if not log_path.is_file():
             continue
+        log = _read_json(log_path, "training.json")
+        if not isinstance(log, dict):
+            raise InputError(f"{log_path}: not a JSON object")
         out = root / name / "README.md"
-        out.write_text(render(json.loads(log_path.read_text()), bench, note))
+        write_atomic(out, render(log, bench, note).encode("utf-8"), overwrite=True)
         written.append(out)
     return written
 
 
+def _read_json(path: Path, what: str) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise InputError(f"{what} {path}: no such file") from None
+    except IsADirectoryError:
+        raise InputError(f"{what} {path}: a folder, not a file") from None
+    except OSError as exc:
+        raise InputError(f"{what} {path}: cannot read it: {exc.strerror or exc}") from None
+    except UnicodeDecodeError:
+        raise InputError(f"{what} {path}: not UTF-8 text") from None
+    except ValueError as exc:  # json.JSONDecodeError
+        raise InputError(f"{what} {path}: not valid JSON ({exc})") from None
+
+
+def bench_problem(bench: Any) -> str | None:
+    """Why ``bench`` is not what ``python -m trustgain.bench models --json`` writes, or None."""
+    if not isinstance(bench, dict):
+        return "not a JSON object"
+    missing = [k for k in ("command", "date", "device", "seconds", "rows") if k not in bench]
+    if missing:
+        return "no " + ", ".join(repr(k) for k in missing)
+    if not isinstance(bench["rows"], list):
+        return "'rows' is not a list"
+    for i, row in enumerate(bench["rows"]):
+        if not isinstance(row, dict):
+            return f"rows[{i}] is not an object"
+        gone = [k for k in ("metric", "value", "unit", "target", "ok", "note") if k not in row]
+        if gone:
+            return f"rows[{i}] has no " + ", ".join(repr(k) for k in gone)
+        if not isinstance(row["metric"], str):
+            return f"rows[{i}]: 'metric' is not a string"
+        if not isinstance(row["value"], (int, float)) or isinstance(row["value"], bool):
+            return f"rows[{i}]: 'value' is not a number"
+    return None
+
+
 def main(argv: list[str] | None = None) -> None:
-    """Command-line entry point."""
+    """Command-line entry point: bad input ends as one line on stderr, non-zero exit."""
     p = argparse.ArgumentParser(prog="python -m trustgain.models.cards")
     p.add_argument("--bench", type=Path, default=None,
                    help="JSON written by `python -m trustgain.bench models --json`")
     p.add_argument("--note", default="", help="conditions of the measurement, quoted as is")
     p.add_argument("--root", type=Path, default=HERE, help="folder holding the model folders")
     args = p.parse_args(argv)
-    bench = json.loads(args.bench.read_text()) if args.bench else None
-    if bench is not None and bench.get("quick"):
-        p.error("refusing a --quick benchmark for the model cards")
-    for path in write_cards(bench, args.root, args.note):
+    if not args.root.is_dir():
+        p.error(f"--root {args.root}: no such folder")
+    try:
+        bench = _read_json(args.bench, "--bench") if args.bench else None
+        if bench is not None:
+            problem = bench_problem(bench)
+            if problem:
+                p.error(f"--bench {args.bench}: {problem}; expected the JSON of "
+                        "`python -m trustgain.bench models --json`")
+            if bench.get("quick"):
+                p.error("refusing a --quick benchmark for the model cards")
+        written = write_cards(bench, args.root, args.note)
+    except TrustgainError as exc:
+        raise SystemExit(f"error: {exc}") from None
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        raise SystemExit(130) from None
+    if not written:
+        raise SystemExit(f"error: --root {args.root}: no {MINI_SD_ID}/training.json or "
+                         f"{JUDGE_ID}/training.json there; nothing written")
+    for path in written:
         print(f"wrote {path}")
 
 

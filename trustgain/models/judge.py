@@ -53,13 +53,18 @@ class DigitsJudge(nn.Module):
 
     def save(self, folder: str | Path) -> None:
         """Write ``model.safetensors`` and ``config.json`` into ``folder``."""
-        from safetensors.torch import save_file
+        from safetensors.torch import save
+
+        from trustgain.fileio import write_atomic
 
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
-        save_file(state, str(folder / WEIGHTS_NAME), metadata={"format": "pt"})
-        (folder / CONFIG_NAME).write_text(json.dumps(self.config, indent=2) + "\n")
+        # write_atomic's 0644, not safetensors' save_file (0600): weights are no secret
+        write_atomic(folder / WEIGHTS_NAME, save(state, metadata={"format": "pt"}),
+                     overwrite=True)
+        write_atomic(folder / CONFIG_NAME, (json.dumps(self.config, indent=2) + "\n").encode(),
+                     overwrite=True)
 
     @classmethod
     def from_pretrained(cls, folder: str | Path, device: str = "cpu") -> DigitsJudge:

@@ -1,7 +1,10 @@
-"""Reproducible training of the embedded models.
+r"""Reproducible training of the embedded models.
 
     python -m trustgain.models.train mini-sd [--steps N] [--device cpu|cuda] [--out DIR]
     python -m trustgain.models.train judge   [--steps N] [--device cpu|cuda] [--out DIR]
+
+Without ``--out`` the model is written over the shipped folder inside the package, which
+exists, so that (like any existing non-empty ``--out``, or a file there) needs ``--force``.
 
 A variant with 4x16x16 latents, on a CPU in about 75 minutes (a new VAE, then the shipped
 text encoder and UNet fine-tuned on its latents; BENCHMARKS.md, latent mark, tenth pass):
@@ -13,16 +16,20 @@ text encoder and UNet fine-tuned on its latents; BENCHMARKS.md, latent mark, ten
 Seeds, the data split and the augmentations are fixed (see ``data``), so a rerun on the same
 hardware and library versions reproduces the shipped weights up to floating-point
 non-determinism. Output is written to a temporary folder beside ``--out`` and renamed into
-place, so an interrupted run never leaves a half-written model in the package. Needs
-scikit-learn (the digits) and tokenizers (the BPE merges); loading the results needs neither.
+place, so an interrupted run never leaves a half-written model in the package; the output
+is checked before training starts, not after. Needs scikit-learn (the digits) and
+tokenizers (the BPE merges); loading the results needs neither.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import math
 import platform
 import shutil
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -32,26 +39,97 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from trustgain.devices import device_problem
+from trustgain.errors import OutputWriteError, TrustgainError
+from trustgain.fileio import write_atomic
+
 from . import data
 
 HERE = Path(__file__).resolve().parent
 JUDGE_STEPS = 1500
+# options that only mean something for mini-sd (their argparse dest names)
+MINI_SD_ONLY = ("vae_steps", "copies", "batch", "lr", "max_minutes", "vae_from", "warmup",
+                "unet_from")
 
 
-def atomic_dir(out: Path, write) -> None:
-    """Call ``write(tmp)`` on a fresh sibling folder of ``out``, then swap it into place."""
-    out = out.resolve()
-    out.parent.mkdir(parents=True, exist_ok=True)
+def _occupied(path: Path) -> bool:
+    """True for a file (or link, or anything not a folder) or a non-empty folder."""
+    if path.is_symlink() or (path.exists() and not path.is_dir()):
+        return True
+    return path.is_dir() and any(path.iterdir())
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    elif path.exists() or path.is_symlink():
+        path.unlink(missing_ok=True)
+
+
+def atomic_dir(out: Path, write, replace: bool = True) -> None:
+    """Call ``write(tmp)`` on a fresh sibling folder of ``out``, then swap it into place.
+
+    ``replace=False`` refuses (:class:`TrustgainError`, the written folder left beside ``out``)
+    when ``out`` has become a file or a non-empty folder meanwhile. A folder that cannot be
+    made or renamed raises :class:`OutputWriteError` (also an ``OSError``), naming ``out``.
+    """
+    out = Path(out).resolve()
     tmp = out.parent / f".{out.name}.tmp"
     old = out.parent / f".{out.name}.old"
-    for p in (tmp, old):
-        shutil.rmtree(p, ignore_errors=True)
-    tmp.mkdir()
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        for p in (tmp, old):
+            _remove(p)
+        tmp.mkdir()
+    except OSError as exc:
+        raise OutputWriteError(out, exc) from None
     write(tmp)
-    if out.exists():
-        out.rename(old)
-    tmp.rename(out)
-    shutil.rmtree(old, ignore_errors=True)
+    if not replace and _occupied(out):
+        raise TrustgainError(f"{out} appeared while training; the new model is in {tmp}",
+                             hint="move it into place by hand, or rerun with --force")
+    try:
+        if out.exists() or out.is_symlink():
+            out.rename(old)
+        tmp.rename(out)
+    except OSError as exc:
+        raise OutputWriteError(out, exc) from None
+    _remove(old)
+
+
+def check_out(out: Path, force: bool, shipped: bool = False) -> Path:
+    """``out`` resolved, once it is safe to write there; a one-line TrustgainError if not.
+
+    An existing file or non-empty folder needs ``force``; a folder holding the current
+    folder, the package or the home folder is never replaced; a file among the parents
+    cannot hold a folder. ``shipped``: ``out`` is the package's own model (no ``--out``).
+    """
+    out = Path(out).expanduser()
+    resolved = out.resolve()
+    guarded = {Path.cwd().resolve(), HERE}
+    with contextlib.suppress(RuntimeError):  # no home folder known
+        guarded.add(Path.home().resolve())
+    if resolved in guarded or any(g.is_relative_to(resolved) for g in guarded):
+        raise TrustgainError(f"refusing to replace {out}: it holds the current folder, the "
+                             "home folder or the trustgain package; choose another --out")
+    blocker = next((p for p in resolved.parents if p.exists() and not p.is_dir()), None)
+    if blocker is not None:
+        raise TrustgainError(f"cannot write {out}: {blocker} is a file, not a folder")
+    if _occupied(resolved) and not force:
+        what = "the shipped model " if shipped else ""
+        extra = " (or give --out DIR)" if shipped else ""
+        raise TrustgainError(f"{what}{out} exists; pass --force to replace it{extra}")
+    return resolved
+
+
+def _write_text(path: Path, text: str) -> None:
+    write_atomic(path, text.encode("utf-8"), overwrite=True)
+
+
+def _public_modes(folder: Path) -> None:
+    """Weights are not secrets: every file 0644 (safetensors' save_file writes 0600)."""
+    for p in folder.rglob("*"):
+        if p.is_file() and not p.is_symlink():
+            p.chmod(0o644)
 
 
 def hardware(device: str) -> str:
@@ -118,16 +196,19 @@ def train_judge(steps: int, device: str, seed: int = 0) -> tuple[Any, dict[str, 
 def _run_judge(args: argparse.Namespace) -> None:
     from .cards import judge_card
 
-    steps = args.steps or JUDGE_STEPS
+    steps = JUDGE_STEPS if args.steps is None else args.steps
+    shipped = not args.out
+    out = HERE / "trustgain-digits-judge" if shipped else Path(args.out)
+    out = check_out(out, args.force, shipped)
     model, log = train_judge(steps, args.device, args.seed)
     log.update(hardware=hardware(args.device), command=_command(args, steps))
 
     def write(tmp: Path) -> None:
         model.save(tmp)
-        (tmp / "training.json").write_text(json.dumps(log, indent=2) + "\n")
-        (tmp / "README.md").write_text(judge_card(log, None))
-    out = Path(args.out) if args.out else HERE / "trustgain-digits-judge"
-    atomic_dir(out, write)
+        _write_text(tmp / "training.json", json.dumps(log, indent=2) + "\n")
+        _write_text(tmp / "README.md", judge_card(log, None))
+        _public_modes(tmp)
+    atomic_dir(out, write, replace=args.force)
     print(json.dumps(log, indent=2))
     print(f"judge written to {out}")
 
@@ -141,13 +222,13 @@ def _run_mini_sd(args: argparse.Namespace) -> None:
     recipe = SDRecipe(seed=args.seed)
     if args.steps is not None:
         recipe.steps = args.steps
-    if args.vae_steps:
+    if args.vae_steps is not None:
         recipe.vae_steps = args.vae_steps
-    if args.copies:
+    if args.copies is not None:
         recipe.copies = args.copies
-    if args.batch:
+    if args.batch is not None:
         recipe.batch = args.batch
-    if args.lr:
+    if args.lr is not None:
         recipe.lr = args.lr
     if args.warmup is not None:
         recipe.warmup = args.warmup
@@ -166,11 +247,19 @@ def _run_mini_sd(args: argparse.Namespace) -> None:
     if args.vae_from and not Path(args.vae_from, "vae", "config.json").is_file():
         raise SystemExit(f"error: --vae-from {args.vae_from}: no vae/config.json there")
     if args.vae_from and not args.out:
-        cfg = json.loads(Path(args.vae_from, "vae", "config.json").read_text())
-        if len(cfg.get("block_out_channels", ())) != 3:
+        cfg_path = Path(args.vae_from, "vae", "config.json")
+        try:
+            cfg = json.loads(cfg_path.read_text())
+        except (OSError, UnicodeDecodeError, ValueError) as exc:
+            raise SystemExit(f"error: --vae-from {args.vae_from}: cannot read {cfg_path}: "
+                             f"{exc}") from None
+        if not isinstance(cfg, dict) or len(cfg.get("block_out_channels", ())) != 3:
             raise SystemExit(f"error: the VAE of {args.vae_from} is not the shipped factor 4; "
                              "give --out DIR")
     recipe.latent_factor = args.latent_factor
+    shipped = not args.out
+    out = HERE / "trustgain-mini-sd" if shipped else Path(args.out)
+    out = check_out(out, args.force, shipped)
     pipe = train_mini_sd(recipe, args.device, args.vae_from)
     log = dict(recipe.log, hardware=hardware(args.device), command=_command(args, None),
                recipe={k: v for k, v in vars(recipe).items() if k != "log"})
@@ -184,10 +273,10 @@ def _run_mini_sd(args: argparse.Namespace) -> None:
         write_vocab_files(tmp / "tokenizer")
         pipe.unet.to(torch.float32)
         pipe.vae.to(torch.float32)
-        (tmp / "training.json").write_text(json.dumps(log, indent=2) + "\n")
-        (tmp / "README.md").write_text(mini_sd_card(log, None))
-    out = Path(args.out) if args.out else HERE / "trustgain-mini-sd"
-    atomic_dir(out, write)
+        _write_text(tmp / "training.json", json.dumps(log, indent=2) + "\n")
+        _write_text(tmp / "README.md", mini_sd_card(log, None))
+        _public_modes(tmp)
+    atomic_dir(out, write, replace=args.force)
     print(json.dumps(log, indent=2))
     print(f"mini-sd written to {out}")
 
@@ -205,40 +294,99 @@ def _command(args: argparse.Namespace, steps: int | None) -> str:
     return " ".join(parts)
 
 
+def _positive_int(text: str) -> int:
+    value = _int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive whole number, got {text!r}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    value = _int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {text!r}")
+    return value
+
+
+def _int(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a finite number above 0, got {text!r}")
+    return value
+
+
 def main(argv: list[str] | None = None) -> None:
-    """Command-line entry point."""
+    """Command-line entry point: a known error (bad input, an output that exists, a failed
+    write) or Ctrl-C ends as one line on stderr and a non-zero exit (SystemExit)."""
     p = argparse.ArgumentParser(prog="python -m trustgain.models.train", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("model", choices=["mini-sd", "judge"])
-    p.add_argument("--steps", type=int, default=None,
-                   help="optimizer steps (mini-sd: UNet steps, default 1800; judge: 1500)")
-    p.add_argument("--vae-steps", type=int, default=None, help="mini-sd VAE steps (1500)")
-    p.add_argument("--copies", type=int, default=None,
+    p.add_argument("--steps", type=_non_negative_int, default=None,
+                   help="optimizer steps (mini-sd: UNet steps, default 1800, 0 trains the VAE "
+                        "only; judge: 1500, at least 1)")
+    p.add_argument("--vae-steps", type=_positive_int, default=None,
+                   help="mini-sd VAE steps (1500)")
+    p.add_argument("--copies", type=_positive_int, default=None,
                    help="mini-sd: augmented renderings per train scan (30)")
-    p.add_argument("--batch", type=int, default=None, help="mini-sd: UNet batch size (512)")
-    p.add_argument("--lr", type=float, default=None, help="mini-sd: UNet learning rate (7e-4)")
-    p.add_argument("--max-minutes", type=float, default=None,
+    p.add_argument("--batch", type=_positive_int, default=None,
+                   help="mini-sd: UNet batch size (512)")
+    p.add_argument("--lr", type=_positive_float, default=None,
+                   help="mini-sd: UNet learning rate (7e-4)")
+    p.add_argument("--max-minutes", type=_positive_float, default=None,
                    help="mini-sd: stop the UNet loop after this long (steps done are logged)")
     p.add_argument("--vae-from", default=None,
                    help="mini-sd: reuse tokenizer and VAE of this mini-sd folder")
-    p.add_argument("--warmup", type=int, default=None,
-                   help="mini-sd: UNet learning-rate warm-up steps (300)")
+    p.add_argument("--warmup", type=_non_negative_int, default=None,
+                   help="mini-sd: UNet learning-rate warm-up steps (300; 0: none)")
     p.add_argument("--unet-from", default=None,
                    help="mini-sd: fine-tune the tokenizer, text encoder and UNet of this mini-sd "
                         "folder instead of training them from scratch (needs --out)")
     p.add_argument("--latent-factor", type=int, choices=(4, 2), default=4,
                    help="mini-sd: VAE down-sampling, 4 (4x8x8 latents, shipped) or 2 (4x16x16)")
-    p.add_argument("--device", default="cpu", help="cpu or cuda")
-    p.add_argument("--out", default=None, help="output folder (default: the package's)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or mps")
+    p.add_argument("--out", default=None,
+                   help="output folder (default: the package's shipped model, which then "
+                        "needs --force)")
+    p.add_argument("--force", action="store_true",
+                   help="replace an existing --out (a file or a non-empty folder)")
+    p.add_argument("--seed", type=_non_negative_int, default=0)
     args = p.parse_args(argv)
-    if args.device.startswith("cuda") and not torch.cuda.is_available():
-        p.error("--device cuda asked for, but torch sees no CUDA device")
+    if args.model == "judge":
+        given = [n for n in MINI_SD_ONLY if getattr(args, n) is not None]
+        if args.latent_factor != 4:
+            given.append("latent_factor")
+        if given:
+            p.error("for mini-sd only, not judge: "
+                    + ", ".join("--" + n.replace("_", "-") for n in given))
+        if args.steps == 0:
+            p.error("argument --steps: the judge needs at least 1 step")
+    if args.out is not None and not args.out.strip():
+        p.error("--out: empty path")
+    problem = device_problem(args.device)
+    if problem:
+        p.error(f"--device {problem}")
     if args.device.startswith("cuda"):
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
         torch.backends.cudnn.benchmark = True
-    (_run_judge if args.model == "judge" else _run_mini_sd)(args)
+    try:
+        (_run_judge if args.model == "judge" else _run_mini_sd)(args)
+    except TrustgainError as exc:
+        hint = f" ({exc.hint})" if exc.hint else ""
+        raise SystemExit(f"error: {exc}{hint}") from None
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        raise SystemExit(130) from None
 
 
 if __name__ == "__main__":

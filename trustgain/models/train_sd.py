@@ -42,7 +42,7 @@ class SDRecipe:
     steps: int = 1800
     batch: int = 512
     lr: float = 7e-4
-    warmup: int = 300
+    warmup: int = 300  # 0 or 1: no warm-up
     ema_decay: float = 0.999
     cfg_dropout: float = 0.1
     max_minutes: float | None = None  # stop the UNet loop early; the steps done are recorded
@@ -143,7 +143,7 @@ def train_unet(recipe: SDRecipe, tokenizer, latents: tuple[torch.Tensor, torch.T
     params = list(unet.parameters()) + list(text_encoder.parameters())
     opt = torch.optim.AdamW(params, lr=recipe.lr, weight_decay=1e-2)
     sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min(1.0, (s + 1) / recipe.warmup))
+        opt, lambda s: min(1.0, (s + 1) / max(recipe.warmup, 1)))  # warmup 0: none
     ema_unet, ema_text = copy.deepcopy(unet).eval(), copy.deepcopy(text_encoder).eval()
     ema_params = list(ema_unet.parameters()) + list(ema_text.parameters())
     t0 = time.time()
