@@ -33,9 +33,15 @@ def test_folded_copy_computes_the_same_logits_and_gradients(arch):
     x = torch.rand(4, 3, 32, 32, generator=torch.Generator().manual_seed(2), requires_grad=True)
     a, b = model(x), fast(x)
     assert torch.allclose(a, b, atol=1e-4, rtol=1e-4)
-    (ga,) = torch.autograd.grad(a.logsumexp(1).sum(), x)
-    (gb,) = torch.autograd.grad(b.logsumexp(1).sum(), x)
-    assert torch.allclose(ga, gb, atol=1e-5, rtol=1e-3)
+    # gradients in float64: in float32 a rounding-level difference can flip a max-pool's choice
+    # between two near-equal activations (seen on some CPUs for "wide"), a different but
+    # equally valid subgradient; in float64 the two copies agree to rounding
+    model64 = _trained_like(arch).double()
+    (fast64,) = for_attack([model64])
+    x64 = x.detach().double().requires_grad_(True)
+    (ga,) = torch.autograd.grad(model64(x64).logsumexp(1).sum(), x64)
+    (gb,) = torch.autograd.grad(fast64(x64).logsumexp(1).sum(), x64)
+    assert torch.allclose(ga, gb, atol=1e-12, rtol=1e-9)
     # the caller's model is not modified
     assert any(isinstance(m, nn.BatchNorm2d) for m in model.modules())
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())

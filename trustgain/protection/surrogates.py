@@ -12,12 +12,23 @@ fits is said there). Weights are saved with safetensors.
 
 Command: ``python -m trustgain.protection.surrogates --data DIR -o OUT`` trains them on a
 folder (subfolders = classes; a flat folder = one class per image, labelled by patch source).
+Everything it can check is checked before training (architecture names, numbers, device, that
+OUT can be written and is new, or replaced with ``--force``); OUT appears whole or not at all
+(written in a hidden sibling folder, then renamed into place). Hidden folders are skipped; a
+class folder without a readable image, images beside class folders, and 16-bit or float
+images (which ``trustgain protect`` refuses) are refused with the file or folder named.
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import json
+import math
+import numbers
+import os
+import secrets
+import shutil
 import sys
 import time
 from collections.abc import Sequence
@@ -29,8 +40,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from trustgain.errors import ConfigError, InputError
-from trustgain.protection.archs import ARCHS, make_net  # noqa: F401 (re-exported)
+from trustgain.errors import (
+    ConfigError,
+    InputError,
+    OutputExistsError,
+    OutputWriteError,
+    TrustgainError,
+)
+from trustgain.fileio import write_atomic
+from trustgain.protection.archs import ARCHS, make_net  # make_net is also re-exported
 
 CONFIG_NAME = "surrogates.json"
 
@@ -171,36 +189,64 @@ def to_tensor(images: np.ndarray) -> torch.Tensor:
 
 
 def train(arch: str, images: np.ndarray, labels: np.ndarray, *, epochs: int = 12,
-          seed: int = 0, batch: int = 64, lr: float = 2e-3) -> Classifier:
-    """Train one surrogate (Adam, flips and 2-px shifts) and return it wrapped, in eval mode."""
+          seed: int = 0, batch: int = 64, lr: float = 2e-3, device: str = "cpu",
+          progress: bool = False) -> Classifier:
+    """Train one surrogate (Adam, flips and 2-px shifts) and return it wrapped, in eval mode,
+    on the CPU. ``device`` is where it trains; ``progress`` draws a progress bar on stderr.
+    Raises :class:`~trustgain.errors.ConfigError` when the loss ends up NaN or infinite."""
+    from tqdm import tqdm
+
+    for name, value in (("epochs", epochs), ("batch", batch)):
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+            raise ConfigError(f"{name} must be a whole number >= 1, got {value!r}")
+    if not (isinstance(lr, numbers.Real) and math.isfinite(lr) and lr > 0):
+        raise ConfigError(f"lr must be a finite number > 0, got {lr!r}")
+    epochs, batch, lr = int(epochs), int(batch), float(lr)
     torch.manual_seed(seed)
-    x, y = to_tensor(images), torch.as_tensor(labels, dtype=torch.long)
+    dev = torch.device(device)
+    x = to_tensor(images).to(dev)
+    y = torch.as_tensor(labels, dtype=torch.long).to(dev)
     n_classes = int(y.max()) + 1
     net = make_net(arch, n_classes, x.shape[1])
-    model = wrap(arch, net, x.shape[1])
+    model = wrap(arch, net, x.shape[1]).to(dev)
     opt = torch.optim.Adam(net.parameters(), lr=lr, weight_decay=1e-4)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, lr, total_steps=epochs * (
-        (len(x) + batch - 1) // batch))
+    steps = epochs * ((len(x) + batch - 1) // batch)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, lr, total_steps=steps)
     g = torch.Generator().manual_seed(seed)
     net.train()
-    for idx, xb in augmented_batches(x, epochs=epochs, batch=batch, g=g):
-        loss = F.cross_entropy(model(xb), y[idx], label_smoothing=0.1)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        sched.step()
-    return model.eval()
+    bar = tqdm(total=steps, desc=arch, unit="step", disable=not progress, file=sys.stderr,
+               leave=False, dynamic_ncols=True, mininterval=0.5)
+    loss = torch.zeros(())
+    try:
+        for idx, xb in augmented_batches(x, epochs=epochs, batch=batch, g=g):
+            loss = F.cross_entropy(model(xb), y[idx], label_smoothing=0.1)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            sched.step()
+            if progress:
+                bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
+                bar.update()
+    finally:
+        bar.close()
+    final = float(loss.detach())
+    weights = (t for t in net.state_dict().values() if t.is_floating_point())
+    if not (math.isfinite(final) and all(bool(torch.isfinite(t).all()) for t in weights)):
+        raise ConfigError(f"training {arch} diverged (last loss {final:g}, weights not all "
+                          "finite)", hint="try a lower learning rate (--lr)")
+    return model.cpu().eval()
 
 
 def augmented_batches(x: torch.Tensor, *, epochs: int, batch: int, g: torch.Generator):
     """Shuffled minibatches ``(indices, images)`` with random horizontal flips and one random
-    2-px shift per batch, drawn from ``g`` (shared by surrogate and victim training)."""
+    2-px shift per batch, drawn from ``g`` (a CPU generator, whatever device ``x`` is on;
+    shared by surrogate and victim training)."""
     for _ in range(epochs):
         order = torch.randperm(len(x), generator=g)
         for i in range(0, len(x), batch):
             idx = order[i:i + batch]
             xb = x[idx]
-            flip = torch.rand(len(xb), generator=g) < 0.5
+            flip = (torch.rand(len(xb), generator=g) < 0.5).to(xb.device)
             xb = torch.where(flip.view(-1, 1, 1, 1), xb.flip(-1), xb)
             dy, dx = (int(v) for v in torch.randint(-2, 3, (2,), generator=g))
             yield idx, torch.roll(xb, (dy, dx), (2, 3))
@@ -240,23 +286,135 @@ def predict(model: Any, images: np.ndarray, batch: int = 512) -> np.ndarray:
 # -- files ---------------------------------------------------------------------------------
 
 
-def save(models: dict[str, Classifier], folder: str | Path, *, meta: dict[str, Any],
-         overwrite: bool = False) -> Path:
-    """Write ``<name>.safetensors`` per model and ``surrogates.json`` (architectures, classes)."""
+def _files(models: dict[str, Classifier], meta: dict[str, Any]) -> dict[str, bytes]:
+    """What :func:`save` writes: ``<name>.safetensors`` per model, then ``surrogates.json``."""
     from safetensors.torch import save
 
-    from trustgain.fileio import write_atomic
-
-    folder = Path(folder)
-    entries = {}
+    files, entries = {}, {}
     for name, model in models.items():
-        state = {k: v.detach().contiguous() for k, v in model.net.state_dict().items()}
-        write_atomic(folder / f"{name}.safetensors", save(state), overwrite=overwrite)
+        state = {k: v.detach().cpu().contiguous() for k, v in model.net.state_dict().items()}
+        files[f"{name}.safetensors"] = save(state)
         entries[name] = {"arch": name.split("-")[0], "file": f"{name}.safetensors"}
     doc = {"format": "trustgain.surrogates", "version": 1, "models": entries, **meta}
-    write_atomic(folder / CONFIG_NAME, (json.dumps(doc, indent=2) + "\n").encode(),
-                 overwrite=overwrite)
+    files[CONFIG_NAME] = (json.dumps(doc, indent=2) + "\n").encode()
+    return files
+
+
+def save(models: dict[str, Classifier], folder: str | Path, *, meta: dict[str, Any],
+         overwrite: bool = False) -> Path:
+    """Write ``<name>.safetensors`` per model and ``surrogates.json`` (architectures, classes)
+    into ``folder``, each file atomically, ``surrogates.json`` last; other files there stay.
+
+    Without ``overwrite`` nothing is written when any of these files exists. To replace a
+    whole surrogates folder at once (never a mix of old and new files), use
+    :func:`save_folder`.
+    """
+    folder = Path(folder)
+    files = _files(models, meta)
+    if not overwrite:
+        for name in files:
+            if (folder / name).exists():
+                raise OutputExistsError(folder / name)
+    for name, data in files.items():
+        write_atomic(folder / name, data, overwrite=overwrite)
     return folder
+
+
+def _ours(name: str) -> bool:
+    """A file a surrogates folder holds: models, the config, an interrupted write's temp file."""
+    return (name == CONFIG_NAME or name.endswith(".safetensors")
+            or (name.startswith(".") and name.endswith(".tmp")))
+
+
+def _exists_error(folder: Path) -> OutputExistsError:
+    err = OutputExistsError(folder)
+    err.hint = "choose another folder, or pass --force to replace it"
+    return err
+
+
+def check_output(folder: str | Path, *, replace: bool = False) -> None:
+    """Refuse now, before any training, an output folder :func:`save_folder` could not write:
+    a file in the way, a folder holding anything but surrogates (never replaced), existing
+    surrogates without ``replace``, or a place this process may not write."""
+    folder = Path(folder).resolve()
+    if folder.exists():
+        if not folder.is_dir():
+            raise TrustgainError(f"{folder} is a file, not a folder",
+                                 hint="choose a folder path for -o")
+        try:
+            names = sorted(p.name for p in folder.iterdir())
+        except OSError as exc:
+            raise OutputWriteError(folder, exc) from None
+        foreign = [n for n in names if not _ours(n)]
+        if foreign:
+            more = f" and {len(foreign) - 3} more" if len(foreign) > 3 else ""
+            raise TrustgainError(
+                f"{folder} holds files that are not surrogates ({', '.join(foreign[:3])}{more}); "
+                "refusing to replace it", hint="choose a new or empty folder for -o")
+        if names and not replace:
+            raise _exists_error(folder)
+        base = folder.parent
+    else:
+        base = next(p for p in folder.parents if p.exists())
+        if not base.is_dir():
+            raise OutputWriteError(folder, NotADirectoryError(
+                errno.ENOTDIR, f"{base} is a file, not a folder"))
+    try:  # the only reliable test of writability (ACLs, read-only mounts, root): try it
+        probe = base / f".{folder.name}.{secrets.token_hex(4)}.probe"
+        probe.mkdir()
+        probe.rmdir()
+    except OSError as exc:
+        raise OutputWriteError(folder, exc) from None
+
+
+def save_folder(models: dict[str, Classifier], folder: str | Path, *, meta: dict[str, Any],
+                replace: bool = False) -> Path:
+    """Write the surrogates as a whole new ``folder``: into a hidden sibling folder first,
+    then renamed into place, so a reader (or a crash, a full disk, Ctrl-C) never sees a mix
+    of old and new files. With ``replace`` an existing surrogates folder is swapped out (a
+    folder holding other files is always refused; see :func:`check_output`)."""
+    folder = Path(folder).resolve()
+    check_output(folder, replace=replace)
+    files = _files(models, meta)
+    tmp = folder.parent / f".{folder.name}.{secrets.token_hex(4)}.tmp"
+    try:
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        tmp.mkdir()
+    except OSError as exc:
+        raise OutputWriteError(folder, exc) from None
+    try:
+        for name, data in files.items():
+            write_atomic(tmp / name, data)
+        _swap_in(tmp, folder, replace)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return folder
+
+
+def _swap_in(tmp: Path, folder: Path, replace: bool) -> None:
+    """Rename ``tmp`` to ``folder``; an existing ``folder`` (``replace``) is moved aside first
+    and put back if the rename fails."""
+    try:
+        os.rename(tmp, folder)  # also replaces an empty folder
+        return
+    except OSError as exc:
+        if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+            raise OutputWriteError(folder, exc) from None
+    check_output(folder, replace=replace)  # it may have changed while we trained
+    old = folder.parent / f".{folder.name}.{secrets.token_hex(4)}.old"
+    try:
+        os.rename(folder, old)
+    except OSError as exc:
+        raise OutputWriteError(folder, exc) from None
+    try:
+        os.rename(tmp, folder)
+    except BaseException as exc:
+        os.rename(old, folder)
+        if isinstance(exc, OSError):
+            raise OutputWriteError(folder, exc) from None
+        raise
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def load(folder: str | Path) -> list[Classifier]:
@@ -265,89 +423,312 @@ def load(folder: str | Path) -> list[Classifier]:
 
 
 def load_named(folder: str | Path) -> dict[str, Classifier]:
-    """Like :func:`load`, keyed by the names they were saved under."""
+    """Like :func:`load`, keyed by the names they were saved under. A folder whose files do
+    not fit its ``surrogates.json`` raises :class:`~trustgain.errors.InputError`."""
+    from safetensors import SafetensorError
     from safetensors.torch import load_file
 
     folder = Path(folder)
+    hint = "train surrogates with python -m trustgain.protection.surrogates"
     try:
         doc = json.loads((folder / CONFIG_NAME).read_text())
     except (OSError, ValueError) as exc:
-        raise InputError(f"{folder} holds no readable {CONFIG_NAME} ({exc})",
-                         hint="train surrogates with python -m trustgain.protection.surrogates"
-                         ) from None
+        raise InputError(f"{folder} holds no readable {CONFIG_NAME} ({exc})", hint=hint) from None
+    try:
+        n_classes, channels = int(doc["n_classes"]), int(doc.get("channels", 3))
+        entries = [(name, e["arch"], e["file"]) for name, e in doc["models"].items()]
+    except (KeyError, TypeError, ValueError, AttributeError):
+        raise InputError(f"{folder / CONFIG_NAME} is not a surrogates file (it needs models "
+                         "and n_classes)", hint=hint) from None
     models = {}
-    for name, entry in doc["models"].items():
-        net = make_net(entry["arch"], int(doc["n_classes"]), int(doc.get("channels", 3)))
-        net.load_state_dict(load_file(str(folder / entry["file"])))
-        models[name] = wrap(entry["arch"], net, int(doc.get("channels", 3)))
+    for name, arch, file in entries:
+        net = make_net(arch, n_classes, channels)
+        try:
+            net.load_state_dict(load_file(str(folder / file)))
+        except (OSError, SafetensorError, RuntimeError) as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise InputError(f"{folder / file} does not fit {CONFIG_NAME} ({arch}, {n_classes} "
+                             f"classes, {channels} channels): {first}", hint=hint) from None
+        models[name] = wrap(arch, net, channels)
     return models
 
 
-def folder_dataset(data: Path, *, per_image: int = 64, seed: int = 0,
-                   ) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """Images of a user's folder as 32x32 RGB with labels (subfolders = classes, else one
-    class per image with ``per_image`` random crops)."""
+#: Image files the training command reads (others are left alone).
+IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff"})
+
+#: Pixel formats refused for training, as ``trustgain protect`` refuses them: converting to
+#: 8 bits is a choice (full range? window? gamma?) the user has to make, and the surrogates
+#: should see the same 8-bit images that will be protected.
+_WIDE_MODES = {"I;16": "a 16-bit", "I;16B": "a 16-bit", "I;16L": "a 16-bit",
+               "I;16N": "a 16-bit", "I": "a 32-bit integer", "F": "a 32-bit float"}
+
+
+def _visible(folder: Path) -> list[Path]:
+    """``folder``'s entries not hidden (name starting with '.'), sorted."""
+    try:
+        return sorted(p for p in folder.iterdir() if not p.name.startswith("."))
+    except OSError as exc:
+        raise InputError(f"cannot read {folder}: {exc.strerror or exc}") from None
+
+
+def _some(paths: Sequence[Path]) -> str:
+    more = f", ... ({len(paths)} in all)" if len(paths) > 3 else ""
+    return ", ".join(p.name for p in paths[:3]) + more
+
+
+def read_image(path: Path) -> np.ndarray | None:
+    """An image file as uint8 RGB; None (and a note on stderr) when it cannot be read.
+    16-bit and float images raise :class:`~trustgain.errors.InputError` naming the file."""
     from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as image:
+            if image.mode in _WIDE_MODES:
+                raise InputError(
+                    f"{path} is {_WIDE_MODES[image.mode]} image ({image.mode}); trustgain "
+                    "protect takes 8-bit images only, so surrogates are trained on 8-bit ones",
+                    hint="convert it (and the images you will protect) to 8 bits first")
+            return np.asarray(image.convert("RGB"))
+    except UnidentifiedImageError:
+        why = "not an image Pillow can read"
+    except Image.DecompressionBombError:
+        why = "too large to decode safely"
+    except (OSError, SyntaxError, ValueError) as exc:
+        why = f"{exc.strerror or exc}" if isinstance(exc, OSError) else str(exc)
+    print(f"skipping unreadable {path} ({why})", file=sys.stderr)
+    return None
+
+
+def folder_dataset(data: Path, *, per_image: int = 64, seed: int = 0, progress: bool = False,
+                   ) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Images of a user's folder as 32x32 RGB with labels and class names.
+
+    Subfolders are classes (hidden ones, name starting with '.', are skipped; a class folder
+    without a readable image is refused, so the classes saved are the classes trained); with
+    no subfolder, each image of at least 128x128 px is a class of ``per_image`` random
+    crops. Images beside class folders are refused rather than silently left out. Unreadable
+    files are skipped with a note; 16-bit and float images are refused (see
+    :func:`read_image`).
+    """
+    from PIL import Image
+    from tqdm import tqdm
 
     from trustgain.protection.patches import PATCH, crop
 
-    exts = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff"}
+    data = Path(data)
     if not data.is_dir():
         raise InputError(f"{data} is not a folder")
-    subdirs = sorted(p for p in data.iterdir() if p.is_dir())
-
-    def read(path: Path) -> np.ndarray | None:
-        try:
-            return np.asarray(Image.open(path).convert("RGB"))
-        except (OSError, UnidentifiedImageError):
-            print(f"skipping unreadable {path}", file=sys.stderr)
-            return None
-
-    xs, ys, names = [], [], []
-    rng = np.random.default_rng(seed)
+    entries = _visible(data)
+    subdirs = [p for p in entries if p.is_dir()]
+    top = [p for p in entries if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()]
+    exts = ", ".join(sorted(IMAGE_SUFFIXES))
+    if subdirs and top:
+        raise InputError(
+            f"{data} holds class folders ({_some(subdirs)}) and also images beside them "
+            f"({_some(top)}), which would be left out",
+            hint="move those images into a class folder, or the folders out (a flat folder "
+                 "is one class per image); folders whose names start with '.' are skipped")
     if subdirs:
-        for label, sub in enumerate(subdirs):
-            names.append(sub.name)
-            for path in sorted(p for p in sub.iterdir() if p.suffix.lower() in exts):
-                img = read(path)
-                if img is not None:
-                    pil = Image.fromarray(img).resize((PATCH, PATCH), Image.Resampling.LANCZOS)
-                    xs.append(np.asarray(pil)[None])
-                    ys.append([label])
+        classes = []
+        for sub in subdirs:
+            files = [p for p in _visible(sub) if p.suffix.lower() in IMAGE_SUFFIXES]
+            if not files:
+                raise InputError(f"class folder {sub} holds no images ({exts})",
+                                 hint="remove it, or rename it to start with '.' to skip it")
+            classes.append((sub, files))
+        jobs = [(label, path) for label, (_, files) in enumerate(classes) for path in files]
     else:
-        for path in sorted(p for p in data.iterdir() if p.suffix.lower() in exts):
-            img = read(path)
-            if img is None or min(img.shape[:2]) < 4 * PATCH:
-                continue
+        jobs = [(0, path) for path in top]
+    xs: list[np.ndarray] = []
+    ys: list[np.ndarray] = []
+    names: list[str] = []
+    found = np.zeros(len(subdirs), dtype=np.int64)
+    rng = np.random.default_rng(seed)
+    bar = tqdm(jobs, desc="reading", unit="image", disable=not progress or len(jobs) < 2,
+               file=sys.stderr, leave=False, dynamic_ncols=True, mininterval=0.5)
+    for label, path in bar:
+        img = read_image(path)
+        if img is None:
+            continue
+        if subdirs:
+            pil = Image.fromarray(img).resize((PATCH, PATCH), Image.Resampling.LANCZOS)
+            xs.append(np.asarray(pil)[None])
+            ys.append(np.asarray([label]))
+            found[label] += 1
+        elif min(img.shape[:2]) < 4 * PATCH:
+            print(f"skipping {path}: {img.shape[1]}x{img.shape[0]} px is smaller than "
+                  f"{4 * PATCH}x{4 * PATCH} (each image of a flat folder is a class of random "
+                  f"{PATCH}x{PATCH} crops)", file=sys.stderr)
+        else:
             xs.append(crop(img, per_image, "train", rng))
-            ys.append([len(names)] * per_image)
+            ys.append(np.full(per_image, len(names)))
             names.append(path.name)
-    if len(names) < 2 or not xs:
-        raise InputError(f"{data} needs images of at least two classes",
+    if subdirs:
+        names = [sub.name for sub, _ in classes]
+        empty = [sub for (sub, _), n in zip(classes, found, strict=True) if n == 0]
+        if empty:
+            raise InputError(f"class folder {empty[0]} holds no readable image",
+                             hint="remove it, or rename it to start with '.' to skip it")
+        if len(names) < 2:
+            raise InputError(f"{data} needs images of at least two classes; it has one class "
+                             f"folder ({names[0]})", hint="add a folder per class")
+    elif len(names) < 2:
+        raise InputError(f"{data} needs images of at least two classes: a flat folder is one "
+                         f"class per image of at least {4 * PATCH}x{4 * PATCH} px, and it "
+                         f"holds {len(names)}",
                          hint="use one subfolder per class, or a flat folder of >= 2 images")
-    return np.concatenate(xs), np.concatenate([np.asarray(y) for y in ys]), names
+    return np.concatenate(xs), np.concatenate(ys).astype(np.int64), names
+
+
+# -- the command ---------------------------------------------------------------------------
+
+
+EPILOG = """\
+The data folder: one subfolder per class (data/cats/*.jpg, data/dogs/*.jpg; folders whose
+names start with '.' are skipped), or a flat folder of photos of at least 128x128 px, each
+its own class of random 32x32 crops. Images are read as 8-bit RGB; 16-bit and float images
+are refused, as trustgain protect refuses them.
+
+examples:
+  python -m trustgain.protection.surrogates --data photos/ -o surrogates/
+  python -m trustgain.protection.surrogates --data photos/ -o surrogates/ \\
+      --archs cnn,resnet,vit --epochs 20 --device cuda
+  python -m trustgain.protection.surrogates --data photos/ -o surrogates/ --force
+                                       # replace surrogates trained before
+  TRUSTGAIN_NO_PROGRESS=1 python -m trustgain.protection.surrogates --data photos/ -o s/
+
+then attack them: trustgain protect photos/ -o protected/ --surrogate surrogates/
+"""
+
+
+def _whole(lo: int, hi: int | None = None):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if value < lo or (hi is not None and value > hi):
+            bounds = f">= {lo}" if hi is None else f"in {lo}..{hi}"
+            raise argparse.ArgumentTypeError(f"{value} is out of range (must be {bounds})")
+        return value
+
+    parse.__name__ = "whole number"
+    return parse
+
+
+def _learning_rate(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"{text} is not a finite number > 0")
+    return value
+
+
+def _arch_list(text: str) -> tuple[str, ...]:
+    names = tuple(a.strip() for a in text.split(","))
+    known = ", ".join(ARCHS)
+    for i, name in enumerate(names):
+        if not name:
+            raise argparse.ArgumentTypeError(f"{text!r} has an empty name (e.g. cnn,wide,mlp)")
+        if name not in ARCHS:
+            raise argparse.ArgumentTypeError(f"unknown architecture {name!r}; known: {known}")
+        if name in names[:i]:
+            raise argparse.ArgumentTypeError(f"{name!r} is listed twice")
+    return names
+
+
+def _device(text: str) -> str:
+    from trustgain.devices import device_problem
+
+    problem = device_problem(text)
+    if problem:
+        raise argparse.ArgumentTypeError(problem.replace("use cpu", "use --device cpu"))
+    return text
+
+
+def _no_progress_env() -> bool:
+    """TRUSTGAIN_NO_PROGRESS, read as click reads it for ``trustgain --no-progress``."""
+    value = os.environ.get("TRUSTGAIN_NO_PROGRESS", "").strip().lower()
+    return value in ("1", "true", "t", "yes", "y", "on")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m trustgain.protection.surrogates",
+        description="Train small image classifiers (surrogates) on a folder of images,\n"
+                    "for trustgain protect --surrogate to attack.",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", type=Path, required=True, metavar="DIR",
+                   help="image folder: one subfolder per class, or a flat folder (one class "
+                        "per image)")
+    p.add_argument("-o", "--out", type=Path, required=True, metavar="OUT",
+                   help="output folder (new or empty; written whole at the end)")
+    p.add_argument("--archs", type=_arch_list, default="cnn,wide,mlp", metavar="A,B,...",
+                   help=f"architectures, comma-separated, from: {', '.join(ARCHS)} "
+                        "[default: %(default)s]")
+    p.add_argument("--epochs", type=_whole(1), default=12,
+                   help="passes over the data per architecture [default: %(default)s]")
+    p.add_argument("--batch", type=_whole(1), default=64,
+                   help="images per training step [default: %(default)s]")
+    p.add_argument("--lr", type=_learning_rate, default=2e-3,
+                   help="peak learning rate (one-cycle Adam) [default: %(default)s]")
+    p.add_argument("--per-image", type=_whole(1, 100_000), default=64, metavar="N",
+                   help="random 32x32 crops per image of a flat folder [default: %(default)s]")
+    p.add_argument("--seed", type=_whole(0, 2**32 - 1), default=0,
+                   help="random seed; architecture i trains with seed + i "
+                        "[default: %(default)s]")
+    p.add_argument("--device", type=_device, default="cpu",
+                   help="torch device to train on, e.g. cpu, cuda, cuda:1, mps "
+                        "[default: %(default)s]")
+    p.add_argument("--threads", type=_whole(1, 1024), default=1,
+                   help="torch CPU threads [default: %(default)s; often fastest for these "
+                        "small nets]")
+    p.add_argument("--force", "--overwrite", dest="force", action="store_true",
+                   help="replace surrogates already in OUT (a folder holding other files is "
+                        "never replaced)")
+    p.add_argument("--no-progress", action="store_true", default=_no_progress_env(),
+                   help="no progress bars (also TRUSTGAIN_NO_PROGRESS=1)")
+    return p
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m trustgain.protection.surrogates",
-                                description="Train protection surrogates on a folder.")
-    p.add_argument("--data", type=Path, required=True)
-    p.add_argument("-o", "--out", type=Path, required=True)
-    p.add_argument("--archs", default="cnn,wide,mlp")
-    p.add_argument("--epochs", type=int, default=12)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--overwrite", action="store_true")
-    args = p.parse_args(argv)
-    torch.set_num_threads(1)
-    x, y, names = folder_dataset(args.data, seed=args.seed)
+    args = build_parser().parse_args(argv)
+    try:
+        return _run(args)
+    except TrustgainError as exc:
+        hint = f" ({exc.hint})" if exc.hint else ""
+        print(f"error: {exc}{hint}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"interrupted; {args.out} was not written", file=sys.stderr)
+        return 130
+
+
+def _run(args: argparse.Namespace) -> int:
+    out, data = args.out.resolve(), args.data.resolve()
+    if out == data or data in out.parents:
+        raise ConfigError(f"-o {args.out} is inside --data {args.data}",
+                          hint="a later run would take it for a class folder")
+    check_output(out, replace=args.force)  # before any work, not after the training
+    torch.set_num_threads(args.threads)
+    show = not args.no_progress
+    x, y, names = folder_dataset(args.data, per_image=args.per_image, seed=args.seed,
+                                 progress=show)
+    counts = np.bincount(y, minlength=len(names))
+    if len(counts) != len(names) or not counts.all():  # the saved classes are those trained
+        raise AssertionError(f"labels do not match the {len(names)} classes")
+    print(f"{len(x)} training images of {len(names)} classes from {args.data}")
     models = {}
-    for i, arch in enumerate(a.strip() for a in args.archs.split(",")):
+    for i, arch in enumerate(args.archs):
         t0 = time.time()
-        models[arch] = train(arch, x, y, epochs=args.epochs, seed=args.seed + i)
+        models[arch] = train(arch, x, y, epochs=args.epochs, seed=args.seed + i,
+                             batch=args.batch, lr=args.lr, device=args.device, progress=show)
         acc = float((predict(models[arch], x) == y).mean())
         print(f"{arch}: train accuracy {acc:.3f} ({time.time() - t0:.1f} s)")
-    save(models, args.out, overwrite=args.overwrite,
-         meta={"n_classes": len(names), "channels": 3, "classes": names})
+    save_folder(models, out, replace=args.force,
+                meta={"n_classes": len(names), "channels": 3, "classes": names})
     print(f"saved {len(models)} surrogates to {args.out}")
     return 0
 
