@@ -12,19 +12,41 @@ is reused, and this is stated in every figure's note.
 ``private_set`` renders each *train* scan of 5-9 once, with a drawn look and its caption:
 one record per scan, which is the unit DP protects (augmenting a scan into several records
 would multiply its sensitivity).
+
+Command line (a cache builder for the benchmark)::
+
+    python -m trustgain.privacy.finetune_public OUT [--steps N --batch B --max-minutes M]
+
+OUT is required. A folder this command wrote with the same settings is reused (the command
+prints it and trains nothing); another model folder is refused unless ``--force`` (retrain and
+replace it); a non-empty folder that is no model is refused.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
+import math
+import os
+import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
+from trustgain.errors import TrustgainError
+
 PUBLIC_DIGITS = (0, 1, 2, 3, 4)
 PRIVATE_DIGITS = (5, 6, 7, 8, 9)
+#: ``made_by`` of the training.json this module writes.
+MADE_BY = "trustgain.privacy.finetune_public"
+
+
+class PublicModelError(TrustgainError):
+    """The public model cannot be trained into, or reused from, the given folder."""
 
 
 def private_set(digits: tuple[int, ...] = PRIVATE_DIGITS, *, split: str = "train",
@@ -47,26 +69,100 @@ def private_set(digits: tuple[int, ...] = PRIVATE_DIGITS, *, split: str = "train
     return arr, caps, labels
 
 
+def _recipe(steps: int, batch: int, max_minutes: float | None) -> Any:
+    from trustgain.models.train_sd import SDRecipe
+
+    return SDRecipe(steps=steps, batch=batch, vae_steps=0, max_minutes=max_minutes)
+
+
+def _recipe_record(recipe: Any) -> dict[str, Any]:
+    """The recipe as training.json records it (and as a reuse is compared)."""
+    return json.loads(json.dumps({k: v for k, v in vars(recipe).items() if k != "log"}))
+
+
+def reuse_problem(out: Path, recipe: Any) -> str | None:
+    """Why the folder ``out`` is not a public model this module wrote with ``recipe``; None
+    when it is (and can be reused as it is)."""
+    if not (out / "model_index.json").is_file():
+        return "it holds no model_index.json"
+    missing = [c for c in ("unet", "text_encoder", "tokenizer", "vae", "scheduler")
+               if not (out / c).is_dir()]
+    if missing:
+        return f"it has no {'/'.join(missing)} folder"
+    try:
+        log = json.loads((out / "training.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return "it has no readable training.json, so not a model this command wrote"
+    if not isinstance(log, dict) or log.get("digits") != list(PUBLIC_DIGITS) or not isinstance(
+            log.get("recipe"), dict):
+        return "its training.json is not one this command writes (digits 0-4 and a recipe)"
+    if log.get("made_by", MADE_BY) != MADE_BY:
+        return f"it was made by {log.get('made_by')}"
+    want = _recipe_record(recipe)
+    diff = [k for k in sorted(set(want) | set(log["recipe"]))
+            if log["recipe"].get(k) != want.get(k)]
+    if diff:
+        shown = ", ".join(f"{k}={log['recipe'].get(k)!r} (asked {want.get(k)!r})"
+                          for k in diff[:3])
+        return f"it was trained with other settings: {shown}"
+    return None
+
+
+def check_out(out: Path, recipe: Any, force: bool = False) -> bool:
+    """True when ``out`` holds the model asked for (reuse it); False when it is to be
+    written (absent, an empty folder, or with ``force`` a model folder of other settings or
+    origin); else a one-line :class:`PublicModelError`. A non-empty folder that is no model
+    at all is refused even with ``force``: replacing it would delete whatever it holds."""
+    if out.exists() and not out.is_dir():
+        raise PublicModelError(f"{out} exists and is not a folder")
+    parent = next(p for p in out.absolute().parents if p.exists())
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        raise PublicModelError(f"cannot write {out}: {parent} is not a writable folder")
+    if not out.is_dir() or not any(out.iterdir()):
+        return False
+    problem = reuse_problem(out, recipe)
+    if problem is None:
+        return True
+    if not (out / "model_index.json").is_file():  # not a model: --force does not delete it
+        raise PublicModelError(f"{out} exists and is not a model folder ({problem})",
+                               hint="choose another OUT, or an empty folder")
+    if force:
+        return False
+    raise PublicModelError(f"{out} exists and is not the public model asked for: {problem}",
+                           hint="choose another OUT, or pass --force to retrain into it")
+
+
 def public_model(out: str | Path, *, steps: int = 1800, batch: int = 512,
-                 max_minutes: float | None = None, device: str = "cpu") -> Path:
-    """Train (or reuse, if ``out`` holds one) a mini-sd on digits 0-4 only; returns ``out``.
+                 max_minutes: float | None = None, device: str = "cpu",
+                 force: bool = False) -> Path:
+    """Train a mini-sd on digits 0-4 only into ``out``, or reuse the one there; returns ``out``.
+
+    A folder is reused only when its training.json says this function wrote it with the same
+    recipe (steps, batch, max_minutes and the rest of :class:`SDRecipe`); any other non-empty
+    ``out`` raises :class:`PublicModelError`, except that ``force`` retrains into and replaces
+    a model folder (see :func:`check_out`).
 
     The defaults are the shipped model's UNet recipe (1,800 steps of batch 512, about 2
     minutes on one H200). On a shared 2-core CPU that is many hours: 1,068 steps of batch 32
     (25 minutes) gave a model whose samples of 0-4 the judge named right in 4 of 30.
     """
+    out = Path(out)
+    recipe = _recipe(steps, batch, max_minutes)
+    if check_out(out, recipe, force):
+        return out
+    _train(out, recipe, device)
+    return out
+
+
+def _train(out: Path, recipe: Any, device: str) -> None:
     from diffusers import AutoencoderKL, StableDiffusionPipeline
     from transformers import CLIPTokenizer
 
     from trustgain.models import build, data, mini_sd_path
     from trustgain.models.train import atomic_dir, hardware
-    from trustgain.models.train_sd import SDRecipe, encode_all, train_unet
+    from trustgain.models.train_sd import encode_all, train_unet
 
-    out = Path(out)
-    if (out / "model_index.json").is_file():
-        return out
     t0 = time.time()
-    recipe = SDRecipe(steps=steps, batch=batch, vae_steps=0, max_minutes=max_minutes)
     images, labels = data.load_split("train")
     keep = np.isin(labels, PUBLIC_DIGITS)
     images, labels = images[keep], labels[keep]
@@ -85,9 +181,9 @@ def public_model(out: str | Path, *, steps: int = 1800, batch: int = 512,
         vae=vae.cpu(), text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
         scheduler=build.make_scheduler(), safety_checker=None, feature_extractor=None,
         requires_safety_checker=False)
-    log = dict(recipe.log, digits=list(PUBLIC_DIGITS), n_scans=len(labels),
+    log = dict(recipe.log, made_by=MADE_BY, digits=list(PUBLIC_DIGITS), n_scans=len(labels),
                hardware=hardware(device), seconds=round(time.time() - t0, 1),
-               recipe={k: v for k, v in vars(recipe).items() if k != "log"},
+               recipe=_recipe_record(recipe),
                tokenizer="shipped trustgain-mini-sd tokenizer (public caption vocabulary)",
                vae="shipped trustgain-mini-sd VAE (trained on the train scans of all digits)")
 
@@ -97,29 +193,86 @@ def public_model(out: str | Path, *, steps: int = 1800, batch: int = 512,
         (tmp / "training.json").write_text(json.dumps(log, indent=2) + "\n")
 
     atomic_dir(out, write)
-    return out
 
 
-def main(argv: list[str] | None = None) -> None:  # pragma: no cover - cache builder
-    """``python -m trustgain.privacy.finetune_public OUT [--steps N --batch B ...]``."""
-    import argparse
+def _number(kind: type, low: float, *, above: bool = False) -> Callable[[str], Any]:
+    """An argparse type: ``kind`` (int or float), finite, >= ``low`` (> with ``above``)."""
 
-    p = argparse.ArgumentParser(
+    def parse(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            what = "an integer" if kind is int else "a number"
+            raise argparse.ArgumentTypeError(f"{text!r} is not {what}") from None
+        if not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"{text!r} is not a finite number")
+        if value < low or (above and value == low):
+            raise argparse.ArgumentTypeError(
+                f"{text} is out of range (must be {'>' if above else '>='} {low:g})")
+        return value
+
+    parse.__name__ = kind.__name__
+    return parse
+
+
+def _device(value: str) -> str:
+    from trustgain.devices import device_problem
+
+    if problem := device_problem(value):
+        raise argparse.ArgumentTypeError(problem.replace("use cpu", "use --device cpu"))
+    return value
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(
         prog="python -m trustgain.privacy.finetune_public",
-        description="Train the public mini-sd (digits 0-4 only) for the DP utility benchmark.",
-        epilog="example (2 CPU cores, ~1 hour): python -m trustgain.privacy.finetune_public "
-               "/work/notes/privacy/public-0-4 --steps 8000 --batch 64 --max-minutes 60")
-    p.add_argument("out", nargs="?", default="/work/notes/privacy/public-0-4")
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--steps", type=int, default=1800)
-    p.add_argument("--batch", type=int, default=512)
-    p.add_argument("--max-minutes", type=float, default=None)
-    p.add_argument("--threads", type=int, default=1)
-    args = p.parse_args(argv)
+        description="Train the public mini-sd (digits 0-4 only) for the DP utility benchmark. "
+        "An OUT this command wrote with the same settings is reused; any other existing OUT "
+        "is refused unless --force.",
+        epilog="example (2 CPU cores, ~1 hour):\n"
+               "  python -m trustgain.privacy.finetune_public public-0-4 \\\n"
+               "      --steps 8000 --batch 64 --max-minutes 60\n"
+               "the benchmark reads it from $TRUSTGAIN_BENCH_CACHE/public-0-4",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("out", metavar="OUT", help="folder for the model (required)")
+    p.add_argument("--device", type=_device, default="cpu", help="torch device (cpu)")
+    p.add_argument("--steps", type=_number(int, 1), default=1800, help="UNet steps (1800)")
+    p.add_argument("--batch", type=_number(int, 1), default=512, help="UNet batch (512)")
+    p.add_argument("--max-minutes", type=_number(float, 0.0, above=True), default=None,
+                   help="stop the UNet loop after this many minutes (the steps done are "
+                   "recorded)")
+    p.add_argument("--threads", type=_number(int, 1), default=1, help="torch CPU threads (1)")
+    p.add_argument("--force", action="store_true",
+                   help="retrain into an OUT that holds another model (other settings)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m trustgain.privacy.finetune_public OUT [--steps N --batch B ...]``."""
+    args = build_parser().parse_args(argv)
     torch.set_num_threads(args.threads)
-    print(public_model(args.out, steps=args.steps, batch=args.batch,
-                       max_minutes=args.max_minutes, device=args.device))
+    try:
+        out = public_model(args.out, steps=args.steps, batch=args.batch,
+                           max_minutes=args.max_minutes, device=args.device, force=args.force)
+    except TrustgainError as exc:
+        if os.environ.get("TRUSTGAIN_DEBUG") == "1":
+            raise
+        hint = f" ({exc.hint})" if exc.hint else ""
+        print(f"error: {exc}{hint}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        if os.environ.get("TRUSTGAIN_DEBUG") == "1":
+            raise
+        print("interrupted", file=sys.stderr)
+        return 130
+    print(out)
+    return 0
 
 
 if __name__ == "__main__":  # pragma: no cover
-    main()
+    sys.exit(main())

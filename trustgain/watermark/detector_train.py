@@ -57,7 +57,6 @@ final losses and the held-out evaluation of the base and the tuned encoder).
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import copy
 import dataclasses
@@ -65,12 +64,12 @@ import json
 import math
 import os
 import platform
-import shlex
 import shutil
+import signal
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from multiprocessing import Pool
 from pathlib import Path
 from typing import Any
@@ -82,7 +81,7 @@ from PIL import Image
 from scipy.stats import binom
 from tqdm.auto import tqdm
 
-from trustgain.errors import TrustgainError
+from trustgain.errors import OutputWriteError, TrustgainError
 from trustgain.watermark import attacks
 from trustgain.watermark.latent_invert import aligned_mask, unzoom
 
@@ -124,6 +123,53 @@ class Settings:
     deadline: float | None = None  # seconds for data + training + evaluation; None: no limit
 
 
+def check_settings(settings: Settings) -> None:
+    """Raise a one-line :class:`DetectorTrainError` (naming the command-line flag) for a
+    setting training cannot use: counts below 1, negative caps or seeds, learning rates that
+    are not finite and positive, times or guidance that are not finite and non-negative."""
+
+    def flag(name: str) -> str:
+        return f"--{name.replace('_', '-')}"
+
+    for name in ("samples", "eval_samples", "batch", "e2e_batch", "gen_batch", "steps"):
+        if getattr(settings, name) < 1:
+            raise DetectorTrainError(f"{flag(name)} must be at least 1")
+    for name in ("x0_steps", "e2e_steps", "workers", "seed", "eval_seed"):
+        value = getattr(settings, name)
+        if value is not None and value < 0:
+            raise DetectorTrainError(f"{flag(name)} must not be negative")
+    for name in ("lr", "e2e_lr"):
+        value = getattr(settings, name)
+        if not (math.isfinite(value) and value > 0):
+            raise DetectorTrainError(f"{flag(name)} must be a finite positive number, "
+                                     f"not {value!r}")
+    for name in ("x0_seconds", "e2e_seconds", "guidance", "weight_decay"):
+        value = getattr(settings, name)
+        if not (math.isfinite(value) and value >= 0):
+            raise DetectorTrainError(f"{flag(name)} must be a finite number >= 0, "
+                                     f"not {value!r}")
+    deadline = settings.deadline
+    if deadline is not None and not (math.isfinite(deadline) and deadline > 0):
+        raise DetectorTrainError("--deadline must be a positive number of seconds")
+
+
+def non_finite(tensors: Iterable[tuple[str, torch.Tensor]]) -> list[str]:
+    """Names of the floating-point tensors that hold a NaN or an infinity."""
+    return [name for name, t in tensors
+            if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+
+
+def check_finite(model: Any, what: str = "the tuned encoder",
+                 hint: str = "lower --lr / --e2e-lr") -> None:
+    """Raise a one-line :class:`DetectorTrainError` when a weight of ``model`` (a
+    ``torch.nn.Module``) is NaN or infinite: a diverged run must not be saved."""
+    bad = non_finite(model.state_dict().items())
+    if bad:
+        raise DetectorTrainError(
+            f"training diverged: {len(bad)} weight tensor(s) of {what} are not finite "
+            f"(first: {bad[0]}); nothing written", hint=hint)
+
+
 @dataclasses.dataclass
 class Samples:
     """Pipeline samples: initial latents, final latents, decoded images (N, H, W, 3 uint8)."""
@@ -144,16 +190,18 @@ def load_pipeline(model: str, device: str, progress: bool = True) -> Any:
     for the parts training needs, on ``device``, progress bars off."""
     from diffusers import DiffusionPipeline
     from diffusers.utils import logging as dlogging
+    from transformers.utils import logging as tlogging
 
-    from trustgain.generators.loading import check_model_source
     from trustgain.models import MINI_SD_ID, mini_sd_path
 
+    check_model(model)
     source = str(mini_sd_path()) if model == MINI_SD_ID else model
-    check_model_source(source)
     verbosity = dlogging.get_verbosity()
     dlogging.set_verbosity_error()
+    bars = tlogging.is_progress_bar_enabled()
     if not progress:
         dlogging.disable_progress_bar()
+        tlogging.disable_progress_bar()  # the text encoder's "Loading weights" bar
     try:
         pipe = DiffusionPipeline.from_pretrained(source)
     except (OSError, ValueError) as exc:
@@ -161,6 +209,8 @@ def load_pipeline(model: str, device: str, progress: bool = True) -> Any:
         raise DetectorTrainError(f"cannot load model '{model}': {first}") from None
     finally:
         dlogging.set_verbosity(verbosity)
+        if bars and not progress:
+            tlogging.enable_progress_bar()
     check_pipeline(pipe, model)
     pipe.set_progress_bar_config(disable=True)
     return pipe.to(device)
@@ -315,6 +365,12 @@ def _named_job(job: tuple) -> tuple[np.ndarray, np.ndarray]:
     return np.asarray(out), mask
 
 
+def _ignore_interrupt() -> None:
+    """Pool workers leave Ctrl-C to the parent, which stops the pool: one message, not one
+    traceback per worker."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def map_attacks(fn: Callable[[tuple], tuple[np.ndarray, np.ndarray]], jobs: Sequence[tuple],
                 workers: int, *, desc: str, progress: bool = True,
                 ) -> tuple[np.ndarray, np.ndarray]:
@@ -322,7 +378,8 @@ def map_attacks(fn: Callable[[tuple], tuple[np.ndarray, np.ndarray]], jobs: Sequ
     chunk = max(1, min(256, len(jobs) // max(1, 4 * workers)))
     with contextlib.ExitStack() as stack:
         if workers > 1:
-            results: Iterator = stack.enter_context(Pool(workers)).imap(fn, jobs, chunk)
+            pool = stack.enter_context(Pool(workers, initializer=_ignore_interrupt))
+            results: Iterator = pool.imap(fn, jobs, chunk)
         else:
             results = map(fn, jobs)
         done = list(tqdm(results, total=len(jobs), desc=desc, disable=not progress,
@@ -693,31 +750,54 @@ def _train(vae: Any, data: TrainSet, inverter: Inverter, settings: Settings, pro
     generator = torch.Generator().manual_seed(settings.seed)
     x0_phase = train_x0(enc, params, data, settings, generator, progress)
     log(f"phase 1: {x0_phase}")
+    _check_phase(params, "phase 1 (x0)", "lower --lr")
     e2e_phase = train_e2e(enc, params, data, inverter, settings, generator, progress)
     log(f"phase 2: {e2e_phase}")
+    _check_phase(params, "phase 2 (end to end)", "lower --e2e-lr")
     enc.eval().requires_grad_(False)
     return enc, (x0_phase, e2e_phase)
+
+
+def _check_phase(params: list[torch.nn.Parameter], phase: str, hint: str) -> None:
+    """Stop a diverged run at once, before the final evaluation and long before a save."""
+    bad = non_finite((str(i), p) for i, p in enumerate(params))
+    if bad:
+        raise DetectorTrainError(
+            f"training diverged in {phase}: {len(bad)} of the encoder's {len(params)} weight "
+            "tensors are not finite; nothing written", hint=hint)
 
 
 # ------------------------------------------------------------------------------------- output
 
 
 def check_output(out: Path, overwrite: bool) -> None:
-    """Refuse a file, or a non-empty folder unless ``overwrite``."""
+    """Refuse a file, a non-empty folder unless ``overwrite``, or a place no folder can be
+    made (under a file, or in a folder this user cannot write)."""
+    out = Path(out).absolute()
     if out.exists() and not out.is_dir():
         raise DetectorTrainError(f"{out} exists and is not a folder")
     if out.is_dir() and any(out.iterdir()) and not overwrite:
         raise DetectorTrainError(f"{out} exists and is not empty (pass --overwrite to replace)")
+    parent = next(p for p in out.parents if p.exists())
+    if not parent.is_dir():
+        raise DetectorTrainError(f"cannot write {out}: {parent} is not a folder")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise DetectorTrainError(f"cannot write {out}: {parent} is not writable")
 
 
 def save_output(vae: Any, report: dict[str, Any], out: str | os.PathLike,
                 overwrite: bool = False) -> Path:
     """``vae.save_pretrained`` + ``training.json`` into a temporary sibling folder, then renamed
-    to ``out`` (an existing folder is replaced only with ``overwrite``)."""
+    to ``out`` (an existing folder is replaced only with ``overwrite``). A ``vae`` with a NaN
+    or infinite weight (a diverged run) is refused and nothing is written."""
     out = Path(out).absolute()
     check_output(out, overwrite)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    check_finite(vae)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    except OSError as exc:
+        raise OutputWriteError(out, exc) from None
     umask = os.umask(0)
     os.umask(umask)
     tmp.chmod(0o777 & ~umask)  # mkdtemp's 0700 would outlive the rename
@@ -726,6 +806,9 @@ def save_output(vae: Any, report: dict[str, Any], out: str | os.PathLike,
         (tmp / "training.json").write_text(json.dumps(report, indent=2) + "\n",
                                            encoding="utf-8")
         _swap_in(tmp, out)
+    except OSError as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise OutputWriteError(out, exc) from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -742,6 +825,24 @@ def _swap_in(tmp: Path, out: Path) -> None:
         os.replace(tmp, out)  # also over an empty folder
 
 
+def check_init(init: str) -> None:
+    """Refuse an ``--init`` that is neither ``"detector"`` nor a folder with a config.json
+    (before the pipeline loads)."""
+    if init != "detector" and not (Path(init) / "config.json").is_file():
+        raise DetectorTrainError(f"--init {init}: not 'detector' nor a folder with an "
+                                 "AutoencoderKL config.json")
+
+
+def check_model(model: str) -> None:
+    """Refuse, in one line, a model path that does not exist, is a file, or is a folder
+    without model_index.json (see :func:`trustgain.generators.loading.check_model_source`);
+    hub ids are left to ``from_pretrained``."""
+    from trustgain.generators.loading import check_model_source
+    from trustgain.models import MINI_SD_ID, mini_sd_path
+
+    check_model_source(str(mini_sd_path()) if model == MINI_SD_ID else model)
+
+
 def load_init(init: str, model: str, pipe: Any) -> Any:
     """The encoder to start from: ``"detector"`` (the model's own detector-side VAE, see
     :func:`trustgain.models.detector_vae_for`) or a folder this tool wrote. Its decoder must be
@@ -750,15 +851,13 @@ def load_init(init: str, model: str, pipe: Any) -> Any:
 
     from trustgain.models import detector_vae_for
 
+    check_init(init)
     if init == "detector":
         vae = detector_vae_for(model)
         if vae is None:
             raise DetectorTrainError(f"{model} has no detector encoder (no vae_detector folder)")
-    elif (Path(init) / "config.json").is_file():
-        vae = AutoencoderKL.from_pretrained(init)
     else:
-        raise DetectorTrainError(f"--init {init}: not 'detector' nor a folder with an "
-                                 "AutoencoderKL config.json")
+        vae = AutoencoderKL.from_pretrained(init)
     mine, theirs = pipe.vae.state_dict(), vae.state_dict()
     decoder = [k for k in mine if not k.startswith(("encoder.", "quant_conv."))]
     if set(mine) != set(theirs) or any(
@@ -775,7 +874,11 @@ def run(model: str, out: str | os.PathLike, settings: Settings, *, device: str =
     """Load ``model``, train (from ``init`` when given, see :func:`load_init`), evaluate and
     write ``out``; returns the report written."""
     t0 = time.perf_counter()
-    check_output(Path(out), overwrite)  # fail fast, before the long part
+    check_settings(settings)  # fail fast, before the long part
+    check_output(Path(out), overwrite)
+    check_model(model)
+    if init:
+        check_init(init)
     prompts = load_prompts(model, prompts_file)
     pipe = load_pipeline(model, device, progress)
     start = load_init(init, model, pipe) if init else None
@@ -790,99 +893,13 @@ def run(model: str, out: str | os.PathLike, settings: Settings, *, device: str =
 
 # ---------------------------------------------------------------------------------------- CLI
 
-EPILOG = """\
-example (the shipped digits model, on a GPU, the measured defaults):
-  python -m trustgain.watermark.detector_train --model trustgain-mini-sd -o detector-vae \\
-      --device cuda
-continue training the shipped detector encoder (phase 2 only, 400 s):
-  python -m trustgain.watermark.detector_train --model trustgain-mini-sd -o detector-vae-2 \
-      --init detector --x0-seconds 0 --e2e-seconds 400
-other models need --prompts FILE (one prompt a line). Use the result for detection with
-AutoencoderKL.from_pretrained(OUT) passed as encoder= to trustgain.watermark.latent_invert.
-"""
-
-
-def build_parser() -> argparse.ArgumentParser:
-    d = Settings()
-    p = argparse.ArgumentParser(
-        prog="python -m trustgain.watermark.detector_train",
-        description="Fine-tune only the VAE encoder of a latent text-to-image pipeline so that "
-        "VAE encoding + DDIM inversion recovers the initial latent better (watermark "
-        "detection); the decoder, hence generation, is unchanged.",
-        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    a = p.add_argument
-    a("--model", required=True, help="diffusers pipeline folder or hub id ('trustgain-mini-sd': "
-      "the shipped model)")
-    a("-o", "--output", required=True, metavar="OUT_DIR", help="folder for the tuned "
-      "AutoencoderKL and training.json")
-    a("--device", default="cuda" if torch.cuda.is_available() else "cpu",
-      help="torch device (default: cuda when available, else cpu)")
-    a("--prompts", metavar="FILE", help="prompts, one a line (default: the digits model's own)")
-    a("--init", metavar="FROM", help="start from this encoder instead of the pipeline's: "
-      "'detector' (the model's shipped detector encoder) or a folder this tool wrote; with "
-      "--x0-seconds 0 only phase 2 runs (continue training)")
-    a("--samples", type=int, default=d.samples, help="training samples (default %(default)s)")
-    a("--eval-samples", type=int, default=d.eval_samples, help="held-out samples (%(default)s)")
-    a("--x0-seconds", type=float, default=d.x0_seconds, help="phase 1 time (%(default)s)")
-    a("--e2e-seconds", type=float, default=d.e2e_seconds, help="phase 2 time (%(default)s)")
-    a("--x0-steps", type=int, default=None, help="phase 1 step cap (default: time only)")
-    a("--e2e-steps", type=int, default=None, help="phase 2 step cap (default: time only)")
-    a("--batch", type=int, default=d.batch, help="phase 1 batch, eval batch (%(default)s)")
-    a("--e2e-batch", type=int, default=d.e2e_batch, help="phase 2 batch (%(default)s)")
-    a("--gen-batch", type=int, default=d.gen_batch, help="sampling batch (%(default)s)")
-    a("--lr", type=float, default=d.lr, help="phase 1 peak learning rate (%(default)s)")
-    a("--e2e-lr", type=float, default=d.e2e_lr, help="phase 2 learning rate (%(default)s)")
-    a("--steps", type=int, default=d.steps, help="sampling = inversion steps (%(default)s)")
-    a("--guidance", type=float, default=d.guidance, help="sampling guidance (%(default)s)")
-    a("--seed", type=int, default=d.seed, help="training seed (%(default)s)")
-    a("--eval-seed", type=int, default=d.eval_seed, help="held-out seed (%(default)s)")
-    a("--workers", type=int, default=d.workers, help="attack processes (0: min(16, CPUs))")
-    a("--deadline", type=float, default=None, metavar="SECONDS", help="finish (and write "
-      "OUT_DIR) within this many seconds of the start of data generation: both phases' "
-      "budgets shrink to fit; use it under an outside time limit, which would leave nothing")
-    a("--overwrite", action="store_true", help="replace a non-empty OUT_DIR")
-    a("--no-progress", action="store_true", help="no progress bars (log lines only)")
-    return p
-
-
-def settings_from_args(args: argparse.Namespace) -> Settings:
-    names = {f.name for f in dataclasses.fields(Settings)}
-    return Settings(**{k: v for k, v in vars(args).items() if k in names})
-
-
-def _validate(settings: Settings) -> None:
-    positive = ("samples", "eval_samples", "batch", "e2e_batch", "gen_batch", "steps")
-    bad = [n for n in positive if getattr(settings, n) < 1]
-    if bad:
-        raise DetectorTrainError(f"--{bad[0].replace('_', '-')} must be at least 1")
-    if settings.deadline is not None and not settings.deadline > 0:
-        raise DetectorTrainError("--deadline must be a positive number of seconds")
-
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    t0 = time.perf_counter()
+    """``python -m trustgain.watermark.detector_train``; see
+    :mod:`trustgain.watermark.detector_train_cli`."""
+    from trustgain.watermark.detector_train_cli import main as cli_main
 
-    def log(message: str) -> None:
-        print(f"[{time.perf_counter() - t0:7.1f}s] {message}", file=sys.stderr, flush=True)
-
-    command = shlex.join([sys.executable, "-m", "trustgain.watermark.detector_train",
-                          *(sys.argv[1:] if argv is None else argv)])
-    try:
-        settings = settings_from_args(args)
-        _validate(settings)
-        report = run(args.model, args.output, settings, device=args.device,
-                     prompts_file=args.prompts, overwrite=args.overwrite,
-                     progress=not args.no_progress, command=command, log=log, init=args.init)
-    except TrustgainError as exc:
-        hint = f" ({exc.hint})" if exc.hint else ""
-        print(f"error: {exc}{hint}", file=sys.stderr)
-        return 1
-    log(f"wrote {args.output}: clean sign accuracy "
-        f"{report['eval']['base']['none']['sign_accuracy']} -> "
-        f"{report['eval']['tuned']['none']['sign_accuracy']}")
-    return 0
+    return cli_main(argv)
 
 
 if __name__ == "__main__":
