@@ -7,7 +7,9 @@ row with a stated target misses it. See the project's BENCHMARKS.md for the rule
 
 from __future__ import annotations
 
+import os
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 AREAS: dict[str, str] = {
@@ -22,6 +24,15 @@ AREAS: dict[str, str] = {
     "protection-modes": "trustgain.bench.protection_modes",
     "protection-ray": "trustgain.bench.protection_ray",
 }
+
+
+def cache_root(variable: str, name: str) -> Path:
+    """Where a benchmark keeps what it trains: ``$variable`` when set, else
+    ``$XDG_CACHE_HOME/trustgain/NAME`` (``~/.cache/trustgain/NAME``)."""
+    if os.environ.get(variable):
+        return Path(os.environ[variable]).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base).expanduser() / "trustgain" / name
 
 
 @dataclass

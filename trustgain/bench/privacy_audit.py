@@ -24,20 +24,19 @@ Non-members: the other 260 test scans rendered the same way. All fine-tunes go t
    precision >= 0.98 and recall >= 0.95 per kind.
 
 Trained models and generations are cached under ``$TRUSTGAIN_AUDIT_CACHE`` (default
-``/work/notes/privacy_audit``); delete a folder there to retrain it. ``--quick``: redaction
+``~/.cache/trustgain/privacy_audit``); delete a folder there to retrain it. ``--quick``: redaction
 only.
 """
 
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from trustgain.bench import Row
+from trustgain.bench import Row, cache_root
 
 N_MEMBERS = 100
 SEED = 0
@@ -58,7 +57,7 @@ DRAWS = 2  # noise draws per image and timestep in the membership attack
 
 
 def cache_dir() -> Path:
-    return Path(os.environ.get("TRUSTGAIN_AUDIT_CACHE", "/work/notes/privacy_audit"))
+    return cache_root("TRUSTGAIN_AUDIT_CACHE", "privacy_audit")
 
 
 # -- data -----------------------------------------------------------------------------------

@@ -6,7 +6,7 @@ the cost of DP-SGD per step.
 
 (a) Utility. trustgain-mini-sd's recipe trained on digits 0-4 only is the public model
 (:mod:`trustgain.privacy.finetune_public`, cached under ``$TRUSTGAIN_BENCH_CACHE``, default
-``/work/notes/privacy``); it is fine-tuned on the train scans of 5-9 (one record per scan)
+``~/.cache/trustgain/privacy``); it is fine-tuned on the train scans of 5-9 (one record per scan)
 without DP and with DP at epsilon 1, 4 and 10 (delta 1e-5, PRV accountant), training the
 full UNet with one recipe (batch, epochs, learning rate, clipping at about the median
 per-sample gradient norm) for every setting (``UTILITY_TRAINABLES``; the attention and LoRA
@@ -32,7 +32,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -40,7 +39,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from trustgain.bench import Row
+from trustgain.bench import Row, cache_root
 
 DELTA = 1e-5
 EPSILONS = (1.0, 4.0, 10.0)
@@ -81,7 +80,7 @@ PROMPTS = ("a handwritten {w}", "the digit {d}", "a {d}", "the number {w}")
 
 
 def cache_dir() -> Path:
-    return Path(os.environ.get("TRUSTGAIN_BENCH_CACHE", "/work/notes/privacy"))
+    return cache_root("TRUSTGAIN_BENCH_CACHE", "privacy")
 
 
 def settings(quick: bool, curve: bool = False) -> dict[str, float | None]:
