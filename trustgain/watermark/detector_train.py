@@ -521,7 +521,9 @@ def train_x0(enc: Any, params: list, data: TrainSet, settings: Settings,
         bar.update()
         bar.set_postfix(loss=f"{loss:.5f}")
     bar.close()
-    return {"steps": taken, "seconds": round(time.perf_counter() - t0, 2), "final_loss": loss}
+    # a phase of 0 steps has no loss: null in training.json (NaN is not JSON)
+    return {"steps": taken, "seconds": round(time.perf_counter() - t0, 2),
+            "final_loss": loss if taken else None}
 
 
 def train_e2e(enc: Any, params: list, data: TrainSet, inverter: Inverter, settings: Settings,
@@ -543,7 +545,7 @@ def train_e2e(enc: Any, params: list, data: TrainSet, inverter: Inverter, settin
         bar.set_postfix(z=f"{lz:.4f}", x0=f"{lx:.5f}")
     bar.close()
     return {"steps": taken, "seconds": round(time.perf_counter() - t0, 2),
-            "final_loss_z": lz, "final_loss_x0": lx}
+            "final_loss_z": lz if taken else None, "final_loss_x0": lx if taken else None}
 
 
 # ---------------------------------------------------------------------------------- evaluation
