@@ -7,6 +7,7 @@ can recompute a signed record's bytes.
 from __future__ import annotations
 
 import hashlib
+import json
 import sys
 from collections.abc import Iterable
 from typing import Any
@@ -24,6 +25,39 @@ def canonical_json(value: Any) -> bytes:
         return rfc8785.dumps(value)
     except (rfc8785.CanonicalizationError, TypeError, ValueError) as exc:
         raise ConfigError(f"value is not canonical JSON: {exc}") from None
+
+
+class StrictJSONError(ValueError):
+    """JSON that parsers may read differently: a duplicated key, NaN or Infinity."""
+
+
+def _unique_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise StrictJSONError(f"duplicate key {short_repr(key)}")
+        out[key] = value
+    return out
+
+
+def _no_constant(name: str) -> Any:
+    raise StrictJSONError(f"{name} is not JSON")
+
+
+def loads_strict(text: str | bytes) -> Any:
+    """``json.loads`` for signed or secret-bearing files, refusing what parsers disagree on.
+
+    Python keeps the last of duplicated keys, other parsers the first: a signed file read
+    two ways must not verify, so duplicates raise :class:`StrictJSONError`, as do ``NaN`` and
+    ``Infinity`` (not JSON; no RFC 8785 form). Other errors are ``json.loads``'s own.
+    """
+    return json.loads(text, object_pairs_hook=_unique_object, parse_constant=_no_constant)
+
+
+def short_repr(value: Any, limit: int = 40) -> str:
+    """``repr`` of an untrusted value for a one-line message: escaped and cut short."""
+    text = ascii(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def sha256_hex(*chunks: bytes) -> str:

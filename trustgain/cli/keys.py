@@ -11,7 +11,14 @@ import click
 
 from trustgain.cli.common import emit, json_option, keyring_option, load_keyring, note
 from trustgain.fileio import write_atomic
-from trustgain.keys import KeyRing, PublicKey, default_keyring_path, is_encrypted, public_key_path
+from trustgain.keys import (
+    KeyRing,
+    PublicKey,
+    default_keyring_path,
+    is_encrypted,
+    permission_problem,
+    public_key_path,
+)
 
 
 @click.group()
@@ -82,9 +89,9 @@ def show(keyring_path: str | None, as_json: bool) -> None:
     if public is None:
         load_keyring(str(path))  # raises the one-line "no key file" error with its hint
     info = _describe(path, public)
-    if path.stat().st_mode & 0o077 and not is_encrypted(path):
-        note(f"warning: {path} holds unencrypted keys and is readable by others; "
-             f"run: chmod 600 {path}")
+    problem = permission_problem(path)  # warned, not refused: the file is still yours to fix
+    if problem:
+        note(f"warning: {problem}")
     lines = [f"{k}: {v}" for k, v in info.items()]
     emit(info, as_json, "\n".join(lines))
 

@@ -10,7 +10,12 @@ redacted e-mail address; the keyed digest lets only the keyring's owner check a 
 The seed is stored sealed (``seed_sealed``: AES-256-GCM under another keyring-derived key,
 bound to the record id), so the keyring's owner can replay an output from its record
 (:func:`record_seed`) while others cannot: a public seed would let anyone regenerate an output
-for each guessed prompt and compare.
+for each guessed prompt and compare. The sealed seed is zero-padded to a fixed width, so the
+field's length does not tell a short seed; each seal draws a fresh random 96-bit nonce.
+
+Parsing is strict (:meth:`SignedRecord.from_envelope`): duplicated keys, NaN/Infinity,
+fields outside the envelope's three, a signature that is missing or not 64 bytes, a signer
+id that is not an Ed25519 key id are all ``malformed_record``, never a guess.
 """
 
 from __future__ import annotations
@@ -18,12 +23,13 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
-from trustgain.digest import canonical_json
+from trustgain.digest import StrictJSONError, canonical_json, loads_strict, short_repr
 from trustgain.errors import ConfigError, Reason, VerificationError
 from trustgain.keys import KeyRing
 from trustgain.types import StageRecord
@@ -41,6 +47,24 @@ REQUIRED = (
     "outputs",
     "signer",
 )
+ENVELOPE_FIELDS = frozenset({"record", "signature", "output_index"})
+#: A record is a few kB; a JPEG holds at most 255 segments of 64 kB. Anything larger is refused
+#: before it is parsed.
+MAX_RECORD_BYTES = 32 * 2**20
+_SIGNATURE_BYTES = 64  # Ed25519
+_KEY_ID = re.compile(r"ed25519:[0-9a-f]{32}")
+_SEED_DIGITS = 20  # every seed up to 2**64 seals to the same length
+#: Fields whose type the readers of a verified record (the CLI among them) rely on.
+_TYPES: dict[str, type | tuple[type, ...]] = {
+    "record_id": str,
+    "created": str,
+    "trustgain_version": str,
+    "generator": dict,
+    "stages": list,
+    "request_hmac_sha256": str,
+    "request_sha256": str,
+    "seed_sealed": (str, type(None)),
+}
 
 
 def build_record(
@@ -92,7 +116,8 @@ def seal_seed(seed: int, record_id: str, keyring: KeyRing) -> str:
 
     key = keyring.derive("provenance", "seed").material
     nonce = os.urandom(12)
-    sealed = AESGCM(key).encrypt(nonce, str(int(seed)).encode(), record_id.encode())
+    plain = f"{int(seed):0{_SEED_DIGITS}d}".encode()  # record_seed's int() reads it either way
+    sealed = AESGCM(key).encrypt(nonce, plain, record_id.encode())
     return base64.b64encode(nonce + sealed).decode("ascii")
 
 
@@ -120,8 +145,9 @@ def request_matches(record: Mapping[str, Any], request: Mapping[str, Any],
     import hmac
 
     stored = record.get("request_hmac_sha256")
-    return isinstance(stored, str) and hmac.compare_digest(stored,
-                                                           request_digest(request, keyring))
+    if not isinstance(stored, str) or not stored.isascii():  # compare_digest raises on those
+        return False
+    return hmac.compare_digest(stored, request_digest(request, keyring))
 
 
 @dataclass(frozen=True)
@@ -158,8 +184,13 @@ class SignedRecord:
     @classmethod
     def from_envelope(cls, text: str | bytes) -> tuple[SignedRecord, int | None]:
         """Parse an envelope; anything off is ``malformed_record``."""
+        if len(text) > MAX_RECORD_BYTES:
+            raise _malformed(f"record is too large ({len(text)} bytes; at most "
+                             f"{MAX_RECORD_BYTES})")
         try:
-            env = json.loads(text)
+            env = loads_strict(text)
+        except StrictJSONError as exc:  # two parsers could read two records from it
+            raise _malformed(f"record is not strict JSON ({exc})") from None
         except ValueError as exc:  # also bad UTF-8, and integers past Python's digit limit
             why = exc.msg if isinstance(exc, json.JSONDecodeError) else str(exc).split(":")[0]
             raise _malformed(f"record is not JSON ({why})") from None
@@ -167,6 +198,9 @@ class SignedRecord:
             raise _malformed("record is nested too deeply to be one trustgain wrote") from None
         if not isinstance(env, dict) or not isinstance(env.get("record"), dict):
             raise _malformed("envelope has no record object")
+        unknown = sorted(set(env) - ENVELOPE_FIELDS)
+        if unknown:  # unsigned, so nothing may ride along outside the record
+            raise _malformed(f"envelope has unknown field {short_repr(unknown[0])}")
         record = env["record"]
         missing = [k for k in REQUIRED if k not in record]
         if not {"request_hmac_sha256", "request_sha256"} & set(record):
@@ -175,7 +209,8 @@ class SignedRecord:
             raise _malformed(f"record lacks {', '.join(missing)}")
         if (record["format"] != FORMAT or type(record["version"]) is not int
                 or record["version"] != FORMAT_VERSION):
-            raise _malformed(f"record format {record['format']!r} v{record['version']!r} unknown")
+            raise _malformed(f"record format {short_repr(record['format'])} "
+                             f"v{short_repr(record['version'])} unknown")
         signer = record["signer"]
         if (
             not isinstance(signer, dict)
@@ -183,6 +218,11 @@ class SignedRecord:
             or not isinstance(signer.get("key_id"), str)
         ):
             raise _malformed("record has no Ed25519 signer")
+        if not _KEY_ID.fullmatch(signer["key_id"]):  # quoted in messages later: no newlines
+            raise _malformed("signer key id is not an Ed25519 key id")
+        for field, kind in _TYPES.items():
+            if field in record and not isinstance(record[field], kind):
+                raise _malformed(f"record field {field!r} has the wrong type")
         if not isinstance(record["outputs"], list) or not all(
             isinstance(o, dict) for o in record["outputs"]
         ):
@@ -191,10 +231,15 @@ class SignedRecord:
             canonical_json(record)
         except (ConfigError, RecursionError):
             raise _malformed("record holds a value with no canonical JSON form") from None
+        if "signature" not in env:
+            raise _malformed("record has no signature")
         try:
-            signature = base64.b64decode(env.get("signature", ""), validate=True)
+            signature = base64.b64decode(env["signature"], validate=True)
         except (TypeError, ValueError, binascii.Error):
             raise _malformed("signature is not base64") from None
+        if len(signature) != _SIGNATURE_BYTES:
+            raise _malformed(f"signature is {len(signature)} bytes, not {_SIGNATURE_BYTES}: "
+                             "truncated or not Ed25519")
         index = env.get("output_index")
         if index is not None and (
             not isinstance(index, int)

@@ -18,7 +18,7 @@ from PIL import Image
 
 from trustgain.errors import TrustgainError
 from trustgain.keys import PublicKey
-from trustgain.provenance.record import SignedRecord
+from trustgain.provenance.record import MAX_RECORD_BYTES, SignedRecord
 from trustgain.provenance.verify import SIDECAR_SUFFIX, verify_signature
 from trustgain.watermark import pixel
 
@@ -40,6 +40,8 @@ def find_records(
     for folder in folders:
         for path in sorted(Path(folder).rglob(f"*{SIDECAR_SUFFIX}")):
             try:
+                if path.stat().st_size > MAX_RECORD_BYTES:
+                    continue  # never read gigabytes for a lookup
                 signed, _ = SignedRecord.from_envelope(path.read_text(encoding="utf-8"))
                 if signed.record_id.startswith(prefix):
                     verify_signature(signed, keys)

@@ -5,6 +5,11 @@ signature over its canonical bytes, and one of its outputs matches the file, eit
 byte outside the embedded record, or pixel for pixel after a lossless re-encode. Anything
 else raises :class:`VerificationError` with one :class:`Reason`.
 
+Only the caller's trusted keys count: a record names its signer by key id, which picks one of
+them; a public key carried in a record is never used. When a file carries a record and has a
+sidecar too, the two must be the same signed record. Files over :data:`MAX_FILE_BYTES` and
+records over :data:`MAX_RECORD_BYTES` are refused before they are read.
+
 Not protected against: someone who holds a trusted signing key; a record stripped from a
 file (that file then has no provenance, which is reported as ``missing_record``).
 """
@@ -25,9 +30,10 @@ from trustgain.errors import InputError, Reason, VerificationError
 from trustgain.fileio import trustgain_home
 from trustgain.keys import KeyFileError, PublicKey, public_key_path
 from trustgain.provenance import embed
-from trustgain.provenance.record import SignedRecord
+from trustgain.provenance.record import MAX_RECORD_BYTES, SignedRecord
 
 SIDECAR_SUFFIX = ".trustgain.json"
+MAX_FILE_BYTES = 2**30  # an image trustgain signed is far smaller; never read gigabytes
 
 
 @dataclass(frozen=True)
@@ -68,7 +74,10 @@ def verify_signature(signed: SignedRecord, trusted: Iterable[PublicKey]) -> Publ
             Reason.UNKNOWN_KEY, f"record is signed by {signed.key_id}, which is not trusted"
         )
     if not key.verify(signed.signature, canonical_json(dict(signed.record))):
-        raise VerificationError(Reason.BAD_SIGNATURE, "signature does not match the record")
+        raise VerificationError(
+            Reason.BAD_SIGNATURE,
+            f"signature does not match the record (checked with trusted key {key.key_id})",
+        )
     return key
 
 
@@ -85,6 +94,17 @@ def verify_bytes(
             Reason.MISSING_RECORD, "no provenance record in the file or beside it"
         )
     signed, index = SignedRecord.from_envelope(text)
+    if source == "embedded" and sidecar_text is not None:
+        try:
+            beside = SignedRecord.from_envelope(sidecar_text)
+        except VerificationError as exc:
+            raise VerificationError(
+                Reason.MALFORMED_RECORD, f"the sidecar is unreadable: {exc}"
+            ) from None
+        if _form(*beside) != _form(signed, index):  # which one would a reader believe?
+            raise VerificationError(
+                Reason.MALFORMED_RECORD, "the embedded record and the sidecar disagree"
+            )
     key = verify_signature(signed, trusted)
     outputs = signed.record["outputs"]
     candidates = [index] if index is not None else list(range(len(outputs)))
@@ -114,21 +134,41 @@ def verify_file(
     try:
         with path.open("rb") as fh:
             embed.media_type(fh.read(8))  # not an image: say so before reading gigabytes
+            if os.fstat(fh.fileno()).st_size > MAX_FILE_BYTES:
+                raise InputError(f"{path} is too large to verify (over {MAX_FILE_BYTES} bytes)")
             fh.seek(0)
-            data = fh.read()
+            data = fh.read(MAX_FILE_BYTES + 1)  # and if it grew since
     except OSError as exc:
         raise InputError(f"cannot read {path}: {exc.strerror}") from None
+    if len(data) > MAX_FILE_BYTES:
+        raise InputError(f"{path} is too large to verify (over {MAX_FILE_BYTES} bytes)")
     side = Path(sidecar) if sidecar is not None else sidecar_path(path)
     sidecar_text = None
     if sidecar is not None and not side.is_file():
         raise InputError(f"sidecar {side}: no such file")
     if side.is_file():
         try:
-            sidecar_text = side.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError):
-            sidecar_text = "\0"  # unreadable sidecar: parsed as malformed, never ignored
+            with side.open("rb") as fh:
+                too_large = os.fstat(fh.fileno()).st_size > MAX_RECORD_BYTES
+                raw = b"" if too_large else fh.read(MAX_RECORD_BYTES + 1)
+        except OSError:
+            raw, too_large = b"\0", False  # unreadable sidecar: parsed as malformed, never ignored
+        if too_large or len(raw) > MAX_RECORD_BYTES:
+            raise VerificationError(
+                Reason.MALFORMED_RECORD,
+                f"sidecar {side} is too large (over {MAX_RECORD_BYTES} bytes)",
+            )
+        try:
+            sidecar_text = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            sidecar_text = "\0"
     keys = list(trusted) if trusted is not None else default_trusted_keys()
     return verify_bytes(data, trusted=keys, sidecar_text=sidecar_text)
+
+
+def _form(signed: SignedRecord, index: int | None) -> tuple[bytes, bytes, int | None]:
+    """What a record says, compared as signed bytes (Python's ``1 == True`` is not JSON's)."""
+    return canonical_json(dict(signed.record)), signed.signature, index
 
 
 def _pixels_digest(data: bytes) -> str | None:
