@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from trustgain.cli.common import device_option, emit, json_option, note
+from trustgain.cli.common import device_option, emit, json_option, note, progress_option
 from trustgain.errors import InputError
 from trustgain.generators.loading import LATENT_T2I_PARTS, load_pipeline
 
@@ -36,8 +36,9 @@ def _load_pipe(model: str, device: str):
 @click.option("--seed", default=0, show_default=True, type=int, help="Noise and bootstrap seed.")
 @device_option()
 @json_option
+@progress_option
 def membership(model, members, nonmembers, reference, timesteps, draws, fpr, seed, device,
-               as_json):
+               as_json, no_progress):
     """Membership-inference audit: can an attacker tell training images from others?
 
     Scores each image by its denoising loss (lower = more likely a training image),

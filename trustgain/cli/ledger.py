@@ -30,7 +30,12 @@ def ledger() -> None:
               help="Total delta the dataset may spend (below 1 / number of records).")
 @json_option
 def create(path: str, dataset: str, epsilon: float, delta: float, as_json: bool) -> None:
-    """Start a ledger at PATH (refuses to overwrite an existing file; written 0600)."""
+    """Start a ledger at PATH (refuses to overwrite an existing file; written 0600).
+
+    \b
+    Example:
+      trustgain ledger create photos.ledger.json --dataset photos --epsilon 10 --delta 1e-5
+    """
     from trustgain.privacy.ledger import Ledger
 
     book = Ledger.create(path, dataset=dataset, epsilon=epsilon, delta=delta)
@@ -42,7 +47,13 @@ def create(path: str, dataset: str, epsilon: float, delta: float, as_json: bool)
 @click.argument("path", type=click.Path(dir_okay=False))
 @json_option
 def show(path: str, as_json: bool) -> None:
-    """Print the budget, every spend and what remains."""
+    """Print the budget, every spend and what remains.
+
+    \b
+    Examples:
+      trustgain ledger show photos.ledger.json
+      trustgain ledger show photos.ledger.json --json
+    """
     from trustgain.privacy.ledger import Ledger
 
     book = Ledger(path)

@@ -66,7 +66,8 @@ def memorization_index(members, reference, calibration, rate, channels, size, k,
     """Build and calibrate the index of the privacy.memorization guard.
 
     The stage then reads it: in trustgain.json,
-    {"stages": [{"name": "privacy.memorization", "settings": {"index": "guard.npz"}}]}.
+    {"format": "trustgain.config", "version": 1,
+    "stages": [{"name": "privacy.memorization", "settings": {"index": "guard.npz"}}]}.
 
     \b
     Examples:

@@ -96,8 +96,8 @@ def class_folders(in_dir: Path) -> tuple[str, ...]:
               "repeat for an ensemble [default: the embedded digits judge].")
 @click.option("--weight", "weights", multiple=True, type=FiniteFloat(0),
               help="With --method pgd: the loss weight of each --surrogate, in the same order "
-              "(one per --surrogate) [default: 1 each]; e.g. to balance a VAE encoder's "
-              "latent distance against classifiers' margins.")
+              "(one per --surrogate) [default: 1 each]; e.g. to lean on one ensemble more "
+              "than another.")
 @click.option("--ddpm", "ddpm_path", type=click.Path(file_okay=False, exists=True), default=None,
               help="Pixel DDPM folder for --method ddpm "
               "(python -m trustgain.protection.pixel_ddpm).")
@@ -126,7 +126,7 @@ def protect(in_dir: str, out_dir: str, method: str, poison_kind: str | None, eps
     """Protect every image under IN_DIR against unauthorized models; exactly reversible.
 
     Outputs are PNG (same relative paths) with a sealed residual from which `trustgain
-    recover` and your keyring restore the originals bit for bit. A manifest in OUT_DIR
+    recover` and your keyring restore the original pixels bit for bit. A manifest in OUT_DIR
     records every input; rerunning the same command after a crash resumes it. Unreadable
     or unsupported images (alpha, 16-bit, CMYK, palette) are refused with a reason and the
     rest go on; exit code 1 if any was refused.
@@ -135,7 +135,7 @@ def protect(in_dir: str, out_dir: str, method: str, poison_kind: str | None, eps
     Examples:
       trustgain protect photos/ -o protected/
       trustgain protect photos/ -o protected/ --eps 8 --steps 40 --surrogate surrogates/
-      trustgain protect photos/ -o protected/ --surrogate cnn/ --surrogate vae/ \\
+      trustgain protect photos/ -o protected/ --surrogate cnn/ --surrogate vit/ \\
           --weight 1 --weight 0.5                                    # per-surrogate weights
       trustgain protect photos/ -o protected/ --residual sidecar --json --threads 1
       trustgain protect digits/ -o protected/ --method ddpm --ddpm my-ddpm/
@@ -203,7 +203,7 @@ def protect(in_dir: str, out_dir: str, method: str, poison_kind: str | None, eps
 def recover(in_dir: str, out_dir: str, lenient: bool, keyring_path: str | None,
             ray_address: str | None, workers: int | None, as_json: bool,
             no_progress: bool) -> None:
-    """Restore the originals of protected images under IN_DIR, bit for bit.
+    """Restore the original pixels of protected images under IN_DIR, bit for bit.
 
     The residual is read from each PNG's chunk, else from its .rae sidecar. A wrong key, a
     modified residual or a modified image is refused with the reason (exit code 1); with

@@ -311,7 +311,14 @@ def _execute_ray(tasks: Iterator[_Task], job: Job, address: str, workers: int | 
             ray.init(num_cpus=workers or os.cpu_count(), include_dashboard=False,
                      log_to_driver=False)
         else:
-            ray.init(address=address, log_to_driver=False)
+            try:
+                ray.init(address=address, log_to_driver=False)
+            except (ConnectionError, TimeoutError, ValueError) as exc:  # no cluster there
+                first = str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)
+                raise BatchError(f"--ray={address}: cannot connect to a Ray cluster ({first})",
+                                 hint="start one (ray start --head) or give a reachable "
+                                      "ADDRESS; --ray without ADDRESS starts a local Ray"
+                                 ) from None
     try:
         remote = ray.remote(num_cpus=1)(_run_in_worker)
         job_ref = ray.put(job)

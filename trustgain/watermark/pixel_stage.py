@@ -16,7 +16,7 @@ from trustgain.errors import ConfigError
 from trustgain.stage import Phase, RunContext
 from trustgain.types import Item, StageResult
 from trustgain.watermark import pixel
-from trustgain.watermark.pixel_check import embed_checked
+from trustgain.watermark.pixel_check import WeakMarkError, embed_checked
 
 KEY_PURPOSE = "pixel"
 
@@ -70,8 +70,13 @@ class PixelMark:
         payload = payload_for(ctx.run_id)
         marked, marks = [], []
         for image in images:
-            mark = embed_checked(image, key.material, payload, strength=self.strength,
-                                 max_strength=self.max_strength)
+            try:
+                mark = embed_checked(image, key.material, payload, strength=self.strength,
+                                     max_strength=self.max_strength)
+            except WeakMarkError as exc:  # its hint names the CLI's flag; a stage has a setting
+                raise WeakMarkError(str(exc), hint="a larger image holds the mark better; or "
+                                    "raise this stage's max_strength setting (at most 8), e.g. "
+                                    "in trustgain.json") from None
             marked.append(mark.image)
             marks.append({"nonce": mark.nonce, "strength": mark.strength,
                           "check_p_value": mark.p_value, "psnr_db": psnr(image, mark.image)})
