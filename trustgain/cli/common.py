@@ -14,7 +14,7 @@ import click
 from tqdm import tqdm
 
 from trustgain.errors import InputError
-from trustgain.keys import KeyRing, default_keyring_path, is_encrypted
+from trustgain.keys import KeyRing, default_keyring_path, is_encrypted, permission_problem
 
 T = TypeVar("T")
 
@@ -130,10 +130,9 @@ def passphrase_for_reading(path: str | os.PathLike[str]) -> str | None:
 def load_keyring(path: str | None) -> KeyRing:
     path = path or str(default_keyring_path())
     ring = KeyRing.load(path, passphrase=passphrase_for_reading(path))
-    mode = Path(path).stat().st_mode & 0o777
-    if mode & 0o077 and not is_encrypted(path):  # an unprotected secret others can read
-        note(f"{path} holds unencrypted keys and is readable by others (mode {mode:o}); "
-             f"run: chmod 600 {path}")
+    problem = permission_problem(path)  # others can read the secret, or swap in their keys
+    if problem:
+        note(problem)
     return ring
 
 
