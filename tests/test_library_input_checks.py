@@ -142,6 +142,10 @@ def test_shipped_model_is_recorded_by_name_not_path():
     ("\U0001f468\u200d\U0001f469\u200d\U0001f467", None),  # family: one emoji, kept whole
     ("\U0001f3f3\ufe0f\u200d\U0001f308", None),  # rainbow flag
     ("\u2764\ufe0f\ufe0f\ufe0f", "\u2764\ufe0f"),  # one presentation selector, not a payload
+    ("\U0001f3f4\U000e0067\U000e0062\U000e0077\U000e006c\U000e0073\U000e007f", None),  # Wales
+    # tag text after a black flag is not a flag ("ASCII smuggling"): the tags go
+    ("\U0001f3f4\U000e0072\U000e0075\U000e006e\U000e007f!", "\U0001f3f4!"),
+    ("hi\U000e0067\U000e0062\U000e0065\U000e006e\U000e0067\U000e007f", "hi"),  # no flag base
 ])
 def test_normalize_strips_ignorables_but_keeps_emoji_sequences(text, out):
     from trustgain.prompting.normalize import normalize_text

@@ -32,6 +32,14 @@ _IGNORABLE = (
     (0xE0000, 0xE0FFF),
 )
 _ZWJ, _VS15, _VS16 = "\u200d", "\ufe0e", "\ufe0f"
+#: The only emoji spelled with tag characters (U+E0020-E007F), the RGI subdivision flags:
+#: U+1F3F4, the region's tag letters, U+E007F. Any other tag run is invisible text ("ASCII
+#: smuggling") and is removed.
+_TAG_FLAGS = frozenset(
+    "\U0001F3F4" + "".join(chr(0xE0000 + ord(ch)) for ch in region) + "\U000E007F"
+    for region in ("gbeng", "gbsct", "gbwls")
+)
+_TAG_FLAG_LEN = 7
 
 
 def _invisible(c: str) -> bool:
@@ -51,9 +59,18 @@ def _emoji(c: str) -> bool:
 def _strip_invisible(text: str) -> list[str]:
     """Drop invisible characters, except the joiner and presentation selectors *inside* an
     emoji sequence (family, flag and profession emoji are joined with U+200D, and U+FE0F asks
-    for emoji presentation): there they change what the model reads, not hide text."""
+    for emoji presentation): there they change what the model reads, not hide text. The three
+    RGI subdivision flags keep their tag characters; every other tag character goes."""
     kept: list[str] = []
+    skip = 0
     for i, c in enumerate(text):
+        if skip:
+            skip -= 1
+            continue
+        if text[i:i + _TAG_FLAG_LEN] in _TAG_FLAGS:  # England, Scotland, Wales
+            kept.extend(text[i:i + _TAG_FLAG_LEN])
+            skip = _TAG_FLAG_LEN - 1
+            continue
         after_emoji = bool(kept) and (_emoji(kept[-1]) or kept[-1] == _VS16)
         selector = c in (_VS15, _VS16) and bool(kept) and _emoji(kept[-1])
         joiner = c == _ZWJ and after_emoji and i + 1 < len(text) and _emoji(text[i + 1])
@@ -79,7 +96,7 @@ class NormalizePrompt:
 
     name: ClassVar[str] = "prompt.normalize"
     phase: ClassVar[Phase] = Phase.PREPARE
-    version: ClassVar[str] = "2"  # 2: Default_Ignorable characters too; emoji joiners kept
+    version: ClassVar[str] = "3"  # 2: Default_Ignorable too, emoji joiners kept; 3: tag flags
     requires: ClassVar[frozenset[str]] = frozenset()
 
     form: str = "NFKC"
