@@ -276,9 +276,14 @@ def _run_mini_sd(args: argparse.Namespace) -> None:
         _write_text(tmp / "training.json", json.dumps(log, indent=2) + "\n")
         _write_text(tmp / "README.md", mini_sd_card(log, None))
         _public_modes(tmp)
+    had_detector = (out / "vae_detector").is_dir()
     atomic_dir(out, write, replace=args.force)
     print(json.dumps(log, indent=2))
     print(f"mini-sd written to {out}")
+    if had_detector:  # tuned for the replaced weights; kept, it would quietly weaken detection
+        print(f"note: the replaced folder's vae_detector/ (tuned for the old weights) was not "
+              f"kept; retrain it: python -m trustgain.watermark.detector_train --model {out} "
+              f"-o {out / 'vae_detector'}")
 
 
 def _command(args: argparse.Namespace, steps: int | None) -> str:
