@@ -292,6 +292,17 @@ def _fold(white: np.ndarray, period: float, angle: float, grid: np.ndarray) -> n
     u = (cos * xx + sin * yy) * scale
     v = (-sin * xx + cos * yy) * scale
     index = (np.rint(v).astype(np.int64) % TILE) * TILE + np.rint(u).astype(np.int64) % TILE
+    return _fold_at(white, index, scale)
+
+
+def _identity_index(height: int, width: int) -> np.ndarray:
+    """:func:`_fold`'s tile index of every pixel for the unchanged lattice (period TILE, angle
+    0), computed in integers: the same values, without the float grid and rounding."""
+    return (np.arange(height) % TILE)[:, None] * TILE + (np.arange(width) % TILE)[None, :]
+
+
+def _fold_at(white: np.ndarray, index: np.ndarray, scale: float) -> np.ndarray:
+    """Average ``white`` onto one tile given each pixel's tile index (see :func:`_fold`)."""
     sums = np.bincount(index.ravel(), weights=white.ravel(), minlength=TILE * TILE)
     counts = np.bincount(index.ravel(), minlength=TILE * TILE).astype(np.float64)
     # Normalised convolution fills the tile pixels no image pixel landed on (upscaled images).
@@ -330,28 +341,47 @@ def _analyse(image: Image.Image) -> list[_Fold]:
     grid = np.mgrid[0 : white.shape[0], 0 : white.shape[1]].astype(np.float64)
     folds = []
     for period, angle in _lattice_candidates(white):
-        folded = _fold(white, period, angle, grid)
-        folds.append(_Fold(period, angle, np.fft.fft2(folded), fft.rfft2(folded)))
+        folds.append(_make_fold(_fold(white, period, angle, grid), period, angle))
     return folds
+
+
+def _make_fold(folded: np.ndarray, period: float, angle: float) -> _Fold:
+    return _Fold(period, angle, np.fft.fft2(folded), fft.rfft2(folded))
+
+
+def _identity_fold(white: np.ndarray) -> _Fold:
+    """The fold of the unchanged lattice, equal to :func:`_analyse`'s first."""
+    return _make_fold(_fold_at(white, _identity_index(*white.shape), 1.0), float(TILE), 0.0)
 
 
 def _score(key: bytes, folds: list[_Fold]) -> tuple[float, int, _Fold, np.ndarray] | None:
     """Best (z, nonce, fold, chips) of ``key`` over every fold, nonce and offset."""
-    spectra = _sync_spectra(key)
     best = None
     for fold in folds:
-        corr = fft.irfft2(fold.real_spectrum[None] * spectra, s=(TILE, TILE), workers=-1)
-        flat = corr.reshape(NONCES, -1)
-        at = flat.argmax(axis=1)
-        peaks = [(flat[n, at[n]], n, divmod(int(at[n]), TILE)) for n in range(NONCES)]
-        for _, nonce, shift in sorted(peaks, reverse=True)[:2]:
+        for nonce, shift in _hypotheses(key, fold):
             chips = _chips(fold.spectrum, shift).ravel()
-            layout = _layout(key, nonce)
-            x = chips[layout.sync]
-            z = float(np.dot(layout.signs[layout.sync], x) / (np.linalg.norm(x) + 1e-12))
+            z = _sync_z(key, nonce, chips)
             if best is None or z > best[0]:
                 best = (z, nonce, fold, chips)
     return best
+
+
+def _hypotheses(key: bytes, fold: _Fold) -> list[tuple[int, tuple[int, int]]]:
+    """The (nonce, offset) pairs :func:`_score` reads on ``fold``: each nonce's sync pattern is
+    cross-correlated with the fold, and the two nonces with the highest peaks are kept, each at
+    its peak's offset."""
+    corr = fft.irfft2(fold.real_spectrum[None] * _sync_spectra(key), s=(TILE, TILE), workers=-1)
+    flat = corr.reshape(NONCES, -1)
+    at = flat.argmax(axis=1)
+    peaks = [(flat[n, at[n]], n, divmod(int(at[n]), TILE)) for n in range(NONCES)]
+    return [(nonce, shift) for _, nonce, shift in sorted(peaks, reverse=True)[:2]]
+
+
+def _sync_z(key: bytes, nonce: int, chips: np.ndarray) -> float:
+    """The statistic: the sync chips' correlation with their signs, over their norm."""
+    layout = _layout(key, nonce)
+    x = chips[layout.sync]
+    return float(np.dot(layout.signs[layout.sync], x) / (np.linalg.norm(x) + 1e-12))
 
 
 def max_z(image: Image.Image, keys: list[bytes]) -> list[float]:
@@ -369,6 +399,43 @@ def detect(
     if best is None:
         return Detection(False, 1.0, 0.0, None, None, None, None, None, present=False)
     z, nonce, fold, chips = best
+    return _read(key, z, nonce, chips, (fold.period, fold.angle), fpr, require_payload)
+
+
+def detect_aligned(
+    image: Image.Image, key: bytes, nonce: int, *, fpr: float = 1e-3,
+    require_payload: bool = False,
+) -> Detection:
+    """:func:`detect` read at one hypothesis: unchanged geometry, offset 0, ``nonce``.
+
+    For an image whose geometry is known to be the one it was marked in (the embedder reading
+    back its own output, e.g. :mod:`trustgain.watermark.pixel_check`): one fold instead of
+    :func:`detect`'s lattice search over six, and no read at other offsets or nonces.
+
+    The fold is :func:`detect`'s first (the unchanged lattice), bit for bit, and the offset and
+    nonce search on it is run too (one correlation, a few ms), to confirm that this hypothesis
+    is one :func:`detect` reads. Then :func:`detect`'s statistic is at least this one's, so its
+    p-value (the same union bound over every hypothesis) is at most this one's; where
+    :func:`detect` picks this hypothesis, as it does on an unchanged marked image, the two
+    return the same ``z``, p-value and payload (``tests/watermark/test_pixel_aligned.py``).
+    Where the search would not read it (weak marks only) the answer is :func:`detect`'s own.
+    Not a detector for images of unknown origin: use :func:`detect`.
+    """
+    white = _whiten(luminance(image))
+    fold = _identity_fold(white)
+    if (nonce, (0, 0)) not in _hypotheses(key, fold):
+        return detect(image, key, fpr=fpr, require_payload=require_payload)
+    chips = _chips(fold.spectrum).ravel()
+    z = _sync_z(key, nonce, chips)
+    return _read(key, z, nonce, chips, (fold.period, fold.angle), fpr, require_payload)
+
+
+def _read(
+    key: bytes, z: float, nonce: int, chips: np.ndarray, lattice: tuple[float, float],
+    fpr: float, require_payload: bool,
+) -> Detection:
+    """The decision and payload at one hypothesis: its statistic ``z``, nonce, chips and
+    lattice (period, angle)."""
     p = p_value(z)
     layout = _layout(key, nonce)
     soft = np.zeros(CODE_BITS)
@@ -377,6 +444,7 @@ def detect(
     hard = (soft > 0).astype(np.uint8)
     present = p <= fpr
     detected = present and (payload is not None or not require_payload)
+    period, angle = lattice
     return Detection(
-        detected, p, z, payload, nonce, fold.period, fold.angle, errors, hard, present=present
+        detected, p, z, payload, nonce, period, angle, errors, hard, present=present
     )
