@@ -304,3 +304,14 @@ def test_generate_with_the_embedded_model_offline(tmp_path):
     assert image.size == (32, 32)
     digits, _ = classify_digits([image.convert("RGB")])
     assert int(digits[0]) == 7
+
+
+def test_generate_notes_an_empty_prompt(capsys, tmp_path, model_dir):
+    run(capsys, "keys", "create")
+    code, _, err = run(capsys, "generate", " \u200b ", "--model", str(model_dir),
+                       "-o", str(tmp_path / "empty.png"), *GEN)
+    assert code == 0, err
+    assert "prompt is empty" in err
+    code, _, err = run(capsys, "generate", "a seven", "--model", str(model_dir),
+                       "-o", str(tmp_path / "seven.png"), *GEN)
+    assert code == 0 and "prompt is empty" not in err

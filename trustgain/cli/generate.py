@@ -129,6 +129,11 @@ def generate(
     if config_path and fmt != config.output_format:
         note(f"{config_path} says output_format {config.output_format}; writing {fmt}, "
              f"as the name {out.name} says")
+    from trustgain.prompting.normalize import normalize_text
+
+    if not normalize_text(prompt)[0]:  # "" or only spaces and invisible characters
+        note("the prompt is empty once invisible characters are dropped: the model draws an "
+             "unconditional sample")
     paths = _outputs(out, num_images)
     if not force:
         for path in paths + ([] if no_sidecar else [sidecar_path(p) for p in paths]):
