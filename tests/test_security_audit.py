@@ -656,7 +656,9 @@ def test_sealed_seed_needs_the_key_and_the_record_id(ring, attacker):
     assert record_seed(record, ring) == 7
     assert record_seed(record, attacker) is None
     assert record_seed({**record, "record_id": "rec-2"}, ring) is None  # bound to the id
-    assert "7" not in base64.b64decode(record["seed_sealed"]).decode("latin-1")
+    # no plain seed anywhere: neither a field nor the (padded) plaintext inside the sealed bytes
+    assert "seed" not in record
+    assert b"7".rjust(20, b"0") not in base64.b64decode(record["seed_sealed"])
     for bad in ("AAAA", "", "!!!", base64.b64encode(b"\0" * 40).decode(), 5):
         assert record_seed({**record, "seed_sealed": bad}, ring) is None
 

@@ -11,8 +11,9 @@ import pytest
 import torch
 from PIL import Image
 
+from trustgain.devices import device_problem
 from trustgain.errors import OutputWriteError, TrustgainError
-from trustgain.protection import pixel_ddpm
+from trustgain.protection import pixel_ddpm, pixel_ddpm_cli, pixel_ddpm_output, pixel_ddpm_train
 
 TINY = ["--size", "16", "--width", "8", "--batch", "2", "--no-progress"]
 KW = {"steps": 3, "batch": 2, "width": 8, "checkpoint_every": 1, "progress": False}
@@ -47,7 +48,7 @@ def _one_line(err: str) -> str:
 def _no_data_load(monkeypatch) -> None:
     def refuse(*_a, **_k):
         raise AssertionError("the data should not load")
-    monkeypatch.setattr(pixel_ddpm, "named_images", refuse)
+    monkeypatch.setattr(pixel_ddpm_cli, "named_images", refuse)  # what the command calls
 
 
 @pytest.mark.parametrize("bad", [
@@ -66,7 +67,7 @@ def test_bad_numbers_are_usage_errors(tmp_path, imgs, capsys, monkeypatch, bad):
 @pytest.mark.parametrize("device", ["tpu", "cuda:99", "nonsense"])
 def test_unusable_device_is_a_usage_error_before_anything_loads(tmp_path, imgs, capsys,
                                                                  monkeypatch, device):
-    if pixel_ddpm.device_problem(device) is None:  # pragma: no cover
+    if device_problem(device) is None:  # pragma: no cover
         pytest.skip(f"{device} exists here")
     _no_data_load(monkeypatch)
     rc, err = _run(capsys, "--data", imgs, "-o", tmp_path / "m", "--device", device)
@@ -134,14 +135,14 @@ def test_an_unwritable_output_fails_before_the_data_loads(tmp_path, imgs, capsys
     _no_data_load(monkeypatch)
     out = tmp_path / "ro"
     out.mkdir()
-    real = pixel_ddpm.tempfile.mkstemp
+    real = pixel_ddpm_output.tempfile.mkstemp
 
     def mkstemp(*args, dir=None, **kw):  # what a read-only folder does, even for root
         if dir is not None and os.fspath(dir) == os.fspath(out):
             raise PermissionError(errno.EACCES, "Permission denied")
         return real(*args, dir=dir, **kw)
 
-    monkeypatch.setattr(pixel_ddpm.tempfile, "mkstemp", mkstemp)
+    monkeypatch.setattr(pixel_ddpm_output.tempfile, "mkstemp", mkstemp)
     rc, err = _run(capsys, "--data", imgs, "-o", out, *TINY)
     assert rc == 1 and "cannot write" in _one_line(err) and "Permission denied" in err
 
@@ -224,7 +225,7 @@ def test_a_run_stopped_after_its_last_checkpoint_saves_on_rerun(tmp_path):
 def test_ctrl_c_keeps_the_checkpoint_and_the_rerun_resumes(tmp_path, imgs, capsys,
                                                            monkeypatch):
     out = tmp_path / "m"
-    real = pixel_ddpm.write_atomic
+    real = pixel_ddpm_train.write_atomic
     written = []
 
     def write_then_interrupt(path, data, **kw):
@@ -233,13 +234,13 @@ def test_ctrl_c_keeps_the_checkpoint_and_the_rerun_resumes(tmp_path, imgs, capsy
             written.append(torch.load(path, weights_only=True)["step"])
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(pixel_ddpm, "write_atomic", write_then_interrupt)
+    monkeypatch.setattr(pixel_ddpm_train, "write_atomic", write_then_interrupt)  # checkpoints
     args = ["--data", imgs, "-o", out, "--steps", "5", "--checkpoint-every", "2", *TINY]
     rc, err = _run(capsys, *args)
     assert rc == 130 and written == [2]
     assert _one_line(err) == (f"interrupted; checkpoint kept at {out / pixel_ddpm.CHECKPOINT_NAME}"
                               " (rerun the same command to resume)")
-    monkeypatch.setattr(pixel_ddpm, "write_atomic", real)
+    monkeypatch.setattr(pixel_ddpm_train, "write_atomic", real)
     assert _run(capsys, *args)[0] == 0 and (out / "unet").is_dir()
     assert not (out / pixel_ddpm.CHECKPOINT_NAME).exists()
 
@@ -247,7 +248,7 @@ def test_ctrl_c_keeps_the_checkpoint_and_the_rerun_resumes(tmp_path, imgs, capsy
 def test_ctrl_c_before_any_checkpoint(tmp_path, imgs, capsys, monkeypatch):
     def interrupt(*_a, **_k):
         raise KeyboardInterrupt
-    monkeypatch.setattr(pixel_ddpm, "named_images", interrupt)
+    monkeypatch.setattr(pixel_ddpm_cli, "named_images", interrupt)
     rc, err = _run(capsys, "--data", imgs, "-o", tmp_path / "m", *TINY)
     assert rc == 130 and _one_line(err) == "interrupted; no checkpoint was written yet"
 

@@ -13,6 +13,7 @@ from PIL import Image
 
 from trustgain.errors import InputError, OutputWriteError
 from trustgain.protection import surrogates as S
+from trustgain.protection import surrogates_cli, surrogates_files
 
 FAST = ["--archs", "mlp", "--epochs", "1", "--no-progress"]
 
@@ -43,7 +44,7 @@ def no_training(monkeypatch):
     def boom(*args, **kwargs):
         raise AssertionError("training started")
 
-    monkeypatch.setattr(S, "train", boom)
+    monkeypatch.setattr(surrogates_cli, "train", boom)  # what the command calls
 
 
 def test_hidden_folders_are_skipped_and_the_saved_classes_are_those_trained(tmp_path, capsys):
@@ -110,7 +111,7 @@ def test_errors_and_interrupts_are_one_line(tmp_path, capsys, monkeypatch):
     def interrupt(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(S, "train", interrupt)
+    monkeypatch.setattr(surrogates_cli, "train", interrupt)
     rc, _, err = _run(capsys, "--data", _classes(tmp_path / "data"), "-o", tmp_path / "sur",
                       *FAST)
     assert rc == 130 and "interrupted" in err and "Traceback" not in err
@@ -182,8 +183,8 @@ def test_a_failed_write_leaves_the_old_folder_untouched(tmp_path, monkeypatch):
             raise OutputWriteError(path, OSError(28, "No space left on device"))
         return write_atomic(path, data, **kwargs)
 
-    write_atomic = S.write_atomic
-    monkeypatch.setattr(S, "write_atomic", flaky)
+    write_atomic = surrogates_files.write_atomic
+    monkeypatch.setattr(surrogates_files, "write_atomic", flaky)  # what save_folder calls
     with pytest.raises(OutputWriteError, match="No space"):
         S.save_folder({"cnn": model, "mlp": model}, out, meta={"n_classes": 2}, replace=True)
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before

@@ -129,7 +129,8 @@ def test_exact_matches_the_old_hungarian_allocator_on_the_scenario():
 
 def test_slot_minima_equal_the_dense_reduced_costs():
     """The O(tasks x servers) per-task and per-slot minima equal a dense check's."""
-    from schedulers.contract_alloc import _Slots, slot_cost
+    from schedulers.contract_alloc import slot_cost
+    from schedulers.contract_slots import _Slots
 
     rng = np.random.default_rng(11)
     for _ in range(40):

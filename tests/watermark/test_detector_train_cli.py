@@ -14,6 +14,7 @@ from trustgain.errors import InputError
 from trustgain.models import MINI_SD_ID
 from trustgain.watermark import detector_train as dt
 from trustgain.watermark import detector_train_cli as cli
+from trustgain.watermark import detector_train_phases as phases
 
 
 def _args(tmp_path, *extra):
@@ -123,11 +124,11 @@ def test_diverged_training_writes_nothing(tmp_path, capsys, monkeypatch):
 
 def test_diverged_phase_stops_at_once():
     good, bad = torch.nn.Parameter(torch.ones(2)), torch.nn.Parameter(torch.ones(2))
-    dt._check_phase([good, bad], "phase 1 (x0)", "lower --lr")
+    phases._check_phase([good, bad], "phase 1 (x0)", "lower --lr")
     with torch.no_grad():
         bad[1] = float("inf")
     with pytest.raises(dt.DetectorTrainError, match=r"phase 1 \(x0\): 1 of the encoder's 2"):
-        dt._check_phase([good, bad], "phase 1 (x0)", "lower --lr")
+        phases._check_phase([good, bad], "phase 1 (x0)", "lower --lr")
 
 
 def test_library_settings_checked_too(tmp_path):

@@ -32,6 +32,12 @@
 
 No peer runs beside these figures: no other in-generation watermark installs offline on CPU
 (MarkDiffusion's Gaussian Shading needs CUDA); the pixel-mark area runs invisible-watermark.
+
+This module holds what depends on the detector configuration that :func:`run` sets
+(:data:`REFINE`, :data:`SCALES`, :data:`ENCODER`): the inverting rows, :func:`run` and
+:func:`main`. Marked sets, reading and the rows that need no inversion settings live in
+:mod:`~trustgain.bench.watermark_latent_marks`, the ``--ideas`` rows in
+:mod:`~trustgain.bench.watermark_latent_ideas`; their public names are importable from here.
 """
 
 from __future__ import annotations
@@ -41,25 +47,16 @@ import json
 import os
 import sys
 import time
-import uuid
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
-from scipy import stats
 
 from ..keys import KeyRing
-from ..models import classify_digits, detector_vae_for, load_judge, load_mini_sd
+from ..models import detector_vae_for, load_judge, load_mini_sd
 from ..watermark.attacks import SUITE
-from ..watermark.latent import (
-    LEVELS,
-    LatentReading,
-    counter_nonce,
-    latent_key,
-    marked_latents,
-    payload_from_record_id,
-)
+from ..watermark.latent import counter_nonce, latent_key, marked_latents, payload_from_record_id
 from ..watermark.latent_invert import (
     Candidate,
     ddim_invert,
@@ -68,16 +65,36 @@ from ..watermark.latent_invert import (
     invert_candidates,
     invert_images,
     model_size,
-    read_candidates,
 )
-from ..watermark.latent_stats import matches_sf, rank_weights
 from . import Row, format_table
 from .models import GUIDANCE, STEPS, generate, latent_shape, prompts_for
+from .watermark_latent_ideas import decoder_invert, exact_tpr, ideas_rows
+from .watermark_latent_marks import (
+    ATTACKS,
+    FPR,
+    NONCE_SPACE,
+    PAYLOAD_BITS,
+    _marked_set,
+    _read,
+    _removal,
+    _subset,
+    _tpr_rows,
+    judge_rows,
+    mechanics_rows,
+    normality_rows,
+    null_rows,
+    prompt_null_rows,
+    to_pil,
+    wilson,
+)
 
-FPR = 1e-6
-NONCE_SPACE = 256
-PAYLOAD_BITS = 64
-ATTACKS = ("none", "jpeg50", "resize0.5_restored", "crop_centre_50", "blur1", "noise0.05")
+__all__ = [
+    "ATTACKS", "ENCODER", "FPR", "JUDGE_PER_DIGIT", "NONCE_SPACE", "PAYLOAD_BITS", "REFINE",
+    "SCALES", "caption_rows", "decoder_invert", "detection", "exact_tpr", "ideas_rows",
+    "inversion_rows", "judge_rows", "main", "mechanics_rows", "normality_rows", "null_rows",
+    "prompt_null_rows", "run", "security_rows", "to_pil", "wilson",
+]
+
 #: The one detector configuration used for every condition, the null included: fixed-point
 #: refinements per inversion step, and the centre-crop side ratios tried besides 1.
 REFINE = 0
@@ -90,61 +107,9 @@ ENCODER = None
 JUDGE_PER_DIGIT = 100
 
 
-def wilson(k: int, n: int) -> tuple[float, float]:
-    ci = stats.binomtest(k, n).proportion_ci(confidence_level=0.95, method="wilson")
-    return float(ci.low), float(ci.high)
-
-
-def to_pil(images: torch.Tensor) -> list[Image.Image]:
-    """[0, 1] NCHW tensors as 8-bit RGB images (what a saved PNG holds)."""
-    arr = (images.clamp(0, 1).permute(0, 2, 3, 1).numpy() * 255 + 0.5).astype(np.uint8)
-    return [Image.fromarray(a) for a in arr]
-
-
-def _marked_set(key, n: int, rng: np.random.Generator, shape: tuple[int, int, int]):
-    """Random record ids and nonce counters, and the latents they give."""
-    record_ids = [uuid.UUID(int=int(rng.integers(0, 2**63)) << 64 | int(rng.integers(0, 2**63)),
-                            version=4).hex for _ in range(n)]
-    counters = [int(c) for c in rng.integers(0, NONCE_SPACE, n)]
-    nonces = [counter_nonce(key, c) for c in counters]
-    latents = torch.cat([
-        marked_latents(key, [nc], payload_from_record_id(r, PAYLOAD_BITS), (1, *shape),
-                       salt=r.encode())
-        for nc, r in zip(nonces, record_ids, strict=True)])
-    return latents, nonces, [r[: PAYLOAD_BITS // 4] for r in record_ids]
-
-
-def _removal(before: list[LatentReading], after: list[LatentReading]) -> tuple[float, str]:
-    """Share of the images detected before the attack that it made undetected."""
-    hit = [a.detected for b, a in zip(before, after, strict=True) if b.detected]
-    rate = 1 - float(np.mean(hit)) if hit else float("nan")
-    return rate, f"{len(hit)} of {len(before)} detected before"
-
-
 def _invert(pipe, images, steps: int, prompt="") -> list[Candidate]:
     return invert_candidates(pipe, images, num_inference_steps=steps, scales=SCALES,
                              refine=REFINE, encoder=ENCODER, prompt=prompt)
-
-
-def _read(cands: list[Candidate], key, nonces=None, payloads=None, levels: int = LEVELS,
-          ) -> list[LatentReading]:
-    """Record mode with ``nonces`` and ``payloads``, blind mode without."""
-    return read_candidates(cands, key, payload_bits=PAYLOAD_BITS, nonces=nonces,
-                           nonce_space=NONCE_SPACE, expected_payloads=payloads, fpr=FPR,
-                           levels=levels)
-
-
-def _subset(cands: list[Candidate], index) -> list[Candidate]:
-    return [(s, inv[index], m) for s, inv, m in cands]
-
-
-def _tpr_rows(name: str, readings: list[LatentReading], note: str, target: bool) -> list[Row]:
-    k, n = sum(r.detected for r in readings), len(readings)
-    lo, hi = wilson(k, n)
-    tpr = k / n
-    ok = bool(tpr >= 0.99) if target else None
-    return [Row(name, tpr, "TPR", ">= 0.99" if target else "", ok,
-                f"Wilson 95% [{lo:.3f}, {hi:.3f}], n={n}; {note}")]
 
 
 def detection(pipe, key, images, latents, nonces, payloads, steps, prompts,
@@ -175,67 +140,6 @@ def detection(pipe, key, images, latents, nonces, payloads, steps, prompts,
                           _read(inv_p, key, nonces, payloads),
                           f"inverted under the generation prompt; sign acc {sign_p:.3f}", False)
     return rows, inverted_by_attack
-
-
-def mechanics_rows(key, n: int, shape: tuple[int, int, int]) -> list[Row]:
-    """TPR at 1e-6 when each latent sign is flipped independently with rate ``1 - accuracy``:
-    what inversion quality the detector needs, independent of any model."""
-    rows = []
-    rng = np.random.default_rng(5)
-    latents, nonces, payloads = _marked_set(key, n, rng, shape)
-    for acc in (0.65, 0.70, 0.75, 0.80, 0.85, 0.90):
-        flips = torch.from_numpy(rng.random(latents.shape) < 1 - acc)
-        noisy = torch.where(flips, -latents, latents)
-        cands = [(1.0, noisy, None)]
-        rec = np.mean([r.detected for r in _read(cands, key, nonces, payloads)])
-        blind = np.mean([r.detected for r in _read(cands, key)])
-        rows.append(Row(f"mechanics: TPR@1e-6 at sign accuracy {acc:.2f}", float(rec), "TPR",
-                        "", None, f"record mode; blind mode {blind:.3f}; {n} latents, "
-                        "independent sign flips, no model"))
-    return rows
-
-
-def null_rows(clean_inv, marked_inv, n_keys: int) -> list[Row]:
-    """False positives on clean inversions x keys, and on marked inversions x wrong keys."""
-    rng = np.random.default_rng(11)
-    rows = []
-    for label, inv in (("clean inversions", clean_inv), ("marked inversions, wrong key",
-                                                         marked_inv)):
-        p_rec, p_plain, p_blind = [], [], []
-        for _ in range(n_keys):
-            key = latent_key(KeyRing.generate())
-            _, nonces, payloads = _marked_set(key, len(inv[0][1]), rng,
-                                           tuple(inv[0][1].shape[1:]))
-            p_rec += [r.p_value for r in _read(inv, key, nonces, payloads)]
-            p_plain += [r.p_value for r in _read(inv, key, nonces, payloads, levels=1)]
-            p_blind += [r.p_value for r in _read(inv, key)]
-        for mode, p in (("record", np.array(p_rec)), ("record unweighted", np.array(p_plain)),
-                        ("blind", np.array(p_blind))):
-            fp = int((p <= FPR).sum())
-            note = (f"{len(inv[0][1])} x {n_keys} keys; rate at p<=1e-3: {(p <= 1e-3).mean():.2e}, "
-                    f"p<=1e-2: {(p <= 1e-2).mean():.2e} (analytic: at most 1e-3, 1e-2); "
-                    f"min p {p.min():.1e}")
-            rows.append(Row(f"false positives at 1e-6, {mode} mode, {label}", fp,
-                            f"of {len(p)}", "0", fp == 0, note))
-    return rows
-
-
-def prompt_null_rows(clean_inv, n_keys: int) -> list[Row]:
-    """Record-mode false positives on clean images inverted under their own prompts."""
-    rng = np.random.default_rng(12)
-    p = []
-    for _ in range(n_keys):
-        key = latent_key(KeyRing.generate())
-        _, nonces, payloads = _marked_set(key, len(clean_inv[0][1]), rng,
-                                       tuple(clean_inv[0][1].shape[1:]))
-        p += [r.p_value for r in _read(clean_inv, key, nonces, payloads)]
-    p = np.array(p)
-    fp = int((p <= FPR).sum())
-    return [Row("false positives at 1e-6, record mode + prompt, clean inversions", fp,
-                f"of {len(p)}", "0", fp == 0,
-                f"{len(clean_inv[0][1])} x {n_keys} keys; rate at p<=1e-3: "
-                f"{(p <= 1e-3).mean():.2e}, p<=1e-2: {(p <= 1e-2).mean():.2e}; "
-                f"min p {p.min():.1e}")]
 
 
 def inversion_rows(pipe, prompts, latents, steps) -> list[Row]:
@@ -289,37 +193,6 @@ def caption_rows(pipe, n: int, steps: int) -> list[Row]:
         rows.append(Row(f"sign accuracy, training-caption prompts ({label})", acc, "share", "",
                         None, f"{n} captions such as {captions[0]!r}; no attack, scale 1"))
     return rows
-
-
-def normality_rows(latents: torch.Tensor) -> list[Row]:
-    values = latents.flatten().double().numpy()
-    sub = np.random.default_rng(3).choice(values, size=min(5000, values.size), replace=False)
-    ks = stats.kstest(values, "norm").pvalue
-    sw = stats.shapiro(sub).pvalue
-    ref = torch.randn(latents.shape, generator=torch.Generator().manual_seed(5)).double()
-    ks_ref = stats.kstest(ref.flatten().numpy(), "norm").pvalue
-    return [
-        Row("normality of marked latents: KS p", float(ks), "p", "> 0.01", bool(ks > 0.01),
-            f"{values.size} elements vs N(0,1); torch.randn of the same size: p={ks_ref:.3f}"),
-        Row("normality of marked latents: Shapiro-Wilk p", float(sw), "p", "> 0.01",
-            bool(sw > 0.01),
-            f"{sub.size} random elements"),
-        Row("marked latents: mean / std", float(values.mean()), "", "", None,
-            f"std {values.std():.4f}"),
-    ]
-
-
-def judge_rows(judge, marked_images, clean_images, digits) -> list[Row]:
-    """The judge on marked and unmarked samples of the same prompts (other latents)."""
-    d = np.array(digits)
-    acc_m = float((classify_digits(marked_images, judge)[0].numpy() == d).mean())
-    acc_c = float((classify_digits(clean_images, judge)[0].numpy() == d).mean())
-    gap = 100 * (acc_m - acc_c)
-    note = f"{len(d)} prompts each, same prompts; unmarked {acc_c:.3f}"
-    return [Row("judge accuracy, marked samples", acc_m, "share", "", None, note),
-            Row("judge accuracy gap marked - unmarked", gap, "points", "|gap| <= 1",
-                abs(gap) <= 1.0, "marked Wilson 95% [{:.3f}, {:.3f}]".format(
-                    *wilson(round(acc_m * len(d)), len(d))))]
 
 
 def security_rows(pipe, key, images, latents, inverted, nonces, payloads, clean_images,
@@ -393,151 +266,6 @@ def security_rows(pipe, key, images, latents, inverted, nonces, payloads, clean_
         corr).mean()), "", "", None, f"{len(corr):,} pairs of {s.shape[1]} signs (same payload); "
         f"max |r| {np.abs(corr).max():.3f}; chance level mean |r| = "
         f"{np.sqrt(2 / np.pi / s.shape[1]):.3f}"))
-    return rows
-
-
-def decoder_invert(pipe, pixels: torch.Tensor, start: torch.Tensor, *, iters: int = 100,
-                   lr: float = 0.05) -> torch.Tensor:
-    """Latents whose decoding matches ``pixels`` (Adam on the MSE, from ``start``): the exact
-    decoder inversion of Hong et al. 2023, "On Exact Inversion of DPM-Solvers"."""
-    vae, scale = pipe.vae, pipe.vae.config.scaling_factor
-    for param in vae.parameters():
-        param.requires_grad_(False)
-    z = start.clone().requires_grad_(True)
-    opt = torch.optim.Adam([z], lr=lr)
-    for _ in range(iters):
-        opt.zero_grad()
-        loss = ((vae.decode(z / scale).sample - pixels) ** 2).mean()
-        loss.backward()
-        opt.step()
-    return z.detach()
-
-
-def exact_tpr(matches: np.ndarray, weights: np.ndarray, fpr: float = FPR) -> tuple[float, float]:
-    """(TPR at ``fpr``, mean z) of the weighted-matches test, exact null per image."""
-    hits, zs = [], []
-    for m, w in zip(matches, weights, strict=True):
-        score = int((m * w).sum())
-        sf = matches_sf(w)
-        hits.append(sf[min(score, len(sf) - 1)] <= fpr)
-        zs.append((score - w.sum() / 2) / np.sqrt((w.astype(float) ** 2).sum() / 4))
-    return float(np.mean(hits)), float(np.mean(zs))
-
-
-def ideas_rows(pipe, judge, per_digit: int = 4, steps: int = STEPS) -> list[Row]:
-    """Sign accuracy of the inverted latents (and exact TPR@1e-6, record mode) per remedy."""
-    from scipy.fft import dctn
-
-    prompts, digits = prompts_for(per_digit)
-    key = latent_key(KeyRing.generate())
-    latents, _, _ = _marked_set(key, len(prompts), np.random.default_rng(31),
-                                 latent_shape(pipe))
-    with torch.no_grad():
-        x0 = pipe(prompts, num_inference_steps=steps, guidance_scale=GUIDANCE, latents=latents,
-                  output_type="latent").images.float()
-        decoded = pipe.vae.decode(x0 / pipe.vae.config.scaling_factor).sample
-    images = to_pil((decoded.clamp(-1, 1) + 1) / 2)
-    pixels = images_to_tensor(images, model_size(pipe))
-    enc = encode(pipe, pixels)
-    t0 = time.time()
-    dec = decoder_invert(pipe, pixels, enc)
-    t_dec = time.time() - t0
-    with torch.no_grad():
-        fit = float(((pipe.vae.decode(dec / pipe.vae.config.scaling_factor).sample - pixels)
-                     ** 2).mean().sqrt() * 127.5)
-
-    def rel(z: torch.Tensor) -> float:
-        return float(((z - x0).flatten(1).norm(dim=1) / x0.flatten(1).norm(dim=1)).mean())
-
-    truth = latents.flatten(1).numpy() > 0
-    n = truth.shape[1]
-    rows = []
-
-    def report(name: str, inverted: torch.Tensor, note: str) -> np.ndarray:
-        z = inverted.flatten(1).numpy()
-        m = (z > 0) == truth
-        flat = np.ones_like(z, dtype=np.int64)
-        ranked = np.stack([rank_weights(np.abs(v), np.ones(n, bool), LEVELS) for v in z])
-        tpr_u, z_u = exact_tpr(m, flat)
-        tpr_r, z_r = exact_tpr(m, ranked)
-        rows.append(Row(f"idea: {name}: sign accuracy", float(m.mean()), "share", "", None,
-                        f"{note}; TPR@1e-6 unweighted {tpr_u:.2f} (mean z {z_u:.2f}), "
-                        f"|z|-rank {tpr_r:.2f} (mean z {z_r:.2f})"))
-        return z
-
-    empty = ""
-    base = report("baseline (encoder mean, empty prompt, plain DDIM)",
-                  ddim_invert(pipe, enc, num_inference_steps=steps),
-                  f"{len(prompts)} images, {steps} steps; x0 relative error {rel(enc):.3f}")
-    report("exact decoder inversion (100 Adam steps)",
-           ddim_invert(pipe, dec, num_inference_steps=steps),
-           f"x0 relative error {rel(dec):.3f} (encoder: {rel(enc):.3f}); decoded RMS error "
-           f"{fit:.2f}/255; {t_dec:.0f} s")
-    report("fixed-point DDIM inversion, 3 refinements",
-           ddim_invert(pipe, enc, num_inference_steps=steps, refine=3), "empty prompt")
-    report(f"{2 * steps} inversion steps", ddim_invert(pipe, enc, num_inference_steps=2 * steps),
-           "empty prompt")
-    report("generation prompt, guidance 1", ddim_invert(pipe, enc, num_inference_steps=steps,
-                                                        prompt=prompts), "")
-    report(f"generation prompt, guidance {GUIDANCE}, 3 refinements",
-           ddim_invert(pipe, enc, num_inference_steps=steps, prompt=prompts,
-                       guidance_scale=GUIDANCE, refine=3), "exact inverse of the sampler")
-    report("ceiling: true x0 (no VAE), empty prompt",
-           ddim_invert(pipe, x0, num_inference_steps=steps, prompt=empty), "")
-    report(f"ceiling: true x0, generation prompt, guidance {GUIDANCE}, 3 refinements",
-           ddim_invert(pipe, x0, num_inference_steps=steps, prompt=prompts,
-                       guidance_scale=GUIDANCE, refine=3), "")
-    # calibrated per-position weights: log-likelihood ratios from one half, tested on the other
-    half = len(prompts) // 2
-    for basis, a, b in (("latent elements", truth, base),
-                        ("DCT basis (orthonormal, per channel)",
-                         dctn(latents.numpy(), axes=(2, 3), norm="ortho").reshape(len(truth), -1)
-                         > 0, dctn(base.reshape(latents.shape), axes=(2, 3), norm="ortho"
-                                   ).reshape(len(truth), -1))):
-        m = (b > 0) == a
-        order = np.arange(len(m)) % 2 == 0  # calibration: even images; test: odd images
-        acc = m[order].mean(0).clip(0.5, 0.99)
-        llr = np.log(acc / (1 - acc))
-        pos = np.where(llr > 0, 1 + np.floor(3 * llr / llr.max()).clip(0, 2), 0).astype(np.int64)
-        ranked = np.stack([rank_weights(np.abs(v), np.ones(n, bool), LEVELS) for v in b])
-        tpr_p, z_p = exact_tpr(m[~order], np.broadcast_to(pos, m[~order].shape))
-        tpr_pr, z_pr = exact_tpr(m[~order], pos * ranked[~order])
-        rows.append(Row(f"idea: calibrated position weights, {basis}", tpr_p, "TPR@1e-6", "",
-                        None, f"mean z {z_p:.2f}; with |z|-rank too: TPR {tpr_pr:.2f} (mean z "
-                        f"{z_pr:.2f}); weights from {order.sum()} images, tested on "
-                        f"{(~order).sum()}; sign acc {m[~order].mean():.3f}, best 32 positions "
-                        f"{np.sort(acc)[-32:].mean():.3f}"))
-    del half
-    # 64x64: four times the latent elements, if the model still draws one digit
-    big = torch.randn((len(prompts), 4, 16, 16), generator=torch.Generator().manual_seed(32))
-    images64 = to_pil(generate(pipe, prompts, seed=0, steps=steps, latents=big))
-    inv64 = ddim_invert(pipe, encode(pipe, images_to_tensor(images64, (64, 64))),
-                        num_inference_steps=steps)
-    m = ((inv64 > 0) == (big > 0)).flatten(1).numpy()
-    ranked = np.stack([rank_weights(np.abs(v), np.ones(m.shape[1], bool), LEVELS)
-                       for v in inv64.flatten(1).numpy()])
-    tpr_u, z_u = exact_tpr(m, np.ones_like(m, dtype=np.int64))
-    tpr_r, z_r = exact_tpr(m, ranked)
-    d = np.array(digits)
-    small = [im.resize((32, 32), Image.Resampling.BICUBIC) for im in images64]
-    acc64 = float((classify_digits(small, judge)[0].numpy() == d).mean())
-    acc32 = float((classify_digits(images, judge)[0].numpy() == d).mean())
-    rows.append(Row("idea: generate at 64x64 (1024 latent elements): sign accuracy",
-                    float(m.mean()), "share", "", None,
-                    f"TPR@1e-6 unweighted {tpr_u:.2f} (mean z {z_u:.2f}), |z|-rank {tpr_r:.2f} "
-                    f"(mean z {z_r:.2f}); judge on 32x32 downscales {acc64:.3f} vs {acc32:.3f} at "
-                    "32x32 (the model tiles several digits at 64x64)"))
-    rng = np.random.default_rng(7)
-    for name in ATTACKS[1:]:
-        attacked = [SUITE[name](im, rng) for im in images64]
-        inv = ddim_invert(pipe, encode(pipe, images_to_tensor(attacked, (64, 64))),
-                          num_inference_steps=steps).flatten(1).numpy()
-        m = (inv > 0) == (big.flatten(1).numpy() > 0)
-        ranked = np.stack([rank_weights(np.abs(v), np.ones(m.shape[1], bool), LEVELS)
-                           for v in inv])
-        tpr_r, z_r = exact_tpr(m, ranked)
-        rows.append(Row(f"idea: 64x64, {name}: TPR@1e-6 |z|-rank", tpr_r, "TPR", "", None,
-                        f"sign accuracy {m.mean():.3f}, mean z {z_r:.2f}; {len(m)} images"))
     return rows
 
 
