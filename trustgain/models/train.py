@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import math
 import platform
 import shutil
 import sys
@@ -39,6 +38,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from trustgain.argtypes import CAP, COUNT, RATE
 from trustgain.devices import device_problem
 from trustgain.errors import OutputWriteError, TrustgainError
 from trustgain.fileio import write_atomic
@@ -299,59 +299,28 @@ def _command(args: argparse.Namespace, steps: int | None) -> str:
     return " ".join(parts)
 
 
-def _positive_int(text: str) -> int:
-    value = _int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive whole number, got {text!r}")
-    return value
-
-
-def _non_negative_int(text: str) -> int:
-    value = _int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, got {text!r}")
-    return value
-
-
-def _int(text: str) -> int:
-    try:
-        return int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not math.isfinite(value) or value <= 0:
-        raise argparse.ArgumentTypeError(f"must be a finite number above 0, got {text!r}")
-    return value
-
-
 def main(argv: list[str] | None = None) -> None:
     """Command-line entry point: a known error (bad input, an output that exists, a failed
     write) or Ctrl-C ends as one line on stderr and a non-zero exit (SystemExit)."""
     p = argparse.ArgumentParser(prog="python -m trustgain.models.train", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("model", choices=["mini-sd", "judge"])
-    p.add_argument("--steps", type=_non_negative_int, default=None,
+    p.add_argument("--steps", type=CAP, default=None,
                    help="optimizer steps (mini-sd: UNet steps, default 1800, 0 trains the VAE "
                         "only; judge: 1500, at least 1)")
-    p.add_argument("--vae-steps", type=_positive_int, default=None,
+    p.add_argument("--vae-steps", type=COUNT, default=None,
                    help="mini-sd VAE steps (1500)")
-    p.add_argument("--copies", type=_positive_int, default=None,
+    p.add_argument("--copies", type=COUNT, default=None,
                    help="mini-sd: augmented renderings per train scan (30)")
-    p.add_argument("--batch", type=_positive_int, default=None,
+    p.add_argument("--batch", type=COUNT, default=None,
                    help="mini-sd: UNet batch size (512)")
-    p.add_argument("--lr", type=_positive_float, default=None,
+    p.add_argument("--lr", type=RATE, default=None,
                    help="mini-sd: UNet learning rate (7e-4)")
-    p.add_argument("--max-minutes", type=_positive_float, default=None,
+    p.add_argument("--max-minutes", type=RATE, default=None,
                    help="mini-sd: stop the UNet loop after this long (steps done are logged)")
     p.add_argument("--vae-from", default=None,
                    help="mini-sd: reuse tokenizer and VAE of this mini-sd folder")
-    p.add_argument("--warmup", type=_non_negative_int, default=None,
+    p.add_argument("--warmup", type=CAP, default=None,
                    help="mini-sd: UNet learning-rate warm-up steps (300; 0: none)")
     p.add_argument("--unet-from", default=None,
                    help="mini-sd: fine-tune the tokenizer, text encoder and UNet of this mini-sd "
@@ -364,7 +333,7 @@ def main(argv: list[str] | None = None) -> None:
                         "needs --force)")
     p.add_argument("--force", action="store_true",
                    help="replace an existing --out (a file or a non-empty folder)")
-    p.add_argument("--seed", type=_non_negative_int, default=0)
+    p.add_argument("--seed", type=CAP, default=0)
     args = p.parse_args(argv)
     if args.model == "judge":
         given = [n for n in MINI_SD_ONLY if getattr(args, n) is not None]

@@ -6,7 +6,6 @@ errors and Ctrl-C (the checkpoint is kept for a rerun).
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import random
 import sys
@@ -14,6 +13,7 @@ from pathlib import Path
 
 import torch
 
+from trustgain.argtypes import COUNT, RATE, SEED, number
 from trustgain.devices import device_problem
 from trustgain.errors import OutputExistsError, TrustgainError
 from trustgain.protection.pixel_ddpm_data import data_paths, named_images
@@ -42,58 +42,9 @@ checkpoint; --force starts over (and replaces a model or a non-empty folder at -
 """
 
 
-def _whole(text: str) -> int:
-    try:
-        return int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
-
-
-def _positive_int(text: str) -> int:
-    value = _whole(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a whole number of at least 1, got {text!r}")
-    return value
-
-
-def _seed(text: str) -> int:
-    value = _whole(text)
-    if not 0 <= value < 2**63:
-        raise argparse.ArgumentTypeError(f"must be in 0..2**63-1, got {text!r}")
-    return value
-
-
-def _size(text: str) -> int:
-    value = _positive_int(text)
-    if value % 4:
-        raise argparse.ArgumentTypeError(
-            f"must be a multiple of 4 (the UNet halves it twice), got {value}")
-    return value
-
-
-def _width(text: str) -> int:
-    value = _positive_int(text)
-    if value % 4:
-        raise argparse.ArgumentTypeError(
-            f"must be a multiple of 4 (its group norm has 4 or 8 groups), got {value}")
-    return value
-
-
-def _max_timestep(text: str) -> int:
-    value = _whole(text)
-    if not 0 < value < 1000:
-        raise argparse.ArgumentTypeError(f"must be in 1..999 (the schedule has 1000), got {text!r}")
-    return value
-
-
-def _lr(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not math.isfinite(value) or value <= 0:
-        raise argparse.ArgumentTypeError(f"must be a finite number above 0, got {text!r}")
-    return value
+_SIZE = number(int, 1, multiple_of=4, why="the UNet halves it twice")
+_WIDTH = number(int, 1, multiple_of=4, why="its group norm has 4 or 8 groups")
+_MAX_TIMESTEP = number(int, 1, high=999)  # the schedule has 1000 steps
 
 
 def _path(text: str) -> str:
@@ -123,25 +74,25 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("-o", "--out", required=True, type=_path, metavar="OUT",
                    help="output folder (DDPMPipeline layout); new, empty, or one this command "
                         "wrote (an interrupted run there is resumed)")
-    p.add_argument("--size", type=_size, metavar="S", default=32,
+    p.add_argument("--size", type=_SIZE, metavar="S", default=32,
                    help="image side, a multiple of 4 [default: 32]")
     p.add_argument("--channels", type=int, choices=(1, 3), default=None,
                    help="1 (grey) or 3 (RGB) [default: 1 for digits, else 3]")
-    p.add_argument("--steps", type=_positive_int, metavar="N", default=3000,
+    p.add_argument("--steps", type=COUNT, metavar="N", default=3000,
                    help="optimizer steps in all (a resumed run counts those done) [default: 3000]")
-    p.add_argument("--batch", type=_positive_int, metavar="N", default=16, help="[default: 16]")
-    p.add_argument("--lr", type=_lr, default=2e-3,
+    p.add_argument("--batch", type=COUNT, metavar="N", default=16, help="[default: 16]")
+    p.add_argument("--lr", type=RATE, default=2e-3,
                    help="peak learning rate, finite and above 0 [default: 2e-3]")
-    p.add_argument("--width", type=_width, metavar="W", default=16,
+    p.add_argument("--width", type=_WIDTH, metavar="W", default=16,
                    help="UNet width, a multiple of 4 [default: 16]")
-    p.add_argument("--max-timestep", type=_max_timestep, metavar="T", default=None,
+    p.add_argument("--max-timestep", type=_MAX_TIMESTEP, metavar="T", default=None,
                    help="train on timesteps 0..T only (1..999) [default: all]")
-    p.add_argument("--seed", type=_seed, metavar="N", default=0, help="[default: 0]")
-    p.add_argument("--checkpoint-every", type=_positive_int, metavar="N", default=200,
+    p.add_argument("--seed", type=SEED, metavar="N", default=0, help="[default: 0]")
+    p.add_argument("--checkpoint-every", type=COUNT, metavar="N", default=200,
                    help="steps between checkpoints [default: 200]")
     p.add_argument("--device", metavar="DEV", default="cpu",
                    help="cpu, cuda, cuda:N or mps [default: cpu]")
-    p.add_argument("--threads", type=_positive_int, metavar="N", default=1,
+    p.add_argument("--threads", type=COUNT, metavar="N", default=1,
                    help="torch CPU threads [default: 1]")
     p.add_argument("--force", action="store_true",
                    help="start over: replace a model or a non-empty folder at -o and discard "

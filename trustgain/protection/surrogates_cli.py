@@ -6,7 +6,6 @@ for what it checks before training and how OUT is written).
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import sys
 import time
@@ -15,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from trustgain.argtypes import RATE, device, number
 from trustgain.errors import ConfigError, TrustgainError
 from trustgain.protection.archs import ARCHS
 from trustgain.protection.surrogates_data import folder_dataset
@@ -39,31 +39,6 @@ then attack them: trustgain protect photos/ -o protected/ --surrogate surrogates
 """
 
 
-def _whole(lo: int, hi: int | None = None):
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-        if value < lo or (hi is not None and value > hi):
-            bounds = f">= {lo}" if hi is None else f"in {lo}..{hi}"
-            raise argparse.ArgumentTypeError(f"{value} is out of range (must be {bounds})")
-        return value
-
-    parse.__name__ = "whole number"
-    return parse
-
-
-def _learning_rate(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not math.isfinite(value) or value <= 0:
-        raise argparse.ArgumentTypeError(f"{text} is not a finite number > 0")
-    return value
-
-
 def _arch_list(text: str) -> tuple[str, ...]:
     names = tuple(a.strip() for a in text.split(","))
     known = ", ".join(ARCHS)
@@ -75,15 +50,6 @@ def _arch_list(text: str) -> tuple[str, ...]:
         if name in names[:i]:
             raise argparse.ArgumentTypeError(f"{name!r} is listed twice")
     return names
-
-
-def _device(text: str) -> str:
-    from trustgain.devices import device_problem
-
-    problem = device_problem(text)
-    if problem:
-        raise argparse.ArgumentTypeError(problem.replace("use cpu", "use --device cpu"))
-    return text
 
 
 def _no_progress_env() -> bool:
@@ -106,21 +72,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--archs", type=_arch_list, default="cnn,wide,mlp", metavar="A,B,...",
                    help=f"architectures, comma-separated, from: {', '.join(ARCHS)} "
                         "[default: %(default)s]")
-    p.add_argument("--epochs", type=_whole(1), default=12,
+    p.add_argument("--epochs", type=number(int, 1), default=12,
                    help="passes over the data per architecture [default: %(default)s]")
-    p.add_argument("--batch", type=_whole(1), default=64,
+    p.add_argument("--batch", type=number(int, 1), default=64,
                    help="images per training step [default: %(default)s]")
-    p.add_argument("--lr", type=_learning_rate, default=2e-3,
+    p.add_argument("--lr", type=RATE, default=2e-3,
                    help="peak learning rate (one-cycle Adam) [default: %(default)s]")
-    p.add_argument("--per-image", type=_whole(1, 100_000), default=64, metavar="N",
+    p.add_argument("--per-image", type=number(int, 1, high=100_000), default=64, metavar="N",
                    help="random 32x32 crops per image of a flat folder [default: %(default)s]")
-    p.add_argument("--seed", type=_whole(0, 2**32 - 1), default=0,
+    p.add_argument("--seed", type=number(int, 0, high=2**32 - 1), default=0,
                    help="random seed; architecture i trains with seed + i "
                         "[default: %(default)s]")
-    p.add_argument("--device", type=_device, default="cpu",
+    p.add_argument("--device", type=device, default="cpu",
                    help="torch device to train on, e.g. cpu, cuda, cuda:1, mps "
                         "[default: %(default)s]")
-    p.add_argument("--threads", type=_whole(1, 1024), default=1,
+    p.add_argument("--threads", type=number(int, 1, high=1024), default=1,
                    help="torch CPU threads [default: %(default)s; often fastest for these "
                         "small nets]")
     p.add_argument("--force", "--overwrite", dest="force", action="store_true",

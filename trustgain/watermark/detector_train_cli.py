@@ -14,16 +14,15 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import math
 import os
 import shlex
 import sys
 import time
-from collections.abc import Callable, Sequence
-from typing import Any
+from collections.abc import Sequence
 
 import torch
 
+from trustgain.argtypes import CAP, COUNT, NON_NEGATIVE, RATE, SEED, OneLineParser, device
 from trustgain.errors import TrustgainError
 from trustgain.watermark import detector_train as dt
 
@@ -39,52 +38,6 @@ continue training the shipped detector encoder (phase 2 only, 400 s):
 other models need --prompts FILE (one prompt a line). Use the result for detection with
 AutoencoderKL.from_pretrained(OUT) passed as encoder= to trustgain.watermark.latent_invert.
 """
-
-
-class OneLineParser(argparse.ArgumentParser):
-    """Usage errors as one line (the usage itself is what ``--help`` is for)."""
-
-    def error(self, message: str) -> None:  # type: ignore[override]
-        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
-
-
-def number(kind: type, low: float, *, above: bool = False,
-           high: float | None = None) -> Callable[[str], Any]:
-    """An argparse type: ``kind`` (int or float), finite, >= ``low`` (> with ``above``) and
-    <= ``high``."""
-
-    def parse(text: str) -> Any:
-        try:
-            value = kind(text)
-        except ValueError:
-            what = "an integer" if kind is int else "a number"
-            raise argparse.ArgumentTypeError(f"{text!r} is not {what}") from None
-        if not math.isfinite(value):
-            raise argparse.ArgumentTypeError(f"{text!r} is not a finite number")
-        if value < low or (above and value == low) or (high is not None and value > high):
-            bounds = f"{'>' if above else '>='} {low:g}" + (
-                "" if high is None else f" and <= {high}")
-            raise argparse.ArgumentTypeError(f"{text} is out of range (must be {bounds})")
-        return value
-
-    parse.__name__ = kind.__name__
-    return parse
-
-
-def device(value: str) -> str:
-    """An argparse type: a torch device this machine has (one line, never torch's traceback)."""
-    from trustgain.devices import device_problem
-
-    if problem := device_problem(value):
-        raise argparse.ArgumentTypeError(problem.replace("use cpu", "use --device cpu"))
-    return value
-
-
-COUNT = number(int, 1)
-CAP = number(int, 0)
-SEED = number(int, 0, high=2**63 - 1)
-NON_NEGATIVE = number(float, 0.0)
-RATE = number(float, 0.0, above=True)
 
 
 def build_parser() -> argparse.ArgumentParser:
