@@ -5,7 +5,10 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import secrets
+import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 from trustgain.errors import OutputExistsError, OutputWriteError, TrustgainError
@@ -59,6 +62,75 @@ def _write(path: Path, data: bytes, overwrite: bool, mode: int) -> Path:
             os.unlink(tmp)
         raise
     return path
+
+
+def occupied(path: Path) -> bool:
+    """True for a file, a link or a non-empty folder at ``path``: what replacing would lose."""
+    path = Path(path)
+    if path.is_symlink() or (path.exists() and not path.is_dir()):
+        return True
+    return path.is_dir() and any(path.iterdir())
+
+
+def remove(path: Path) -> None:
+    """Remove a folder tree, a file or a link (the link itself); nothing there is fine."""
+    path = Path(path)
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+
+
+def write_folder(out: str | os.PathLike[str], write: Callable[[Path], None], *,
+                 replace: bool = True, check: Callable[[], None] | None = None) -> Path:
+    """Write a whole folder atomically: ``write(tmp)`` fills a new hidden sibling of ``out``
+    (unique name), ``check()`` (if given) may still refuse, then ``tmp`` is renamed to
+    ``out``. A reader, a crash, a full disk or Ctrl-C never sees a mix of old and new files.
+
+    An existing ``out`` is moved aside, and removed only once the new folder is in place (put
+    back if the rename fails). Without ``replace``, a file or non-empty folder that appeared at
+    ``out`` meanwhile is kept and the new folder is left beside it
+    (:class:`~trustgain.errors.TrustgainError` naming it: a long training is not lost). A
+    folder that cannot be made or renamed raises :class:`OutputWriteError` naming ``out``;
+    whatever ``write`` or ``check`` raises passes through, ``tmp`` removed.
+
+    Written here because the standard library renames files, not trees, atomically; it is
+    shared by every command that writes a model folder.
+    """
+    out = Path(out).absolute()
+    token = secrets.token_hex(4)
+    tmp = out.parent / f".{out.name}.{token}.tmp"
+    old = out.parent / f".{out.name}.{token}.old"
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp.mkdir()
+    except OSError as exc:
+        raise OutputWriteError(out, exc) from None
+    try:
+        write(tmp)
+        if check is not None:
+            check()
+    except BaseException as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(exc, OSError) and not isinstance(exc, TrustgainError):
+            raise OutputWriteError(out, exc) from None
+        raise
+    if not replace and occupied(out):
+        raise TrustgainError(f"{out} appeared while writing; the new folder is in {tmp}",
+                             hint="move it into place by hand, or rerun with --force")
+    try:
+        if out.exists() or out.is_symlink():
+            os.rename(out, old)
+        os.rename(tmp, out)
+    except OSError as exc:
+        if (old.exists() or old.is_symlink()) and not (out.exists() or out.is_symlink()):
+            with contextlib.suppress(OSError):
+                os.rename(old, out)
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise OutputWriteError(out, exc) from None
+    remove(old)
+    return out
 
 
 def trustgain_home() -> Path:

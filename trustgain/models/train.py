@@ -27,7 +27,6 @@ import argparse
 import contextlib
 import json
 import platform
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -40,8 +39,8 @@ from tqdm import tqdm
 
 from trustgain.argtypes import CAP, COUNT, RATE
 from trustgain.devices import device_problem
-from trustgain.errors import OutputWriteError, TrustgainError
-from trustgain.fileio import write_atomic
+from trustgain.errors import TrustgainError
+from trustgain.fileio import occupied, write_atomic, write_folder
 
 from . import data
 
@@ -52,48 +51,11 @@ MINI_SD_ONLY = ("vae_steps", "copies", "batch", "lr", "max_minutes", "vae_from",
                 "unet_from")
 
 
-def _occupied(path: Path) -> bool:
-    """True for a file (or link, or anything not a folder) or a non-empty folder."""
-    if path.is_symlink() or (path.exists() and not path.is_dir()):
-        return True
-    return path.is_dir() and any(path.iterdir())
-
-
-def _remove(path: Path) -> None:
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path, ignore_errors=True)
-    elif path.exists() or path.is_symlink():
-        path.unlink(missing_ok=True)
-
-
-def atomic_dir(out: Path, write, replace: bool = True) -> None:
-    """Call ``write(tmp)`` on a fresh sibling folder of ``out``, then swap it into place.
-
-    ``replace=False`` refuses (:class:`TrustgainError`, the written folder left beside ``out``)
-    when ``out`` has become a file or a non-empty folder meanwhile. A folder that cannot be
-    made or renamed raises :class:`OutputWriteError` (also an ``OSError``), naming ``out``.
-    """
-    out = Path(out).resolve()
-    tmp = out.parent / f".{out.name}.tmp"
-    old = out.parent / f".{out.name}.old"
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        for p in (tmp, old):
-            _remove(p)
-        tmp.mkdir()
-    except OSError as exc:
-        raise OutputWriteError(out, exc) from None
-    write(tmp)
-    if not replace and _occupied(out):
-        raise TrustgainError(f"{out} appeared while training; the new model is in {tmp}",
-                             hint="move it into place by hand, or rerun with --force")
-    try:
-        if out.exists() or out.is_symlink():
-            out.rename(old)
-        tmp.rename(out)
-    except OSError as exc:
-        raise OutputWriteError(out, exc) from None
-    _remove(old)
+def atomic_dir(out: Path, write, replace: bool = True) -> Path:
+    """Call ``write(tmp)`` on a fresh sibling folder of ``out``, then swap it into place
+    (:func:`trustgain.fileio.write_folder`; ``replace=False`` keeps whatever appeared at
+    ``out`` meanwhile and leaves the new folder beside it)."""
+    return write_folder(out, write, replace=replace)
 
 
 def check_out(out: Path, force: bool, shipped: bool = False) -> Path:
@@ -114,7 +76,7 @@ def check_out(out: Path, force: bool, shipped: bool = False) -> Path:
     blocker = next((p for p in resolved.parents if p.exists() and not p.is_dir()), None)
     if blocker is not None:
         raise TrustgainError(f"cannot write {out}: {blocker} is a file, not a folder")
-    if _occupied(resolved) and not force:
+    if occupied(resolved) and not force:
         what = "the shipped model " if shipped else ""
         extra = " (or give --out DIR)" if shipped else ""
         raise TrustgainError(f"{what}{out} exists; pass --force to replace it{extra}")

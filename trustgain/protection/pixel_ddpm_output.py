@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import contextlib
 import os
-import secrets
-import shutil
 import tempfile
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from trustgain.errors import OutputExistsError, OutputWriteError, TrustgainError
+from trustgain.fileio import write_folder
 
 CHECKPOINT_NAME = ".ddpm-checkpoint.pt"
 TRAINING_NAME = "training.json"
@@ -109,27 +108,5 @@ def _check_output(given: Path, overwrite: bool, data_paths: Iterable[str | Path]
 
 def _write_folder(out: Path, write: Callable[[Path], None]) -> None:
     """Call ``write(tmp)`` on a new folder beside ``out`` and rename it into place; the old
-    ``out``, if any, is removed only once the new one is there (and put back if the swap
-    fails). A failed write raises :class:`OutputWriteError` naming ``out``."""
-    token = secrets.token_hex(4)
-    tmp = out.parent / f".{out.name}.{token}.tmp"
-    old = out.parent / f".{out.name}.{token}.old"
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp.mkdir()
-    except OSError as exc:
-        raise OutputWriteError(out, exc) from None
-    try:
-        write(tmp)
-        if out.exists():
-            out.rename(old)
-        tmp.rename(out)
-    except BaseException as exc:
-        if old.exists() and not out.exists():
-            with contextlib.suppress(OSError):
-                old.rename(out)
-        shutil.rmtree(tmp, ignore_errors=True)
-        if isinstance(exc, OSError) and not isinstance(exc, TrustgainError):
-            raise OutputWriteError(out, exc) from None
-        raise
-    shutil.rmtree(old, ignore_errors=True)
+    ``out``, if any, goes only once the new one is there (:func:`trustgain.fileio.write_folder`)."""
+    write_folder(out, write)

@@ -9,14 +9,12 @@ from __future__ import annotations
 
 import errno
 import json
-import os
 import secrets
-import shutil
 from pathlib import Path
 from typing import Any
 
 from trustgain.errors import InputError, OutputExistsError, OutputWriteError, TrustgainError
-from trustgain.fileio import write_atomic
+from trustgain.fileio import write_atomic, write_folder
 from trustgain.protection.archs import make_net
 from trustgain.protection.surrogates_adapters import Classifier, wrap
 
@@ -113,45 +111,15 @@ def save_folder(models: dict[str, Classifier], folder: str | Path, *, meta: dict
     folder = Path(folder).resolve()
     check_output(folder, replace=replace)
     files = _files(models, meta)
-    tmp = folder.parent / f".{folder.name}.{secrets.token_hex(4)}.tmp"
-    try:
-        folder.parent.mkdir(parents=True, exist_ok=True)
-        tmp.mkdir()
-    except OSError as exc:
-        raise OutputWriteError(folder, exc) from None
-    try:
+
+    def write(tmp: Path) -> None:
         for name, data in files.items():
             write_atomic(tmp / name, data)
-        _swap_in(tmp, folder, replace)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+
+    # check again just before the swap: the folder may have changed while we trained
+    write_folder(folder, write, replace=replace,
+                 check=lambda: check_output(folder, replace=replace))
     return folder
-
-
-def _swap_in(tmp: Path, folder: Path, replace: bool) -> None:
-    """Rename ``tmp`` to ``folder``; an existing ``folder`` (``replace``) is moved aside first
-    and put back if the rename fails."""
-    try:
-        os.rename(tmp, folder)  # also replaces an empty folder
-        return
-    except OSError as exc:
-        if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST):
-            raise OutputWriteError(folder, exc) from None
-    check_output(folder, replace=replace)  # it may have changed while we trained
-    old = folder.parent / f".{folder.name}.{secrets.token_hex(4)}.old"
-    try:
-        os.rename(folder, old)
-    except OSError as exc:
-        raise OutputWriteError(folder, exc) from None
-    try:
-        os.rename(tmp, folder)
-    except BaseException as exc:
-        os.rename(old, folder)
-        if isinstance(exc, OSError):
-            raise OutputWriteError(folder, exc) from None
-        raise
-    shutil.rmtree(old, ignore_errors=True)
 
 
 def load(folder: str | Path) -> list[Classifier]:

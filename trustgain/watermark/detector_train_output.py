@@ -8,12 +8,10 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
-from trustgain.errors import OutputWriteError
+from trustgain.fileio import write_folder
 from trustgain.watermark.detector_train_setup import DetectorTrainError, check_finite
 
 
@@ -40,33 +38,11 @@ def save_output(vae: Any, report: dict[str, Any], out: str | os.PathLike,
     out = Path(out).absolute()
     check_output(out, overwrite)
     check_finite(vae)
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    except OSError as exc:
-        raise OutputWriteError(out, exc) from None
-    umask = os.umask(0)
-    os.umask(umask)
-    tmp.chmod(0o777 & ~umask)  # mkdtemp's 0700 would outlive the rename
-    try:
+
+    def write(tmp: Path) -> None:
         vae.save_pretrained(tmp)
         (tmp / "training.json").write_text(json.dumps(report, indent=2) + "\n",
                                            encoding="utf-8")
-        _swap_in(tmp, out)
-    except OSError as exc:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise OutputWriteError(out, exc) from None
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+
+    write_folder(out, write, replace=overwrite)
     return out
-
-
-def _swap_in(tmp: Path, out: Path) -> None:
-    if out.is_dir() and any(out.iterdir()):
-        old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
-        os.replace(out, old / out.name)
-        os.replace(tmp, out)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, out)  # also over an empty folder

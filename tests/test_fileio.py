@@ -1,0 +1,76 @@
+"""trustgain.fileio.write_folder: a whole folder replaced atomically, nothing lost on failure."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from trustgain import fileio
+from trustgain.errors import OutputWriteError, TrustgainError
+
+
+def _fill(text: str):
+    def write(tmp: Path) -> None:
+        (tmp / "a.txt").write_text(text)
+    return write
+
+
+def test_replaces_a_folder_and_leaves_no_temporary_folders(tmp_path):
+    out = tmp_path / "m"
+    fileio.write_folder(out, _fill("one"))
+    (out / "stale.txt").write_text("old file")
+    fileio.write_folder(out, _fill("two"))
+    assert sorted(p.name for p in out.iterdir()) == ["a.txt"]  # no mix of old and new
+    assert (out / "a.txt").read_text() == "two"
+    assert [p.name for p in tmp_path.iterdir()] == ["m"]
+
+
+def test_a_failing_write_or_check_keeps_the_old_folder(tmp_path):
+    out = tmp_path / "m"
+    fileio.write_folder(out, _fill("one"))
+
+    def broken(tmp: Path) -> None:
+        (tmp / "a.txt").write_text("half")
+        raise TrustgainError("diverged")
+
+    with pytest.raises(TrustgainError, match="diverged"):
+        fileio.write_folder(out, broken)
+    with pytest.raises(TrustgainError, match="no"):
+        fileio.write_folder(out, _fill("two"), check=lambda: (_ for _ in ()).throw(
+            TrustgainError("no")))
+    assert (out / "a.txt").read_text() == "one"
+    assert [p.name for p in tmp_path.iterdir()] == ["m"]
+
+
+def test_a_failed_rename_puts_the_old_folder_back(tmp_path, monkeypatch):
+    out = tmp_path / "m"
+    fileio.write_folder(out, _fill("one"))
+    real = os.rename
+
+    def rename(src, dst):
+        if str(src).endswith(".tmp"):
+            raise OSError(28, "No space left on device")
+        return real(src, dst)
+
+    monkeypatch.setattr(fileio.os, "rename", rename)
+    with pytest.raises(OutputWriteError, match="No space left"):
+        fileio.write_folder(out, _fill("two"))
+    assert (out / "a.txt").read_text() == "one"
+    assert [p.name for p in tmp_path.iterdir()] == ["m"]
+
+
+def test_without_replace_what_appeared_meanwhile_is_kept(tmp_path):
+    out = tmp_path / "m"
+
+    def write(tmp: Path) -> None:
+        (tmp / "a.txt").write_text("new")
+        out.mkdir()
+        (out / "theirs.txt").write_text("theirs")
+
+    with pytest.raises(TrustgainError, match="appeared while writing"):
+        fileio.write_folder(out, write, replace=False)
+    assert (out / "theirs.txt").read_text() == "theirs"
+    (kept,) = tmp_path.glob(".m.*.tmp")
+    assert (kept / "a.txt").read_text() == "new"
