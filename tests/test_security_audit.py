@@ -35,13 +35,13 @@ from trustgain.provenance.verify import sidecar_path
 
 
 @pytest.fixture(scope="module")
-def ring() -> KeyRing:
-    return KeyRing.generate()
+def ring(keyring) -> KeyRing:
+    return keyring
 
 
 @pytest.fixture(scope="module")
-def attacker() -> KeyRing:
-    return KeyRing.generate()
+def attacker(other_keyring) -> KeyRing:
+    return other_keyring
 
 
 def _png() -> tuple[bytes, Image.Image]:

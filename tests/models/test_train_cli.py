@@ -190,21 +190,6 @@ def test_refuses_the_current_folder_and_a_file_among_the_parents(tmp_path, monke
     assert (tmp_path / "f").read_text() == "x"
 
 
-def test_atomic_dir_without_replace_keeps_what_appeared_meanwhile(tmp_path):
-    out = tmp_path / "o"
-
-    def write(tmp: Path) -> None:
-        (tmp / "w.txt").write_text("new")
-        out.mkdir()
-        (out / "theirs.txt").write_text("theirs")
-
-    with pytest.raises(TrustgainError, match="appeared while writing"):
-        train.atomic_dir(out, write, replace=False)
-    assert (out / "theirs.txt").read_text() == "theirs"
-    (kept,) = tmp_path.glob(".o.*.tmp")
-    assert (kept / "w.txt").read_text() == "new"
-
-
 def test_help_keeps_the_line_continuations(capsys):
     with pytest.raises(SystemExit) as exc:
         train.main(["--help"])
