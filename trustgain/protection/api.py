@@ -157,6 +157,8 @@ def as_tensor(image: np.ndarray) -> tuple[torch.Tensor, tuple[int, ...]]:
         raise InputError(f"image shape {image.shape} is not HxW, HxWx1 or HxWx3")
     if min(image.shape[:2]) < 8:
         raise InputError(f"image {image.shape[1]}x{image.shape[0]} is smaller than 8x8")
+    if max(image.shape[:2]) > 65535:  # the residual's header stores each side in 16 bits
+        raise InputError(f"image {image.shape[1]}x{image.shape[0]} has a side over 65535 px")
     x = torch.from_numpy(np.array(chw, dtype=np.float32)).div(255.0)[None]
     return x, image.shape
 
@@ -226,6 +228,9 @@ def protect_batch(images: Sequence[np.ndarray], *, key: bytes, config: ProtectCo
         raise InputError(f"{len(images)} images need as many image ids (and labels, if given)")
     if batch_size < 1:
         raise ConfigError(f"batch_size must be at least 1, not {batch_size}")
+    bad = [i for i in image_ids if not isinstance(i, str)]
+    if bad:
+        raise TypeError(f"image ids must be strings, got {bad[0]!r}")
     tensors = []
     for image, image_id in zip(images, image_ids, strict=True):
         try:
@@ -284,6 +289,11 @@ def recover(protected: np.ndarray, residual: bytes | str | os.PathLike[str], *, 
                 raise _residual.RecoveryError(f"{path} carries no residual chunk")
             data = sealed
         residual = data
+    elif isinstance(residual, memoryview):
+        residual = residual.tobytes()
+    elif not isinstance(residual, bytes | bytearray):
+        raise TypeError("residual must be the sealed bytes or a path to a .rae or PNG file, "
+                        f"not {type(residual).__name__}")
     return _residual.open_and_apply(protected, residual, key=key, lenient=lenient)
 
 

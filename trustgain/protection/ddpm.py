@@ -194,17 +194,33 @@ def self_recover(protected: np.ndarray | torch.Tensor, *, key: bytes,
     protected together, ids as in :func:`perturb`). Returns uint8 in the input's layout.
     Settings must match the ones used to protect (``config`` or the keywords).
     """
-    opts = options(config, ddpm=ddpm, t_star=t_star, ddim_steps=ddim_steps, rank=rank,
-                   fixed_point=fixed_point)
-    model = resolve_ddpm(opts["ddpm"])
+    from trustgain.protection.residual import check_key
+
+    check_key(key)
+    if not isinstance(image_id, str):
+        raise TypeError(f"image_id must be a string, got {image_id!r}")
     as_array = isinstance(protected, np.ndarray)
     if as_array:
         if protected.dtype != np.uint8:
             raise InputError("protected image must be uint8")
+        if protected.ndim not in (2, 3):
+            raise InputError(f"protected image shape {protected.shape} is not HxW or HxWxC")
         arr = protected[:, :, None] if protected.ndim == 2 else protected
         x = torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1))).float()[None] / 255
-    else:
+    elif isinstance(protected, torch.Tensor):
+        if not protected.is_floating_point() or protected.ndim != 4:
+            raise InputError("a protected tensor must be float [B, C, H, W] in [0, 1], got "
+                             f"{protected.dtype} of shape {tuple(protected.shape)}",
+                             hint="pass a uint8 numpy array HxW[xC] for 8-bit pixels")
         x = protected.detach().float()
+        if not torch.isfinite(x).all() or x.min() < 0 or x.max() > 1:
+            raise InputError("a protected tensor must hold finite values in [0, 1]")
+    else:
+        raise TypeError("protected must be a uint8 numpy array or a float tensor, not "
+                        f"{type(protected).__name__}")
+    opts = options(config, ddpm=ddpm, t_star=t_star, ddim_steps=ddim_steps, rank=rank,
+                   fixed_point=fixed_point)
+    model = resolve_ddpm(opts["ddpm"])
     t_star_, rank_ = int(opts["t_star"]), int(opts["rank"])
     _check(model, x, t_star_)
     ts = ddim.grid(t_star_, int(opts["ddim_steps"]))

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from trustgain.errors import ConfigError
+from trustgain.errors import ConfigError, InputError
 from trustgain.protection.fused import for_attack
 
 if TYPE_CHECKING:
@@ -115,6 +115,24 @@ def _loss(model: torch.nn.Module, xt: torch.Tensor, ref: Any, kappa: float) -> t
     return margin_loss(model(xt), ref, kappa)
 
 
+def _forward(i: int, model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """A classifier surrogate's logits on ``x``, or a one-line ConfigError if it cannot take
+    ``x`` (e.g. a 3-channel net given a grayscale image, or a fixed-size net another size)."""
+    try:
+        out = model(x)
+    except RuntimeError as exc:
+        why = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ConfigError(
+            f"surrogate {i} ({type(model).__name__}) cannot take images of shape "
+            f"{tuple(x.shape)}: {why}",
+            hint="wrap it in trustgain.protection.surrogates.Classifier(net, channels=..., "
+                 "size=...) to convert channels and size") from None
+    if not isinstance(out, torch.Tensor) or out.ndim != 2 or out.shape[0] != x.shape[0]:
+        raise ConfigError(f"surrogate {i} ({type(model).__name__}) must return logits of "
+                          f"shape [batch, classes], got {getattr(out, 'shape', type(out))}")
+    return out
+
+
 @torch.no_grad()
 def references(models: Sequence[torch.nn.Module], x: torch.Tensor,
                labels: int | Sequence[int] | torch.Tensor | None) -> list[Any]:
@@ -124,12 +142,22 @@ def references(models: Sequence[torch.nn.Module], x: torch.Tensor,
     for m in models:
         m.eval()
     if labels is not None:
-        labels = torch.as_tensor(labels, dtype=torch.long).reshape(-1)
+        try:
+            labels = torch.as_tensor(labels, dtype=torch.long).reshape(-1)
+        except (TypeError, ValueError, RuntimeError):
+            raise InputError(f"labels must be class indices (integers), got {labels!r}"
+                             ) from None
         if len(labels) == 1 and len(x) > 1:
             labels = labels.expand(len(x))
     classifiers = [m for m in models if not hasattr(m, "adv_loss")]
+    logits = [_forward(i, m, x) for i, m in enumerate(models) if not hasattr(m, "adv_loss")]
+    if labels is not None:
+        for m, out in zip(classifiers, logits, strict=True):
+            if labels.min() < 0 or labels.max() >= out.shape[1]:
+                raise InputError(f"labels {labels.tolist()} are not classes of surrogate "
+                                 f"{type(m).__name__}, which has {out.shape[1]}")
     if labels is None and classifiers:
-        labels = sum(m(x).softmax(1) for m in classifiers).argmax(1)
+        labels = sum(out.softmax(1) for out in logits).argmax(1)
     return [m.reference(x) if hasattr(m, "adv_loss") else labels for m in models]
 
 

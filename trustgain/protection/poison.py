@@ -152,6 +152,9 @@ def perturb(x: torch.Tensor, *, key: bytes, config: ProtectConfig,
         raise ConfigError("the poison method needs at least one surrogate model")
     for m in surrogates:
         m.eval()
+    from trustgain.protection.pgd import references
+
+    references(surrogates, x, labels)  # the surrogates' input shape and the labels checked
     with torch.no_grad():
         logits = sum(m(x).softmax(1) for m in surrogates)
     y = logits.argmax(1) if labels is None else \
@@ -232,6 +235,11 @@ def _train_crafting(images: np.ndarray, labels: np.ndarray, opts: dict[str, Any]
 def _check_dataset(images: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     if not isinstance(images, np.ndarray) or images.dtype != np.uint8 or images.ndim not in (3, 4):
         raise InputError("images must be a uint8 array N x H x W [x C]")
+    if images.ndim == 4 and images.shape[3] not in (1, 3):
+        raise InputError(f"images have {images.shape[3]} channels; 1 (grayscale) or 3 (RGB) "
+                         "are protected (flatten alpha, convert CMYK to RGB first)")
+    if len(images) == 0:
+        raise InputError("the dataset is empty")
     labels = np.asarray(labels)
     if labels.shape != (len(images),) or not np.issubdtype(labels.dtype, np.integer):
         raise InputError(f"labels must be {len(images)} integers, got shape {labels.shape}")

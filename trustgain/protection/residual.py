@@ -84,7 +84,9 @@ class RecoveryWarning(UserWarning):
 
 def check_key(key: bytes) -> None:
     if not isinstance(key, bytes | bytearray) or len(key) != 32:
-        raise RecoveryError("the protection key must be 32 bytes",
+        got = (f"{len(key)} bytes" if isinstance(key, bytes | bytearray)
+               else f"a {type(key).__name__}")
+        raise RecoveryError(f"the protection key must be 32 bytes, got {got}",
                             hint="use keyring.derive('protect.rae', 'residual').material")
 
 
@@ -357,9 +359,19 @@ def from_png(data: bytes) -> tuple[np.ndarray, bytes | None]:
             if not crc_ok:
                 raise TamperedResidualError("residual chunk fails its CRC (file modified)")
             sealed = body
+    from trustgain.watermark.images import MAX_PIXELS
+
     try:
-        pixels = np.asarray(Image.open(io.BytesIO(data)))
-    except (OSError, UnidentifiedImageError) as exc:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data))
+            if image.width * image.height > MAX_PIXELS:
+                raise InputError(f"PNG of {image.width}x{image.height} is larger than "
+                                 f"{MAX_PIXELS} pixels")
+            pixels = np.asarray(image)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise InputError("PNG is too large to decode safely") from None
+    except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as exc:
         raise InputError(f"unreadable PNG: {exc}") from None
     return pixels, sealed
 

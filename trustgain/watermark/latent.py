@@ -104,8 +104,15 @@ def _bit_map_cached(material: bytes, n: int, k: int) -> np.ndarray:
     return bit_of
 
 
+def _check_key(key: object) -> None:
+    if not isinstance(key, DerivedKey):
+        raise TypeError(f"the latent mark key must be a DerivedKey, not {type(key).__name__} "
+                        "(use trustgain.watermark.latent.latent_key(keyring))")
+
+
 def bit_map(key: DerivedKey, n: int, k: int) -> np.ndarray:
     """Which payload bit each of the ``n`` latent elements of an image carries (keyed, balanced)."""
+    _check_key(key)
     if not 1 <= k <= n:
         raise ValueError(f"cannot spread {k} payload bits over {n} latent elements")
     return _bit_map_cached(key.material, n, k)
@@ -157,8 +164,15 @@ def bits_to_hex(bits: np.ndarray) -> str:
 
 
 def hex_to_bits(text: str, bits: int) -> np.ndarray:
-    """Inverse of :func:`bits_to_hex` for a ``bits``-bit payload."""
-    value = int(text, 16)
+    """Inverse of :func:`bits_to_hex` for a ``bits``-bit payload (a longer value is refused,
+    never cut: :func:`payload_from_record_id` keeps a record id's *first* bits)."""
+    try:
+        value = int(text, 16)
+    except (TypeError, ValueError):
+        raise ValueError(f"payload {text!r} is not a hex string") from None
+    if value < 0 or value >> bits:
+        raise ValueError(f"payload {text!r} does not fit {bits} bits (for a record id, pass "
+                         f"its first {(bits + 3) // 4} hex digits)")
     return np.array([(value >> (bits - 1 - i)) & 1 for i in range(bits)], dtype=np.uint8)
 
 
@@ -175,6 +189,17 @@ def marked_latents(
     batch, n = shape[0], int(np.prod(shape[1:]))
     if len(nonces) != batch:
         raise ValueError(f"{len(nonces)} nonces for a batch of {batch}")
+    _check_key(key)
+    if not isinstance(salt, bytes):
+        raise TypeError(f"salt must be bytes, not {type(salt).__name__}")
+    if any(not isinstance(nc, bytes) or len(nc) != NONCE_BYTES for nc in nonces):
+        raise ValueError(f"every nonce must be {NONCE_BYTES} bytes")
+    payload = np.asarray(payload)
+    integral = payload.dtype == bool or np.issubdtype(payload.dtype, np.integer)
+    if payload.ndim != 1 or not integral or not np.isin(payload, (0, 1)).all():
+        raise ValueError("payload must be a 1-D array of 0/1 bits "
+                         "(see payload_from_record_id)")
+    payload = payload.astype(np.uint8)
     bit_of = bit_map(key, n, len(payload))
     out = np.empty((batch, n), dtype=np.float64)
     for i, nonce in enumerate(nonces):
@@ -232,7 +257,17 @@ def read_latent_mark(
     image) restricts statistics and vote to the elements known to be aligned (e.g. after undoing
     a crop); it must not depend on the signs, so the null stays exact.
     """
-    z = latents.detach().to(torch.float64).reshape(latents.shape[0], -1).numpy()
+    _check_key(key)
+    if not 0 < fpr < 1:
+        raise ValueError(f"fpr must be in (0, 1), got {fpr!r}")
+    if isinstance(latents, np.ndarray):
+        latents = torch.from_numpy(latents)
+    if not isinstance(latents, torch.Tensor) or latents.ndim < 2:
+        raise ValueError("latents must be a tensor of shape (batch, ...)")
+    z = latents.detach().to("cpu", torch.float64).reshape(latents.shape[0], -1).numpy()
+    if not np.isfinite(z).all():
+        raise ValueError("latents hold NaN or infinite values (a failed inversion?): "
+                         "no mark can be read from them")
     batch, n = z.shape
     if nonces is not None and len(nonces) != batch:
         raise ValueError(f"{len(nonces)} nonces for a batch of {batch}")

@@ -254,6 +254,18 @@ def detect_latent(
     The null stays exact whatever the encoder and prompt, because the keystream is independent
     of the image and of both.
     """
+    from trustgain.watermark.latent import _check_key, hex_to_bits
+
+    _check_key(key)  # checked before the (slow) inversion, as the rest below
+    if not 0 < fpr < 1:
+        raise ValueError(f"fpr must be in (0, 1), got {fpr!r}")
+    images = list(images)
+    bad = [type(im).__name__ for im in images if not isinstance(im, Image.Image)]
+    if bad:
+        raise TypeError(f"images must be PIL images, got a {bad[0]}")
+    for text in expected_payloads or ():
+        if text is not None:
+            hex_to_bits(text, payload_bits)
     candidates = invert_candidates(
         pipe, images, num_inference_steps=num_inference_steps, scales=scales,
         batch_size=batch_size, refine=refine, encoder=encoder, prompt=prompt,

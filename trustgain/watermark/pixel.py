@@ -42,6 +42,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import math
+import numbers
 import secrets
 from dataclasses import dataclass
 from functools import lru_cache
@@ -156,6 +157,38 @@ def _sync_spectra(key: bytes) -> np.ndarray:
     return np.conj(fft.rfft2(np.stack(tiles), workers=-1))
 
 
+def check_key(key: bytes) -> bytes:
+    """``key`` as bytes, or a one-line TypeError/ValueError: the mark's key is raw key bytes."""
+    if not isinstance(key, bytes | bytearray):
+        raise TypeError(
+            f"the watermark key must be bytes, not {type(key).__name__} "
+            "(use keyring.derive('watermark.pixel', 'pixel').material)"
+        )
+    if len(key) < 16:
+        raise ValueError(f"the watermark key must be at least 16 bytes, got {len(key)}")
+    return bytes(key)
+
+
+def check_image(image: object) -> None:
+    """A one-line TypeError unless ``image`` is a PIL image (arrays carry no mode to keep)."""
+    if not isinstance(image, Image.Image):
+        raise TypeError(
+            f"image must be a PIL.Image.Image, not {type(image).__name__} "
+            "(use PIL.Image.fromarray(array) for a uint8 HxW or HxWx3 array)"
+        )
+
+
+def check_strength(strength: float, name: str = "strength") -> None:
+    if isinstance(strength, bool) or not isinstance(strength, numbers.Real) \
+            or not 0 < strength <= 64:
+        raise ValueError(f"{name} must be in (0, 64] (8-bit units), got {strength!r}")
+
+
+def check_fpr(fpr: float) -> None:
+    if isinstance(fpr, bool) or not isinstance(fpr, numbers.Real) or not 0 < fpr < 1:
+        raise ValueError(f"fpr must be a number in (0, 1), got {fpr!r}")
+
+
 def pattern(key: bytes, nonce: int, payload: bytes) -> np.ndarray:
     """The 128x128 luminance tile for ``key``, ``nonce`` and ``payload`` (unit RMS)."""
     layout = _layout(key, nonce)
@@ -180,10 +213,18 @@ def embed(
 
     ``strength`` is the RMS luminance change in 8-bit units (2.35 gives about 40.7 dB PSNR).
     """
-    if len(payload) != PAYLOAD_BITS // 8:
-        raise ValueError(f"payload must be {PAYLOAD_BITS // 8} bytes")
+    check_image(image)
+    key = check_key(key)
+    if not isinstance(payload, bytes | bytearray) or len(payload) != PAYLOAD_BITS // 8:
+        raise ValueError(f"payload must be {PAYLOAD_BITS // 8} bytes, got {payload!r}")
+    payload = bytes(payload)
+    check_strength(strength)
+    if nonce is not None and (isinstance(nonce, bool) or not isinstance(nonce, numbers.Integral)
+                              or not 0 <= nonce < NONCES):
+        raise ValueError(f"nonce must be an integer in [0, {NONCES}) (the detector searches "
+                         f"only those), got {nonce!r}")
     check_embeddable(image, MIN_SIDE)
-    nonce = secrets.randbelow(NONCES) if nonce is None else nonce
+    nonce = secrets.randbelow(NONCES) if nonce is None else int(nonce)
     tile = pattern(key, nonce, payload) * strength
     h, w = image.height, image.width
     delta = np.tile(tile, (math.ceil(h / TILE), math.ceil(w / TILE)))[:h, :w]
@@ -191,13 +232,21 @@ def embed(
 
 
 def luminance(image: Image.Image) -> np.ndarray:
-    """Float luminance (ITU-R 601) of any image Pillow decodes, on the 0..255 scale."""
+    """Float luminance (ITU-R 601) of any image Pillow decodes, on the 0..255 scale.
+
+    Non-finite values (NaN or inf in a float image) are refused with an InputError."""
+    check_image(image)
     if min(image.size) < 16:
         raise InputError(f"image is {image.width}x{image.height}: too small to hold a mark")
-    if image.mode in ("I;16", "I", "F"):
-        array = np.asarray(image, dtype=np.float64)
+    if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        array = np.asarray(image).astype(np.float64)  # 16-bit in either byte order, unclipped
+        if image.mode == "F" and not np.isfinite(array).all():
+            raise InputError("float image has NaN or infinite pixels: nothing to detect in")
         return array * (255.0 / 65535.0) if image.mode != "F" else array * 255.0
-    rgb = np.asarray(image.convert("RGB"), dtype=np.float64)
+    try:
+        rgb = np.asarray(image.convert("RGB"), dtype=np.float64)
+    except (ValueError, OSError) as exc:
+        raise InputError(f"{image.mode} image: cannot read its luminance ({exc})") from None
     return rgb @ np.array([0.299, 0.587, 0.114])
 
 
@@ -395,6 +444,8 @@ def detect(
 ) -> Detection:
     """Look for this key's mark; ``detected`` when the p-value is at most ``fpr`` (and, with
     ``require_payload``, the payload verifies: see the module docstring)."""
+    key = check_key(key)
+    check_fpr(fpr)
     best = _score(key, _analyse(image))
     if best is None:
         return Detection(False, 1.0, 0.0, None, None, None, None, None, present=False)
@@ -421,6 +472,8 @@ def detect_aligned(
     Where the search would not read it (weak marks only) the answer is :func:`detect`'s own.
     Not a detector for images of unknown origin: use :func:`detect`.
     """
+    key = check_key(key)
+    check_fpr(fpr)
     white = _whiten(luminance(image))
     fold = _identity_fold(white)
     if (nonce, (0, 0)) not in _hypotheses(key, fold):

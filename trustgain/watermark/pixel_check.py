@@ -68,6 +68,9 @@ def embed_checked(
     the marked image itself is checked. ``max_strength`` (default: twice ``strength``, at most
     8) bounds the steps; ``max_strength=strength`` checks without raising.
     """
+    pixel.check_strength(strength)
+    if max_strength is not None:
+        pixel.check_strength(max_strength, "max_strength")
     top = min(8.0, 2.0 * strength) if max_strength is None else max_strength
     if top < strength:
         raise ValueError(f"max_strength {top:g} is below strength {strength:g}")
