@@ -26,17 +26,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from trustgain.argtypes import COUNT, RATE, OneLineParser, device
 from trustgain.errors import TrustgainError
 
 PUBLIC_DIGITS = (0, 1, 2, 3, 4)
@@ -195,41 +194,8 @@ def _train(out: Path, recipe: Any, device: str) -> None:
     atomic_dir(out, write)
 
 
-def _number(kind: type, low: float, *, above: bool = False) -> Callable[[str], Any]:
-    """An argparse type: ``kind`` (int or float), finite, >= ``low`` (> with ``above``)."""
-
-    def parse(text: str) -> Any:
-        try:
-            value = kind(text)
-        except ValueError:
-            what = "an integer" if kind is int else "a number"
-            raise argparse.ArgumentTypeError(f"{text!r} is not {what}") from None
-        if not math.isfinite(value):
-            raise argparse.ArgumentTypeError(f"{text!r} is not a finite number")
-        if value < low or (above and value == low):
-            raise argparse.ArgumentTypeError(
-                f"{text} is out of range (must be {'>' if above else '>='} {low:g})")
-        return value
-
-    parse.__name__ = kind.__name__
-    return parse
-
-
-def _device(value: str) -> str:
-    from trustgain.devices import device_problem
-
-    if problem := device_problem(value):
-        raise argparse.ArgumentTypeError(problem.replace("use cpu", "use --device cpu"))
-    return value
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # type: ignore[override]
-        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
-
-
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(
+    p = OneLineParser(
         prog="python -m trustgain.privacy.finetune_public",
         description="Train the public mini-sd (digits 0-4 only) for the DP utility benchmark. "
         "An OUT this command wrote with the same settings is reused; any other existing OUT "
@@ -240,13 +206,13 @@ def build_parser() -> argparse.ArgumentParser:
                "the benchmark reads it from $TRUSTGAIN_BENCH_CACHE/public-0-4",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("out", metavar="OUT", help="folder for the model (required)")
-    p.add_argument("--device", type=_device, default="cpu", help="torch device (cpu)")
-    p.add_argument("--steps", type=_number(int, 1), default=1800, help="UNet steps (1800)")
-    p.add_argument("--batch", type=_number(int, 1), default=512, help="UNet batch (512)")
-    p.add_argument("--max-minutes", type=_number(float, 0.0, above=True), default=None,
+    p.add_argument("--device", type=device, default="cpu", help="torch device (cpu)")
+    p.add_argument("--steps", type=COUNT, default=1800, help="UNet steps (1800)")
+    p.add_argument("--batch", type=COUNT, default=512, help="UNet batch (512)")
+    p.add_argument("--max-minutes", type=RATE, default=None,
                    help="stop the UNet loop after this many minutes (the steps done are "
                    "recorded)")
-    p.add_argument("--threads", type=_number(int, 1), default=1, help="torch CPU threads (1)")
+    p.add_argument("--threads", type=COUNT, default=1, help="torch CPU threads (1)")
     p.add_argument("--force", action="store_true",
                    help="retrain into an OUT that holds another model (other settings)")
     return p
