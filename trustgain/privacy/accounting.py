@@ -9,6 +9,8 @@ the setting of ``opacus.PrivacyEngine`` with ``poisson_sampling=True``.
 from __future__ import annotations
 
 import contextlib
+import math
+import numbers
 import warnings
 from collections.abc import Iterator
 from typing import Any
@@ -34,7 +36,16 @@ def _make(accountant: str) -> Any:
     return create_accountant(mechanism=ACCOUNTANTS[accountant])
 
 
+def _real(name: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise ConfigError(f"{name} must be a number, not {type(value).__name__}")
+
+
 def _check(sample_rate: float, steps: int, delta: float) -> None:
+    _real("sample_rate", sample_rate)
+    _real("delta", delta)
+    if isinstance(steps, bool) or not isinstance(steps, numbers.Integral):
+        raise ConfigError(f"steps must be a whole number, not {steps!r}")
     if not 0 < sample_rate <= 1:
         raise ConfigError(f"sample_rate must be in (0, 1], not {sample_rate!r}")
     if steps < 1:
@@ -53,8 +64,9 @@ def epsilon_spent(
 ) -> float:
     """Epsilon spent by ``steps`` DP-SGD steps at (``noise_multiplier``, ``sample_rate``)."""
     _check(sample_rate, steps, delta)
-    if noise_multiplier <= 0:
-        raise ConfigError(f"noise_multiplier must be > 0, not {noise_multiplier!r}")
+    _real("noise_multiplier", noise_multiplier)
+    if not (0 < noise_multiplier < math.inf):  # NaN or infinity hang opacus' accountants
+        raise ConfigError(f"noise_multiplier must be a finite number > 0, not {noise_multiplier!r}")
     acc = _make(accountant)
     acc.history = [(noise_multiplier, sample_rate, steps)]
     with _quiet():
@@ -84,6 +96,11 @@ def noise_for_epsilon(
 ) -> float:
     """Smallest noise multiplier whose spent epsilon is at most ``target_epsilon``."""
     _check(sample_rate, steps, delta)
+    _real("target_epsilon", target_epsilon)
+    _real("epsilon_tolerance", epsilon_tolerance)
+    if not 0 < epsilon_tolerance < math.inf:
+        raise ConfigError(f"epsilon_tolerance must be a finite number > 0, not "
+                          f"{epsilon_tolerance!r}")
     if not 0 < target_epsilon <= MAX_TARGET_EPSILON:  # also refuses NaN and infinity
         raise ConfigError(
             f"target epsilon must be in (0, {MAX_TARGET_EPSILON:g}], not {target_epsilon!r}",

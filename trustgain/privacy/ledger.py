@@ -17,6 +17,7 @@ from __future__ import annotations
 import fcntl
 import json
 import math
+import numbers
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -53,7 +54,7 @@ class Spend:
 def _check_amount(epsilon: float, delta: float) -> None:
     if not (_number(epsilon) and _number(delta)):
         raise LedgerError(f"epsilon and delta must be numbers, not {epsilon!r} and {delta!r}")
-    if not (math.isfinite(epsilon) and epsilon >= 0):
+    if not (_finite(epsilon) and epsilon >= 0):
         raise LedgerError(f"epsilon must be a finite number >= 0, not {epsilon!r}")
     if not (0 <= delta < 1):
         raise LedgerError(f"delta must be in [0, 1), not {delta!r}")
@@ -66,7 +67,6 @@ class Ledger:
         self.path = Path(path)
         if not self.path.name:
             raise LedgerError(f"{str(path)!r} is not a ledger file path")
-        self._lock_path = self.path.with_name(self.path.name + ".lock")
 
     @classmethod
     def create(
@@ -78,6 +78,8 @@ class Ledger:
         delta: float,
     ) -> Ledger:
         """Start a ledger for ``dataset`` with budget (``epsilon``, ``delta``); never overwrites."""
+        epsilon, delta = _as_amount(epsilon), _as_amount(delta)
+        _check_text(dataset=dataset)
         _check_amount(epsilon, delta)
         ledger = cls(path)
         doc = {
@@ -95,10 +97,17 @@ class Ledger:
             raise
         return ledger
 
+    def _real(self) -> Path:
+        """The file behind ``path``: a symlinked ledger is locked and rewritten where it lies,
+        so the link stays a link and every path to the ledger sees every spend."""
+        return Path(os.path.realpath(self.path))
+
     @contextmanager
     def _locked(self) -> Iterator[None]:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self._lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+        real = self._real()
+        if not real.is_file():  # no lock file or folders for a ledger that is not there
+            self._read()
+        fd = os.open(real.with_name(real.name + ".lock"), os.O_RDWR | os.O_CREAT, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
             yield
@@ -108,11 +117,15 @@ class Ledger:
 
     def _read(self) -> dict[str, Any]:
         try:
-            doc = json.loads(self.path.read_text())
+            doc = json.loads(self.path.read_text(encoding="utf-8"), object_pairs_hook=_unique)
         except FileNotFoundError:
             raise LedgerError(
                 f"no privacy ledger at {self.path}", hint="create one first"
             ) from None
+        except _DuplicateKey as exc:
+            raise LedgerError(f"privacy ledger {self.path} is malformed: key {exc} appears twice",
+                              hint="restore it from a backup; it is never repaired by guessing"
+                              ) from None
         except (OSError, ValueError) as exc:
             raise LedgerError(f"cannot read privacy ledger {self.path}: {exc}") from None
         except RecursionError:
@@ -147,6 +160,7 @@ class Ledger:
 
     def check(self, *, epsilon: float, delta: float) -> None:
         """Raise :class:`BudgetExceeded` if a spend of (epsilon, delta) would not fit now."""
+        epsilon, delta = _as_amount(epsilon), _as_amount(delta)
         _check_amount(epsilon, delta)
         _refuse_if_over(self._read(), epsilon, delta, str(self.path))
 
@@ -164,6 +178,8 @@ class Ledger:
         Call it BEFORE releasing anything computed with the spend: a refusal means the
         release must not happen. ``now`` is injectable for tests.
         """
+        epsilon, delta = _as_amount(epsilon), _as_amount(delta)
+        _check_text(what=what, accountant=accountant)
         _check_amount(epsilon, delta)
         stamp = (now or datetime.now(UTC)).isoformat(timespec="seconds")
         spend = Spend(what=what, accountant=accountant, epsilon=epsilon, delta=delta, time=stamp)
@@ -171,7 +187,7 @@ class Ledger:
             doc = self._read()
             _refuse_if_over(doc, epsilon, delta, str(self.path))
             doc["spends"].append(asdict(spend))
-            write_atomic(self.path, _dump(doc), overwrite=True, mode=0o600)
+            write_atomic(self._real(), _dump(doc), overwrite=True, mode=0o600)
         return spend
 
 
@@ -179,8 +195,52 @@ def _number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
+def _finite(value: float) -> bool:
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an int too large for a float
+        return False
+
+
+def _as_amount(value: Any) -> Any:
+    """A numpy (or other) real scalar as a plain float, so it is checked and stored exactly as
+    a Python number; anything else unchanged (and refused by :func:`_check_amount`)."""
+    if isinstance(value, numbers.Real) and not isinstance(value, bool) and type(value) not in (
+            int, float):
+        return float(value)
+    return value
+
+
+def _check_text(**fields: Any) -> None:
+    """Refuse labels that could not be stored (a ledger whose spend has a non-text label is
+    unreadable afterwards, so nothing could be spent on it any more)."""
+    for name, value in fields.items():
+        if not isinstance(value, str):
+            raise LedgerError(f"{name} must be a str, not {type(value).__name__}")
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise LedgerError(f"{name} is not valid text (a lone surrogate)") from None
+
+
+class _DuplicateKey(ValueError):
+    pass
+
+
+def _unique(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object whose keys are unique: a second "spends" would hide the first one's."""
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise _DuplicateKey(repr(key))
+        out[key] = value
+    return out
+
+
 def _malformed(doc: dict[str, Any]) -> str | None:
     """What is wrong with a parsed ledger, or None: every amount a valid (epsilon, delta)."""
+    if doc.get("composition") != "basic":
+        return f"composition {doc.get('composition')!r} is not 'basic'"
     if not isinstance(doc.get("dataset"), str):
         return "no dataset name"
     budget = doc.get("budget")

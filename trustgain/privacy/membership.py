@@ -61,7 +61,11 @@ def load_audit_set(folder: str | Path) -> AuditSet:
     meta = root / "metadata.jsonl"
     entries: list[tuple[str, str]] = []
     if meta.is_file():
-        for n, line in enumerate(meta.read_text(encoding="utf-8").splitlines(), 1):
+        try:
+            lines = meta.read_text(encoding="utf-8").splitlines()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise InputError(f"{meta}: not readable as UTF-8 text ({exc})") from None
+        for n, line in enumerate(lines, 1):
             if not line.strip():
                 continue
             try:
@@ -163,10 +167,28 @@ def denoising_losses(
 
 def scores(losses: np.ndarray, reference: np.ndarray | None = None) -> np.ndarray:
     """Membership score per image (higher = more likely a member) from ``denoising_losses``."""
-    logs = np.log(losses)
+    logs = np.log(_losses("losses", losses))
     if reference is not None:
-        return (np.log(reference) - logs).mean(axis=1)
+        ref = _losses("reference", reference)
+        if ref.shape != logs.shape:
+            raise InputError(f"reference losses have shape {ref.shape}, the losses {logs.shape}")
+        return (np.log(ref) - logs).mean(axis=1)
     return -logs.mean(axis=1)
+
+
+def _losses(name: str, losses: Any) -> np.ndarray:
+    """``losses`` as an (N, T) float array of finite values > 0 (a log of 0 or less, or a NaN,
+    would turn the scores into infinities or NaNs)."""
+    try:
+        arr = np.asarray(losses, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise InputError(f"{name} must be an (N, T) array of numbers") from None
+    if arr.ndim != 2 or arr.shape[1] == 0:
+        raise InputError(f"{name} must be an (N, T) array (images x timesteps), not shape "
+                         f"{arr.shape}")
+    if not (np.isfinite(arr).all() and (arr > 0).all()):
+        raise InputError(f"{name} must be finite and > 0 (denoising losses)")
+    return arr
 
 
 def tpr_at_fpr(labels: np.ndarray, score: np.ndarray, fpr: float) -> float:
@@ -229,7 +251,20 @@ def evaluate(
     from scipy.stats import bootstrap
     from sklearn.metrics import roc_auc_score
 
-    m, nm = np.asarray(member_scores, float), np.asarray(nonmember_scores, float)
+    if not 0 <= fpr < 1:  # also refuses NaN
+        raise ValueError(f"fpr must lie in [0, 1), not {fpr!r}")
+    if not 0 < confidence < 1:
+        raise ValueError(f"confidence must lie in (0, 1), not {confidence!r}")
+    if isinstance(n_resamples, bool) or not isinstance(n_resamples, int) or n_resamples < 1:
+        raise ValueError(f"n_resamples must be a whole number >= 1, not {n_resamples!r}")
+    try:
+        m, nm = np.asarray(member_scores, float), np.asarray(nonmember_scores, float)
+    except (TypeError, ValueError):
+        raise InputError("membership scores must be 1-D arrays of numbers") from None
+    if m.ndim != 1 or nm.ndim != 1:
+        raise InputError(f"membership scores must be 1-D, not shapes {m.shape} and {nm.shape}")
+    if not (np.isfinite(m).all() and np.isfinite(nm).all()):
+        raise InputError("membership scores hold NaN or infinite values")
     if len(m) < 2 or len(nm) < 2:
         raise InputError("the audit needs at least 2 members and 2 non-members")
     labels, both = np.r_[np.ones(len(m)), np.zeros(len(nm))], np.r_[m, nm]
@@ -284,8 +319,19 @@ def report_from_losses(
     """
     from sklearn.metrics import roc_auc_score
 
-    lm, ln = member_losses, nonmember_losses
+    lm, ln = _losses("member losses", member_losses), _losses("non-member losses",
+                                                             nonmember_losses)
     rm, rn = reference if reference is not None else (None, None)
+    if rm is not None and rn is not None:
+        rm, rn = _losses("reference member losses", rm), _losses("reference non-member losses",
+                                                                   rn)
+    for name, arr in (("member", lm), ("non-member", ln), ("reference member", rm),
+                      ("reference non-member", rn)):
+        if arr is not None and arr.shape[1] != len(timesteps):
+            raise InputError(f"{name} losses have {arr.shape[1]} column(s) but there are "
+                             f"{len(timesteps)} timesteps")
+    if rm is not None and (len(rm), len(rn)) != (len(lm), len(ln)):
+        raise InputError("reference losses must be of the same images as the losses")
     labels = np.r_[np.ones(len(lm)), np.zeros(len(ln))]
     per_t = {}
     for j, t in enumerate(timesteps):

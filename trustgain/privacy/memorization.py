@@ -46,6 +46,7 @@ import hashlib
 import io
 import json
 import os
+import zipfile
 from dataclasses import dataclass, replace
 from functools import lru_cache
 from pathlib import Path
@@ -70,13 +71,22 @@ def features(images: Any, size: int = 32, channels: str = "max") -> np.ndarray:
     ``channels="max"`` (maximum over R, G, B), (N, size*size*3) for ``"rgb"``."""
     if channels not in _CHANNELS:
         raise ConfigError(f"channels must be one of {', '.join(_CHANNELS)}, not {channels!r}")
-    if isinstance(images, Image.Image) or (isinstance(images, np.ndarray) and images.ndim == 3):
+    if isinstance(images, Image.Image) or (isinstance(images, np.ndarray)
+                                                and images.ndim in (2, 3)):
         images = [images]
     rows = []
     for im in images:
         if isinstance(im, np.ndarray):
+            if im.ndim == 2:
+                im = im[..., None]
+            if im.ndim != 3 or im.shape[-1] not in (1, 3, 4) or im.dtype.kind not in "biuf":
+                raise InputError(f"cannot index an array of shape {im.shape} and dtype "
+                                 f"{im.dtype}; give (H, W, 1|3|4) images")
+            if im.dtype.kind == "f" and not np.isfinite(im).all():
+                raise InputError("an image holds NaN or infinite values")
             arr = im if im.dtype == np.uint8 else (np.clip(im, 0, 1) * 255).round()
-            im = Image.fromarray(arr.astype(np.uint8))
+            arr = arr.astype(np.uint8)
+            im = Image.fromarray(arr[..., 0] if arr.shape[-1] == 1 else arr)
         if not isinstance(im, Image.Image):
             raise InputError(f"cannot index a {type(im).__name__}; give images")
         px = np.asarray(im.convert("RGB").resize((size, size), Image.BILINEAR), np.float32)
@@ -201,14 +211,14 @@ def load_index(path: str | os.PathLike[str]) -> MemorizationIndex:
     path = Path(path)
     try:
         with np.load(path, allow_pickle=False) as data:
-            meta = json.loads(str(data["meta"]))
+            meta = json.loads(str(data["meta"][()]))
             feats = data["features"]
             ref = data["reference"] if "reference" in data.files else None
     except FileNotFoundError:
         raise InputError(f"{path}: no such index file") from None
-    except (OSError, ValueError, KeyError) as exc:
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
         raise InputError(f"{path}: not a memorization index ({exc})") from None
-    fmt = meta.get("format")
+    fmt = meta.get("format") if isinstance(meta, dict) else None
     if fmt == "trustgain.memorization-index/1":
         raise InputError(f"{path}: a memorization index of format 1 (RGB pixels, no reference "
                          "set), which this version no longer reads",
@@ -217,10 +227,46 @@ def load_index(path: str | os.PathLike[str]) -> MemorizationIndex:
                          "in Python)")
     if fmt != FORMAT:
         raise InputError(f"{path}: not a memorization index (format {fmt!r})")
-    return MemorizationIndex(feats.astype(np.float32), size=int(meta["size"]), k=int(meta["k"]),
-                             threshold=meta["threshold"], calibration=meta["calibration"],
+    problem = _index_problem(meta, feats, ref)
+    if problem:  # a damaged index would pass copies as non-copies: refuse it
+        raise InputError(f"{path}: damaged memorization index ({problem})",
+                         hint="rebuild it with build_index and calibrate")
+    return MemorizationIndex(feats.astype(np.float32), size=meta["size"], k=meta["k"],
+                             threshold=None if meta["threshold"] is None
+                             else float(meta["threshold"]),
+                             calibration=meta["calibration"],
                              reference=None if ref is None else ref.astype(np.float16),
-                             channels=str(meta["channels"]))
+                             channels=meta["channels"])
+
+
+def _index_problem(meta: dict[str, Any], feats: np.ndarray, ref: np.ndarray | None) -> str | None:
+    """What is wrong with a loaded index's metadata and arrays, or None."""
+    def whole(v: Any) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool)
+
+    size, k, threshold = meta.get("size"), meta.get("k"), meta.get("threshold")
+    if not (whole(size) and size >= 4 and whole(k) and k >= 1):
+        return f"size {size!r} and k {k!r} must be whole numbers, size >= 4, k >= 1"
+    if meta.get("channels") not in _CHANNELS:
+        return f"channels {meta.get('channels')!r} is not one of {', '.join(_CHANNELS)}"
+    if threshold is not None and not (
+            isinstance(threshold, int | float) and not isinstance(threshold, bool)
+            and np.isfinite(threshold) and threshold >= 0):
+        return f"threshold {threshold!r} is not a finite number >= 0"
+    if not isinstance(meta.get("calibration"), dict | None):
+        return "calibration is not an object"
+    width = size * size * (1 if meta["channels"] == "max" else 3)
+    for name, arr in (("features", feats), ("reference", ref)):
+        if arr is None:
+            continue
+        if arr.dtype.kind != "f" or arr.ndim != 2 or arr.shape[1] != width or len(arr) == 0:
+            return (f"{name} must be a non-empty (N, {width}) float array, not "
+                    f"{arr.shape} {arr.dtype}")
+        if not np.isfinite(arr).all():
+            return f"{name} holds NaN or infinite values"
+    if ref is not None and len(ref) < k:
+        return f"{len(ref)} reference images are fewer than k={k}"
+    return None
 
 
 @lru_cache(maxsize=4)

@@ -52,11 +52,6 @@ KINDS: tuple[str, ...] = ("SECRET", "EMAIL", "IBAN", "CARD", "IP", "PHONE")
 Span = tuple[int, int]
 
 _SECRET_PATTERNS = [
-    re.compile(
-        r"-----BEGIN (?:[A-Z0-9]+ )*PRIVATE KEY-----"
-        r"(?:.*?-----END (?:[A-Z0-9]+ )*PRIVATE KEY-----)?",
-        re.DOTALL,
-    ),
     re.compile(r"\beyJ[A-Za-z0-9_-]{4,}\.eyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]{8,}"),
     re.compile(r"\b(?:AKIA|ASIA|ABIA|ACCA|AGPA|AIDA|AROA)[0-9A-Z]{16}\b"),
     re.compile(r"\b(?:ghp|gho|ghu|ghs|ghr)_[A-Za-z0-9]{36,255}\b"),
@@ -111,7 +106,35 @@ def luhn_ok(digits: str) -> bool:
     return total % 10 == 0
 
 
+_PEM_BEGIN = re.compile(r"-----BEGIN (?:[A-Z0-9]+ )*PRIVATE KEY-----")
+_PEM_END = re.compile(r"-----END (?:[A-Z0-9]+ )*PRIVATE KEY-----")
+# The base64 body of a key whose END line is missing (a truncated paste): lines of 16+ base64
+# characters, also joined by literal "\n" as in JSON strings, and a short padded last line.
+_PEM_BODY = re.compile(
+    r"(?:(?:\s|\\n)*[A-Za-z0-9+/]{16,}={0,2}(?:(?:\s|\\n)+[A-Za-z0-9+/]{16,}={0,2})*"
+    r"(?:(?:\s|\\n)+[A-Za-z0-9+/]{1,15}={1,2})?)?"
+)
+
+
+def _pem_keys(text: str) -> Iterator[Span]:
+    """PEM private keys, BEGIN to END; without an END line, BEGIN and the base64 after it.
+
+    Linear in the text: once no END line follows, none follows any later BEGIN either.
+    """
+    pos, has_end = 0, True
+    while m := _PEM_BEGIN.search(text, pos):
+        end = _PEM_END.search(text, m.end()) if has_end else None
+        if end is None:
+            has_end = False
+            stop = _PEM_BODY.match(text, m.end()).end()  # type: ignore[union-attr]
+        else:
+            stop = end.end()
+        yield m.start(), stop
+        pos = stop
+
+
 def _secrets(text: str, region: str) -> Iterator[Span]:
+    yield from _pem_keys(text)
     for pattern in _SECRET_PATTERNS:
         for m in pattern.finditer(text):
             yield m.span()
@@ -216,9 +239,16 @@ def redact_spans(
 
     For evaluation against labelled spans; the spans point into the caller's own text.
     """
+    if not isinstance(text, str):
+        raise TypeError(f"text must be a str, not {type(text).__name__}")
+    if isinstance(kinds, str):  # one kind given bare: kinds="EMAIL"
+        kinds = (kinds,)
     unknown = set(kinds) - set(KINDS)
     if unknown:
         raise ValueError(f"unknown kinds {sorted(unknown)}; known: {', '.join(KINDS)}")
+    if "PHONE" in kinds and region not in phonenumbers.SUPPORTED_REGIONS:
+        # an unknown region would silently leave every phone number without "+" unmasked
+        raise ValueError(f"region {region!r} is not a phonenumbers region code (e.g. 'US')")
     found: list[tuple[int, int, str]] = []
     # origin[i]: where character i of the current text came from (-1: a placeholder)
     origin = list(range(len(text)))
@@ -267,10 +297,13 @@ class RedactPII:
     kinds: tuple[str, ...] = KINDS
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "kinds", tuple(self.kinds))  # a list from trustgain.json
+        kinds = (self.kinds,) if isinstance(self.kinds, str) else self.kinds
+        if not isinstance(kinds, list | tuple):
+            raise TypeError(f"kinds must be a list of kind names, not {type(kinds).__name__}")
+        object.__setattr__(self, "kinds", tuple(kinds))  # a list from trustgain.json
         if unknown := set(self.kinds) - set(KINDS):
             raise ValueError(f"unknown kinds {sorted(unknown)}; known: {', '.join(KINDS)}")
-        if self.region not in phonenumbers.SUPPORTED_REGIONS:
+        if not isinstance(self.region, str) or self.region not in phonenumbers.SUPPORTED_REGIONS:
             raise ValueError(f"region {self.region!r} is not a phonenumbers region code")
 
     def __call__(self, item: Item, ctx: RunContext) -> StageResult:
