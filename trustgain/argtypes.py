@@ -1,15 +1,20 @@
-"""argparse types and parser shared by the ``python -m`` training commands (models.train,
-protection.pixel_ddpm, protection.surrogates, privacy.finetune_public,
-watermark.detector_train), so every one of them refuses a bad number the same way: one line,
-exit code 2, before anything loads. The ``trustgain`` CLI itself is click
-(:mod:`trustgain.cli.common` has the click counterparts)."""
+"""argparse types, parser and error ending shared by the ``python -m`` training commands
+(models.train, models.cards, protection.pixel_ddpm, protection.surrogates,
+privacy.finetune_public, watermark.detector_train), so every one of them refuses a bad number
+the same way (one line, exit code 2, before anything loads) and ends a known error or Ctrl-C
+the same way (:func:`run_command`). The ``trustgain`` CLI itself is click
+(:mod:`trustgain.cli.common` and :mod:`trustgain.cli.main` have the click counterparts)."""
 
 from __future__ import annotations
 
 import argparse
 import math
+import os
+import sys
 from collections.abc import Callable
 from typing import Any
+
+from trustgain.errors import TrustgainError
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -60,3 +65,27 @@ CAP = number(int, 0)  #: 0, 1, ... (0 often means "none")
 SEED = number(int, 0, high=2**63 - 1)
 NON_NEGATIVE = number(float, 0.0)
 RATE = number(float, 0.0, above=True)  #: finite and > 0 (learning rates, minutes)
+
+
+def run_command(work: Callable[[], int | None], *, interrupted: str | Callable[[], str] =
+                "interrupted", hint: Callable[[TrustgainError], str] | None = None) -> int:
+    """Run ``work`` and return its exit code (None: 0). A :class:`TrustgainError` ends as
+    ``error: MESSAGE (HINT)`` on stderr and exit code 1, Ctrl-C as the line ``interrupted``
+    (a string or a function giving it) and exit code 130; ``TRUSTGAIN_DEBUG=1`` keeps the
+    traceback. ``hint`` rewrites a library hint for the command line (e.g. ``--force`` for
+    ``overwrite=True``)."""
+    debug = os.environ.get("TRUSTGAIN_DEBUG") == "1"
+    try:
+        code = work()
+    except TrustgainError as exc:
+        if debug:
+            raise
+        text = hint(exc) if hint is not None else exc.hint
+        print(f"error: {exc}" + (f" ({text})" if text else ""), file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        print(interrupted() if callable(interrupted) else interrupted, file=sys.stderr)
+        return 130
+    return 0 if code is None else code

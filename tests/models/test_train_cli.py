@@ -5,6 +5,7 @@ shipped models. Training itself is stubbed out (a real run takes seconds)."""
 from __future__ import annotations
 
 import json
+import re
 import stat
 from pathlib import Path
 
@@ -49,34 +50,36 @@ def no_training(monkeypatch):
     monkeypatch.setattr(train_sd, "train_mini_sd", boom)
 
 
-def _one_line(exc: pytest.ExceptionInfo[SystemExit]) -> str:
-    msg = str(exc.value.code)
-    assert "\n" not in msg and msg.startswith("error: ")
+def _one_line(main, argv, capsys) -> str:
+    """Run ``main(argv)``: it must exit 1 with one line "error: ..." on stderr."""
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    msg = capsys.readouterr().err.strip()
+    assert exc.value.code == 1 and "\n" not in msg and msg.startswith("error: "), msg
     return msg
 
 
-def test_existing_output_needs_force(tmp_path, no_training):
+def test_existing_output_needs_force(tmp_path, no_training, capsys):
     folder, file = tmp_path / "u2", tmp_path / "afile"
     folder.mkdir()
     (folder / "keep.txt").write_text("mine")
     file.write_text("mine too")
     for out in (folder, file):
-        with pytest.raises(SystemExit) as exc:
-            train.main(["judge", "--out", str(out)])
-        assert _one_line(exc).endswith("exists; pass --force to replace it")
+        msg = _one_line(train.main, ["judge", "--out", str(out)], capsys)
+        assert msg.endswith("exists; pass --force to replace it")
     assert (folder / "keep.txt").read_text() == "mine" and file.read_text() == "mine too"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["afile", "u2"]
 
 
-def test_default_output_never_silently_replaces_the_shipped_models(no_training):
+def test_default_output_never_silently_replaces_the_shipped_models(no_training, capsys):
     shipped = {name: _snapshot(models._HERE / name) for name in (models.JUDGE_ID,
                                                                  models.MINI_SD_ID)}
     for argv in (["judge"], ["mini-sd"], ["judge", "--steps", "3"]):
-        with pytest.raises(SystemExit) as exc:
-            train.main(argv)
-        assert "the shipped model" in _one_line(exc) and "--force" in str(exc.value.code)
-    with pytest.raises(SystemExit, match="exists; pass --force"):
-        train.main(["judge", "--out", str(models.judge_path())])
+        msg = _one_line(train.main, argv, capsys)
+        assert "the shipped model" in msg and "--force" in msg
+    msg = _one_line(train.main, ["judge", "--out", str(models.judge_path())], capsys)
+    assert "exists; pass --force" in msg
     assert shipped == {name: _snapshot(models._HERE / name) for name in shipped}
 
 
@@ -166,9 +169,8 @@ def test_known_errors_and_ctrl_c_end_as_one_line(tmp_path, monkeypatch, capsys):
         raise TrustgainError("boom", hint="do this")
 
     monkeypatch.setattr(train, "train_judge", fail)
-    with pytest.raises(SystemExit) as exc:
-        train.main(["judge", "--out", str(tmp_path / "o")])
-    assert _one_line(exc) == "error: boom (do this)"
+    assert _one_line(train.main, ["judge", "--out", str(tmp_path / "o")], capsys) == (
+        "error: boom (do this)")
 
     def interrupt(*a, **k):
         raise KeyboardInterrupt
@@ -180,13 +182,13 @@ def test_known_errors_and_ctrl_c_end_as_one_line(tmp_path, monkeypatch, capsys):
 
 
 def test_refuses_the_current_folder_and_a_file_among_the_parents(tmp_path, monkeypatch,
-                                                                  no_training):
+                                                                  no_training, capsys):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "f").write_text("x")
-    with pytest.raises(SystemExit, match="refusing to replace"):
-        train.main(["judge", "--out", ".", "--force"])
-    with pytest.raises(SystemExit, match="is a file, not a folder"):
-        train.main(["judge", "--out", "f/model", "--force"])
+    assert "refusing to replace" in _one_line(train.main, ["judge", "--out", ".", "--force"],
+                                              capsys)
+    assert "is a file, not a folder" in _one_line(
+        train.main, ["judge", "--out", "f/model", "--force"], capsys)
     assert (tmp_path / "f").read_text() == "x"
 
 
@@ -237,13 +239,13 @@ def test_cards_root_must_hold_a_model(tmp_path, card_root, capsys):
         cards.main(["--root", str(tmp_path / "nonexistent")])
     assert exc.value.code == 2 and "no such folder" in capsys.readouterr().err
     (tmp_path / "empty").mkdir()
-    with pytest.raises(SystemExit, match="nothing written"):
-        cards.main(["--root", str(tmp_path / "empty")])
+    assert "nothing written" in _one_line(cards.main, ["--root", str(tmp_path / "empty")],
+                                          capsys)
     bench = tmp_path / "bench.json"
     bench.write_text(json.dumps(_bench()))
     cards.main(["--root", str(card_root), "--bench", str(bench)])
     card = (card_root / models.JUDGE_ID / "README.md").read_text()
     assert "| judge accuracy | 0.9 |" in card and "3 steps" in card
     (card_root / models.JUDGE_ID / "training.json").write_text("[")
-    with pytest.raises(SystemExit, match=r"training\.json .*not valid JSON"):
-        cards.main(["--root", str(card_root)])
+    assert re.search(r"training\.json .*not valid JSON",
+                     _one_line(cards.main, ["--root", str(card_root)], capsys))

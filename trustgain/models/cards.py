@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
-from trustgain.errors import InputError, TrustgainError
+from trustgain.argtypes import run_command
+from trustgain.errors import InputError
 from trustgain.fileio import write_atomic
 
 from . import JUDGE_ID, MINI_SD_ID
@@ -235,7 +235,7 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     if not args.root.is_dir():
         p.error(f"--root {args.root}: no such folder")
-    try:
+    def work() -> None:
         bench = _read_json(args.bench, "--bench") if args.bench else None
         if bench is not None:
             problem = bench_problem(bench)
@@ -245,16 +245,15 @@ def main(argv: list[str] | None = None) -> None:
             if bench.get("quick"):
                 p.error("refusing a --quick benchmark for the model cards")
         written = write_cards(bench, args.root, args.note)
-    except TrustgainError as exc:
-        raise SystemExit(f"error: {exc}") from None
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        raise SystemExit(130) from None
-    if not written:
-        raise SystemExit(f"error: --root {args.root}: no {MINI_SD_ID}/training.json or "
-                         f"{JUDGE_ID}/training.json there; nothing written")
-    for path in written:
-        print(f"wrote {path}")
+        if not written:
+            raise InputError(f"--root {args.root}: no {MINI_SD_ID}/training.json or "
+                             f"{JUDGE_ID}/training.json there; nothing written")
+        for path in written:
+            print(f"wrote {path}")
+
+    code = run_command(work)
+    if code:
+        raise SystemExit(code)
 
 
 if __name__ == "__main__":

@@ -27,7 +27,6 @@ import argparse
 import contextlib
 import json
 import platform
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -37,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from trustgain.argtypes import CAP, COUNT, RATE
+from trustgain.argtypes import CAP, COUNT, RATE, run_command
 from trustgain.devices import device_problem
 from trustgain.errors import TrustgainError
 from trustgain.fileio import occupied, write_atomic, write_folder
@@ -315,14 +314,9 @@ def main(argv: list[str] | None = None) -> None:
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
         torch.backends.cudnn.benchmark = True
-    try:
-        (_run_judge if args.model == "judge" else _run_mini_sd)(args)
-    except TrustgainError as exc:
-        hint = f" ({exc.hint})" if exc.hint else ""
-        raise SystemExit(f"error: {exc}{hint}") from None
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        raise SystemExit(130) from None
+    code = run_command(lambda: (_run_judge if args.model == "judge" else _run_mini_sd)(args))
+    if code:
+        raise SystemExit(code)
 
 
 if __name__ == "__main__":

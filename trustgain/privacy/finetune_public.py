@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from trustgain.argtypes import COUNT, RATE, OneLineParser, device
+from trustgain.argtypes import COUNT, RATE, OneLineParser, device, run_command
 from trustgain.errors import TrustgainError
 
 PUBLIC_DIGITS = (0, 1, 2, 3, 4)
@@ -222,22 +222,12 @@ def main(argv: list[str] | None = None) -> int:
     """``python -m trustgain.privacy.finetune_public OUT [--steps N --batch B ...]``."""
     args = build_parser().parse_args(argv)
     torch.set_num_threads(args.threads)
-    try:
-        out = public_model(args.out, steps=args.steps, batch=args.batch,
-                           max_minutes=args.max_minutes, device=args.device, force=args.force)
-    except TrustgainError as exc:
-        if os.environ.get("TRUSTGAIN_DEBUG") == "1":
-            raise
-        hint = f" ({exc.hint})" if exc.hint else ""
-        print(f"error: {exc}{hint}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        if os.environ.get("TRUSTGAIN_DEBUG") == "1":
-            raise
-        print("interrupted", file=sys.stderr)
-        return 130
-    print(out)
-    return 0
+
+    def work() -> None:
+        print(public_model(args.out, steps=args.steps, batch=args.batch,
+                           max_minutes=args.max_minutes, device=args.device, force=args.force))
+
+    return run_command(work)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -6,14 +6,12 @@ errors and Ctrl-C (the checkpoint is kept for a rerun).
 from __future__ import annotations
 
 import argparse
-import os
 import random
-import sys
 from pathlib import Path
 
 import torch
 
-from trustgain.argtypes import COUNT, RATE, SEED, number
+from trustgain.argtypes import COUNT, RATE, SEED, number, run_command
 from trustgain.devices import device_problem
 from trustgain.errors import OutputExistsError, TrustgainError
 from trustgain.protection.pixel_ddpm_data import data_paths, named_images
@@ -108,8 +106,8 @@ def main(argv: list[str] | None = None) -> int:
         p.error("--data patches: the natural patches are 32x32, use --size 32")
     torch.set_num_threads(args.threads)
     random.seed(args.seed)
-    debug = os.environ.get("TRUSTGAIN_DEBUG") == "1"
-    try:
+
+    def work() -> None:
         sources = data_paths(args.data)
         check_output(args.out, overwrite=args.force, data_paths=sources)  # before data loads
         images = named_images(args.data, size=args.size, channels=channels)
@@ -118,19 +116,11 @@ def main(argv: list[str] | None = None) -> int:
                          checkpoint_every=args.checkpoint_every, overwrite=args.force,
                          progress=not args.no_progress, device=args.device,
                          data_paths=sources)
-    except TrustgainError as exc:
-        if debug:
-            raise
-        hint = _cli_hint(exc)
-        print(f"error: {exc}" + (f" ({hint})" if hint else ""), file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        if debug:
-            raise
+        print(f"saved {out}")
+
+    def interrupted() -> str:
         ckpt = Path(args.out).expanduser() / CHECKPOINT_NAME
-        print(f"interrupted; checkpoint kept at {ckpt} (rerun the same command to resume)"
-              if ckpt.is_file() else "interrupted; no checkpoint was written yet",
-              file=sys.stderr)
-        return 130
-    print(f"saved {out}")
-    return 0
+        return (f"interrupted; checkpoint kept at {ckpt} (rerun the same command to resume)"
+                if ckpt.is_file() else "interrupted; no checkpoint was written yet")
+
+    return run_command(work, interrupted=interrupted, hint=_cli_hint)

@@ -7,15 +7,14 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from trustgain.argtypes import RATE, device, number
-from trustgain.errors import ConfigError, TrustgainError
+from trustgain.argtypes import RATE, device, number, run_command
+from trustgain.errors import ConfigError
 from trustgain.protection.archs import ARCHS
 from trustgain.protection.surrogates_data import folder_dataset
 from trustgain.protection.surrogates_files import check_output, save_folder
@@ -99,15 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        return _run(args)
-    except TrustgainError as exc:
-        hint = f" ({exc.hint})" if exc.hint else ""
-        print(f"error: {exc}{hint}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print(f"interrupted; {args.out} was not written", file=sys.stderr)
-        return 130
+    return run_command(lambda: _run(args), interrupted=f"interrupted; {args.out} was not written")
 
 
 def _run(args: argparse.Namespace) -> int:

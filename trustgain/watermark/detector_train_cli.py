@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import os
 import shlex
 import sys
 import time
@@ -22,8 +21,16 @@ from collections.abc import Sequence
 
 import torch
 
-from trustgain.argtypes import CAP, COUNT, NON_NEGATIVE, RATE, SEED, OneLineParser, device
-from trustgain.errors import TrustgainError
+from trustgain.argtypes import (
+    CAP,
+    COUNT,
+    NON_NEGATIVE,
+    RATE,
+    SEED,
+    OneLineParser,
+    device,
+    run_command,
+)
 from trustgain.watermark import detector_train as dt
 
 PROG = "python -m trustgain.watermark.detector_train"
@@ -100,32 +107,21 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     command = shlex.join([sys.executable, "-m", "trustgain.watermark.detector_train",
                           *(sys.argv[1:] if argv is None else argv)])
-    try:
-        report = dt.run(args.model, args.output, settings_from_args(args), device=args.device,
-                        prompts_file=args.prompts, overwrite=args.overwrite,
-                        progress=not args.no_progress, command=command, log=log,
-                        init=args.init)
-    except TrustgainError as exc:
-        if os.environ.get("TRUSTGAIN_DEBUG") == "1":
-            raise
-        hint = f" ({exc.hint})" if exc.hint else ""
-        print(f"error: {exc}{hint}", file=sys.stderr)
-        return 1
-    except torch.cuda.OutOfMemoryError:
-        if os.environ.get("TRUSTGAIN_DEBUG") == "1":
-            raise
-        print(f"error: out of GPU memory on {args.device}; nothing written (lower --batch, "
-              "--e2e-batch or --gen-batch)", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        if os.environ.get("TRUSTGAIN_DEBUG") == "1":
-            raise
-        print("interrupted", file=sys.stderr)
-        return 130
-    log(f"wrote {args.output}: clean sign accuracy "
-        f"{report['eval']['base']['none']['sign_accuracy']} -> "
-        f"{report['eval']['tuned']['none']['sign_accuracy']}")
-    return 0
+    def work() -> None:
+        try:
+            report = dt.run(args.model, args.output, settings_from_args(args),
+                            device=args.device, prompts_file=args.prompts,
+                            overwrite=args.overwrite, progress=not args.no_progress,
+                            command=command, log=log, init=args.init)
+        except torch.cuda.OutOfMemoryError:
+            raise dt.DetectorTrainError(
+                f"out of GPU memory on {args.device}; nothing written",
+                hint="lower --batch, --e2e-batch or --gen-batch") from None
+        log(f"wrote {args.output}: clean sign accuracy "
+            f"{report['eval']['base']['none']['sign_accuracy']} -> "
+            f"{report['eval']['tuned']['none']['sign_accuracy']}")
+
+    return run_command(work)
 
 
 if __name__ == "__main__":
