@@ -271,3 +271,63 @@ def test_audit_set_metadata_that_is_not_utf8_is_an_input_error(tmp_path: Path) -
     with pytest.raises(InputError, match="UTF-8"):
         membership.load_audit_set(tmp_path)
 
+
+
+def _png(path: Path, value: int = 0) -> None:
+    from PIL import Image
+
+    Image.fromarray(np.full((8, 8, 3), value, np.uint8)).save(path)
+
+
+@pytest.mark.parametrize("line, match", [
+    ('{"file_name": "../outside.png"}', "points outside"),
+    ('{"file_name": "/etc/passwd"}', "points outside"),
+    ('{"file_name": "link.png"}', "points outside"),
+    ('{"file_name": 3}', "non-empty string"),
+    ('{"file_name": ""}', "non-empty string"),
+    ('["a.png"]', "not a JSON object"),
+    ('{"file_name": "a.png", "text": 5}', "not a string"),
+    ('{"file_name": "a.png"}\n{"file_name": "./a.png"}', "listed again"),
+])
+def test_audit_set_metadata_cannot_leave_the_folder_or_list_an_image_twice(
+    tmp_path: Path, line: str, match: str
+) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    _png(data / "a.png")
+    _png(tmp_path / "outside.png", 255)
+    (data / "link.png").symlink_to(tmp_path / "outside.png")
+    (data / "metadata.jsonl").write_text(line + "\n")
+    with pytest.raises(InputError, match=match):
+        membership.load_audit_set(data)
+
+
+def test_audit_set_metadata_reads_names_and_optional_captions(tmp_path: Path) -> None:
+    _png(tmp_path / "a.png", 10)
+    (tmp_path / "sub").mkdir()
+    _png(tmp_path / "sub" / "b.png", 20)
+    (tmp_path / "metadata.jsonl").write_text(
+        '{"file_name": "sub/b.png", "text": "two"}\n\n{"file_name": "a.png"}\n')
+    audit = membership.load_audit_set(tmp_path)
+    assert audit.names == ["sub/b.png", "a.png"] and audit.captions == ["two", ""]
+    assert audit.images[:, 0, 0, 0].tolist() == [20, 10]
+
+
+def test_finetune_metadata_needs_a_caption_and_stays_in_its_folder(tmp_path: Path) -> None:
+    from trustgain.privacy.finetune_data import load_records
+
+    _png(tmp_path / "a.png")
+    _png(tmp_path / "b.png")
+    meta = tmp_path / "metadata.jsonl"
+    meta.write_text('{"file_name": "a.png", "text": "x"}\n{"file_name": "b.png"}\n')
+    with pytest.raises(InputError, match=r"metadata.jsonl:2: 'text' is missing"):
+        load_records(tmp_path, resolution=8)
+    meta.write_text('{"file_name": "a.png", "text": "x"}\n{"file_name": "a.png", "text": "y"}\n')
+    with pytest.raises(InputError, match="listed again"):
+        load_records(tmp_path, resolution=8)
+    meta.write_bytes(b'{"file_name": "a.png", "text": "\xff"}\n')
+    with pytest.raises(InputError, match="not UTF-8"):
+        load_records(tmp_path, resolution=8)
+    meta.write_text('{"file_name": "a.png", "text": "x"}\n{"file_name": "b.png", "text": "y"}\n')
+    images, captions = load_records(tmp_path, resolution=8)
+    assert images.shape == (2, 8, 8, 3) and captions == ["x", "y"]

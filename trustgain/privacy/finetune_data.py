@@ -15,9 +15,9 @@ from pathlib import Path
 
 import numpy as np
 
+from trustgain.digest import short_repr
 from trustgain.errors import InputError
-
-METADATA = "metadata.jsonl"
+from trustgain.privacy.metadata import METADATA, read_metadata
 
 
 def load_records(
@@ -78,27 +78,15 @@ def _read_folder(folder: Path, resolution: int) -> tuple[np.ndarray, list[str]]:
             hint='write one JSON line per image: {"file_name": "a.png", "text": "a caption"}',
         )
     images, captions = [], []
-    for n, line in enumerate(meta.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-            name, text = row["file_name"], row["text"]
-        except (ValueError, KeyError, TypeError):
-            raise InputError(
-                f"{meta}:{n}: expected {{\"file_name\": ..., \"text\": ...}}"
-            ) from None
-        path = (folder / name).resolve()
-        if folder.resolve() not in path.parents:
-            raise InputError(f"{meta}:{n}: {name!r} points outside {folder}")
+    for path, name, text in read_metadata(folder, need_text=True):
         try:
             with Image.open(path) as im:
                 im = im.convert("RGB")
                 if im.size != (resolution, resolution):
                     im = im.resize((resolution, resolution), Image.Resampling.BICUBIC)
                 images.append(np.asarray(im, dtype=np.uint8))
-        except (OSError, ValueError) as exc:
-            raise InputError(f"{meta}:{n}: cannot read image {name!r}: {exc}") from None
+        except (OSError, ValueError, Image.DecompressionBombError) as exc:
+            raise InputError(f"{meta}: cannot read image {short_repr(name)}: {exc}") from None
         captions.append(str(text))
     if not images:
         raise InputError(f"{meta} lists no images")

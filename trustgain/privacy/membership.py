@@ -22,7 +22,6 @@ exist); differential privacy is the guarantee, this is a check that it is not br
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -32,6 +31,7 @@ import numpy as np
 from PIL import Image
 
 from trustgain.errors import InputError
+from trustgain.privacy.metadata import METADATA, read_metadata
 
 #: Timesteps (of the 1000-step training schedule) at which the loss is measured.
 DEFAULT_TIMESTEPS: tuple[int, ...] = (25, 50, 100, 200, 300, 500)
@@ -58,45 +58,29 @@ def load_audit_set(folder: str | Path) -> AuditSet:
     root = Path(folder)
     if not root.is_dir():
         raise InputError(f"{root} is not a folder", hint="give a folder of images")
-    meta = root / "metadata.jsonl"
-    entries: list[tuple[str, str]] = []
-    if meta.is_file():
-        try:
-            lines = meta.read_text(encoding="utf-8").splitlines()
-        except (OSError, UnicodeDecodeError) as exc:
-            raise InputError(f"{meta}: not readable as UTF-8 text ({exc})") from None
-        for n, line in enumerate(lines, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-                entries.append((str(row["file_name"]), str(row.get("text", ""))))
-            except (ValueError, KeyError, TypeError):
-                raise InputError(
-                    f"{meta}:{n} is not a JSON object with 'file_name'",
-                    hint='each line: {"file_name": "x.png", "text": "caption"}',
-                ) from None
+    entries: list[tuple[Path, str, str]] = []
+    if (root / METADATA).is_file():
+        entries = read_metadata(root, need_text=False)
     else:
         entries = [
-            (p.name, "")
+            (p, p.name, "")
             for p in sorted(root.iterdir())
             if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
         ]
     if not entries:
         raise InputError(f"{root} holds no images", hint=f"suffixes: {', '.join(IMAGE_SUFFIXES)}")
     images = []
-    for name, _ in entries:
-        path = root / name
+    for path, _, _ in entries:
         try:
             with Image.open(path) as im:
                 images.append(np.asarray(im.convert("RGB")))
         except FileNotFoundError:
             raise InputError(f"{path}: listed in metadata.jsonl but missing") from None
-        except OSError as exc:
+        except (OSError, ValueError, Image.DecompressionBombError) as exc:
             raise InputError(f"{path}: not a readable image ({exc})") from None
     if len({im.shape for im in images}) != 1:
         raise InputError(f"{root}: images differ in size", hint="resize them to one size first")
-    return AuditSet(np.stack(images), [t for _, t in entries], [n for n, _ in entries])
+    return AuditSet(np.stack(images), [t for _, _, t in entries], [n for _, n, _ in entries])
 
 
 def denoising_losses(
