@@ -114,3 +114,40 @@ def test_labelled_set_quality_floor():
     assert set(scores) == set(KINDS)
     for kind, m in scores.items():  # a floor that catches regressions, not the issue target
         assert m["precision"] >= 0.9 and m["recall"] >= 0.8, kind
+
+
+DISGUISED = [
+    ("card ４１１１ １１１１ １１１１ １１１１ ok", "CARD"),
+    ("card 4111\u200b1111\u200b1111\u200b1111 ok", "CARD"),
+    ("card 4111\u00a01111\u00a01111\u00a01111 ok", "CARD"),
+    ("mail jo\u200bhn@example.com ok", "EMAIL"),
+    ("mail john＠example．com ok", "EMAIL"),
+    ("mail jöhn@exämple.de ok", "EMAIL"),
+    ("mail jo\u0308hn@example.de ok", "EMAIL"),
+    ("mail 用户@例子.广告 ok", "EMAIL"),
+    ("ip １９２.１６８.１.１ ok", "IP"),
+    ("ip 192.168.1\u00ad.1 ok", "IP"),
+    ("phone +1 415\u200b555 2671 ok", "PHONE"),
+    ("key sk-\u200bproj-abcdefghijklmnopqrstuvwx ok", "SECRET"),
+    ("key AKIA\u200bIOSFODNN7EXAMPLE ok", "SECRET"),
+    ("iban ＤＥ89 3704 0044 0532 0130 00 ok", "IBAN"),
+]
+
+
+@pytest.mark.parametrize("text, kind", DISGUISED)
+def test_lookalike_and_invisible_characters_do_not_hide_a_value(text: str, kind: str) -> None:
+    new, counts = redact(text)
+    assert counts == {kind: 1}
+    # the whole disguised value goes, invisible characters included; the rest stays
+    assert new.split(" ")[0] == text.split(" ")[0] and new.endswith(f"[{kind}] ok")
+    assert "\u200b" not in new and "\u00ad" not in new
+
+
+@pytest.mark.parametrize("text", [
+    "価格は１２３円、ｖｅｒｓｉｏｎ １.２.３.４ です",
+    "café naïve ﬁne 🙂\u200d🙂 user@host",
+    "مرحبا بالعالم ٣٤٥",
+    "ﷺ 12 345 ok",
+])
+def test_unicode_text_without_values_is_left_as_it_is(text: str) -> None:
+    assert redact(text) == (text, {})

@@ -28,6 +28,16 @@ Kinds and how each is confirmed (a regex alone would mask too much):
   lists in secret scanners (gitleaks, detect-secrets) are data files, not Python APIs we can
   call per string, so the common formats are written out here.
 
+Every kind is searched in a folded view of the text, so look-alike writing does not hide a
+value: NFKC compatibility forms (fullwidth ``４１１１``, ``＠``, ``．``, no-break and ideographic
+spaces) read as their ASCII forms, and invisible format characters (zero-width space and
+joiners, soft hyphen, bidi controls: Unicode category Cf) are dropped, so a card number split
+by zero-width spaces is one card. Both the text and its folded view are searched; a match
+masks the original characters it came from, invisible ones included.
+Addresses may use Unicode letters (``jöhn@exämple.de``, ``用户@例子.广告``; RFC 6531). Not
+folded: cross-script confusables (Cyrillic ``а`` for Latin ``a``), which need a confusables
+table and would fold real non-Latin text.
+
 Only counts per kind are ever reported; the masked values are not kept anywhere.
 """
 
@@ -35,6 +45,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+import unicodedata
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -70,9 +81,10 @@ _ASSIGNMENT = re.compile(
     r"|access[_-]?(?:token|key)|auth[_-]?token|token|password|passwd|pwd|client[_-]?secret"
     r"|private[_-]?key)\b[\"']?\s*[:=]\s*[\"']?([^\s\"',;]{6,})"
 )
+# \w is Unicode-aware: internationalized local parts and domain labels (RFC 6531 / IDNA).
 _EMAIL = re.compile(
-    r"(?<![\w.+-])[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
-    r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\.[A-Za-z]{2,63}\b"
+    r"(?<![\w.+-])[\w.!#$%&'*+/=?^`{|}~-]+@[^\W_](?:[\w-]{0,61}[^\W_])?"
+    r"(?:\.[^\W_](?:[\w-]{0,61}[^\W_])?)*\.[^\W\d_]{2,63}\b"
 )
 _IBAN = re.compile(r"\b[A-Z]{2}\d{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,3})?\b")
 _CARD = re.compile(r"(?<![\w.,-])\d(?:[ -]?\d){12,18}(?![\d]|[.,]\d)")
@@ -255,7 +267,7 @@ def redact_spans(
     for kind in KINDS:
         if kind not in kinds:
             continue
-        spans = _merge(list(_FINDERS[kind](text, region)))
+        spans = _find(kind, text, region)
         for start, end in reversed(spans):
             src = [o for o in origin[start:end] if o >= 0]
             if src:
@@ -267,6 +279,57 @@ def redact_spans(
             text = f"{text[:start]}{placeholder}{text[end:]}"
             origin[start:end] = [-1] * len(placeholder)
     return text, sorted(found)
+
+
+_NON_ASCII = re.compile(r"[^\x00-\x7f]+")
+
+
+def fold(text: str) -> tuple[str, list[int], list[int]]:
+    """``(folded, starts, ends)``: ``text`` in NFKC with format characters dropped.
+
+    Folded character ``j`` came from ``text[starts[j]:ends[j]]`` (a base character with its
+    combining marks, normalized together). ASCII text is returned as it is. Hand-written:
+    ``unicodedata.normalize`` gives no offsets, and masking needs them.
+    """
+    if text.isascii():
+        return text, [], []
+    out: list[str] = []
+    starts: list[int] = []
+    ends: list[int] = []
+    pos = 0
+    for m in _NON_ASCII.finditer(text):
+        a, b = m.span()
+        if a > pos and unicodedata.combining(text[a]):
+            a -= 1  # the ASCII base character is normalized with its marks
+        out.append(text[pos:a])
+        starts.extend(range(pos, a))
+        ends.extend(range(pos + 1, a + 1))
+        i = a
+        while i < b:
+            j = i + 1
+            while j < b and unicodedata.combining(text[j]):
+                j += 1
+            chunk = unicodedata.normalize("NFKC", text[i:j])
+            chunk = "".join(c for c in chunk if unicodedata.category(c) != "Cf")
+            out.append(chunk)
+            starts.extend([i] * len(chunk))
+            ends.extend([j] * len(chunk))
+            i = j
+        pos = b
+    out.append(text[pos:])
+    starts.extend(range(pos, len(text)))
+    ends.extend(range(pos + 1, len(text) + 1))
+    return "".join(out), starts, ends
+
+
+def _find(kind: str, text: str, region: str) -> list[Span]:
+    """Spans of ``kind`` in ``text`` and in its folded view (each can see what the other
+    misses: phonenumbers reads a zero-width space as a group separator, not as nothing)."""
+    folded, starts, ends = fold(text)
+    found = list(_FINDERS[kind](text, region))
+    if folded is not text:
+        found += [(starts[a], ends[b - 1]) for a, b in _FINDERS[kind](folded, region) if b > a]
+    return _merge(found)
 
 
 def _merge(spans: list[Span]) -> list[Span]:
