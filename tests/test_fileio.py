@@ -74,3 +74,48 @@ def test_without_replace_what_appeared_meanwhile_is_kept(tmp_path):
     assert (out / "theirs.txt").read_text() == "theirs"
     (kept,) = tmp_path.glob(".m.*.tmp")
     assert (kept / "a.txt").read_text() == "new"
+
+
+def _interrupted_between_renames(out: Path, token: str = "0123abcd") -> Path:
+    """The state a kill between write_folder's two renames leaves: out moved aside."""
+    old = out.parent / f".{out.name}.{token}.old"
+    out.rename(old)
+    return old
+
+
+def test_a_folder_moved_aside_by_a_killed_swap_is_put_back_before_the_next_write(tmp_path):
+    out = tmp_path / "model"
+    fileio.write_folder(out, _fill("previous"))
+    old = _interrupted_between_renames(out)
+    with (pytest.warns(UserWarning, match="put back"),
+          pytest.raises(TrustgainError, match="appeared while writing")):
+        fileio.write_folder(out, _fill("new"), replace=False)
+    assert (out / "a.txt").read_text() == "previous" and not old.exists()
+    leftovers = [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+    assert len(leftovers) == 1 and (leftovers[0] / "a.txt").read_text() == "new"
+
+
+def test_replaced_folders_left_after_a_killed_swap_are_removed(tmp_path):
+    out = tmp_path / "model"
+    fileio.write_folder(out, _fill("previous"))
+    stale = tmp_path / ".model.89abcdef.old"
+    stale.mkdir()
+    (stale / "a.txt").write_text("older")
+    busy = tmp_path / ".model.89abcdef.tmp"  # another writer's work: never touched
+    busy.mkdir()
+    other = tmp_path / ".model2.89abcdef.old"  # another folder's: never touched
+    other.mkdir()
+    with pytest.warns(UserWarning, match="removed 1 replaced"):
+        fileio.write_folder(out, _fill("new"))
+    assert (out / "a.txt").read_text() == "new"
+    assert not stale.exists() and busy.is_dir() and other.is_dir()
+
+
+def test_several_copies_beside_a_missing_folder_are_left_for_the_user(tmp_path):
+    out = tmp_path / "model"
+    for token in ("00000001", "00000002"):
+        (tmp_path / f".model.{token}.old").mkdir()
+    with pytest.warns(UserWarning, match="several earlier copies"):
+        assert "none moved" in fileio.finish_interrupted_swap(out)
+    assert not out.exists() and len(list(tmp_path.iterdir())) == 2
+    assert fileio.finish_interrupted_swap(tmp_path / "absent") is None

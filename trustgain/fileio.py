@@ -5,9 +5,11 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import re
 import secrets
 import shutil
 import tempfile
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -99,6 +101,7 @@ def write_folder(out: str | os.PathLike[str], write: Callable[[Path], None], *,
     shared by every command that writes a model folder.
     """
     out = Path(out).absolute()
+    finish_interrupted_swap(out)
     token = secrets.token_hex(4)
     tmp = out.parent / f".{out.name}.{token}.tmp"
     old = out.parent / f".{out.name}.{token}.old"
@@ -131,6 +134,41 @@ def write_folder(out: str | os.PathLike[str], write: Callable[[Path], None], *,
         raise OutputWriteError(out, exc) from None
     remove(old)
     return out
+
+
+def finish_interrupted_swap(out: str | os.PathLike[str]) -> str | None:
+    """Clean up after a :func:`write_folder` killed while swapping folders; what was done.
+
+    Killed between its two renames, ``out`` is gone and the previous folder sits in
+    ``.OUT.<token>.old``: it is put back (one such folder only; several are left for the user
+    and named). Killed after them, the ``.old`` folders are the replaced folder, which the
+    writer was about to remove: they are removed. ``.tmp`` folders are never touched here:
+    one may be another writer's work in progress. Also warns (:mod:`warnings`).
+    """
+    out = Path(out).absolute()
+    pattern = re.compile(rf"\.{re.escape(out.name)}\.[0-9a-f]{{8}}\.old")
+    try:
+        olds = sorted(p for p in out.parent.iterdir() if pattern.fullmatch(p.name))
+    except OSError:
+        return None
+    if not olds:
+        return None
+    if out.exists() or out.is_symlink():
+        for old in olds:
+            remove(old)
+        message = (f"removed {len(olds)} replaced folder(s) left beside {out} "
+                   "by an interrupted write")
+    elif len(olds) == 1:
+        try:
+            os.rename(olds[0], out)
+        except OSError:
+            return None
+        message = f"put back {out} from {olds[0].name}: an earlier write was interrupted"
+    else:
+        names = ", ".join(p.name for p in olds)
+        message = f"{out} is missing and several earlier copies are beside it ({names}); none moved"
+    warnings.warn(message, stacklevel=2)
+    return message
 
 
 def trustgain_home() -> Path:
