@@ -120,6 +120,8 @@ DISGUISED = [
     ("card ４１１１ １１１１ １１１１ １１１１ ok", "CARD"),
     ("card 4111\u200b1111\u200b1111\u200b1111 ok", "CARD"),
     ("card 4111\u00a01111\u00a01111\u00a01111 ok", "CARD"),
+    ("card ٤١١١ ١١١١ ١١١١ ١١١١ ok", "CARD"),
+    ("phone +١ ٤١٥ ٥٥٥ ٢٦٧١ ok", "PHONE"),
     ("mail jo\u200bhn@example.com ok", "EMAIL"),
     ("mail john＠example．com ok", "EMAIL"),
     ("mail jöhn@exämple.de ok", "EMAIL"),

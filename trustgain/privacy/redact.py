@@ -30,10 +30,11 @@ Kinds and how each is confirmed (a regex alone would mask too much):
 
 Every kind is searched in a folded view of the text, so look-alike writing does not hide a
 value: NFKC compatibility forms (fullwidth ``４１１１``, ``＠``, ``．``, no-break and ideographic
-spaces) read as their ASCII forms, and invisible format characters (zero-width space and
-joiners, soft hyphen, bidi controls: Unicode category Cf) are dropped, so a card number split
-by zero-width spaces is one card. Both the text and its folded view are searched; a match
-masks the original characters it came from, invisible ones included.
+spaces) and decimal digits of any script (Arabic-Indic ``٤١١١``) read as their ASCII forms, and
+invisible format characters (zero-width space and joiners, soft hyphen, bidi controls: Unicode
+category Cf) are dropped, so a card number split by zero-width spaces is one card. Both the
+text and its folded view are searched; a match masks the original characters it came from,
+invisible ones included.
 Addresses may use Unicode letters (``jöhn@exämple.de``, ``用户@例子.广告``; RFC 6531). Not
 folded: cross-script confusables (Cyrillic ``а`` for Latin ``a``), which need a confusables
 table and would fold real non-Latin text.
@@ -310,7 +311,8 @@ def fold(text: str) -> tuple[str, list[int], list[int]]:
             while j < b and unicodedata.combining(text[j]):
                 j += 1
             chunk = unicodedata.normalize("NFKC", text[i:j])
-            chunk = "".join(c for c in chunk if unicodedata.category(c) != "Cf")
+            chunk = "".join(str(unicodedata.decimal(c)) if c.isdecimal() else c
+                            for c in chunk if unicodedata.category(c) != "Cf")
             out.append(chunk)
             starts.extend([i] * len(chunk))
             ends.extend([j] * len(chunk))
