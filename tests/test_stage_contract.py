@@ -7,17 +7,21 @@ import copy
 import numpy as np
 import pytest
 from PIL import Image
+from tiny import tiny_lm, tiny_tokenizer_lm
 
 from trustgain import GenerationRequest, Item, Phase, RunContext, StageResult, known_stages
 from trustgain.digest import canonical_json, item_sha256
-from trustgain.generators import DiffusersGenerator
+from trustgain.generators import DiffusersGenerator, TransformersTextGenerator
 from trustgain.stage import build_stage, stage_class, stage_settings
 
 
-def _item(phase: Phase) -> Item:
+def _item(phase: Phase, text: bool = False) -> Item:
     request = GenerationRequest(prompt="a  handwritten\u200b seven", seed=1, height=16, width=16)
     if phase <= Phase.GENERATE:
         return Item(request=request)
+    if text:
+        return Item(request=request.replace(height=None, width=None),
+                    outputs=("write to jane@example.com", "a handwritten seven"))
     rng = np.random.default_rng(0)
     images = tuple(
         Image.fromarray(rng.integers(0, 255, (256, 256, 3), dtype=np.uint8)) for _ in range(2)
@@ -37,10 +41,12 @@ def test_stage_contract(name, sd_pipe, keyring):
     assert build_stage(name, **stage_settings(stage)) == stage  # settings round-trip
     canonical_json(stage_settings(stage))
 
-    generator = DiffusersGenerator(sd_pipe)
+    text = "text" in cls.requires  # a stage for text generation: a text generator
+    generator = (TransformersTextGenerator(tiny_lm(), tiny_tokenizer_lm()) if text
+                 else DiffusersGenerator(sd_pipe))
     assert all(generator.supports(c) for c in cls.requires)
-    item = _item(cls.phase)
-    pixels_before = [o.tobytes() for o in item.outputs]
+    item = _item(cls.phase, text)
+    pixels_before = [o.tobytes() if hasattr(o, "tobytes") else o for o in item.outputs]
     digest_before = item_sha256(item)
     snapshot = copy.copy(item)
 
@@ -49,7 +55,7 @@ def test_stage_contract(name, sd_pipe, keyring):
 
     assert isinstance(result, StageResult) and isinstance(result.item, Item)
     assert item_sha256(item) == digest_before, "stage mutated its input item"
-    assert [o.tobytes() for o in item.outputs] == pixels_before
+    assert [o.tobytes() if hasattr(o, "tobytes") else o for o in item.outputs] == pixels_before
     assert snapshot == item
     params = canonical_json(dict(result.params)).decode()  # JSON the record can sign
     assert result.applied or result.reason

@@ -1,8 +1,12 @@
-"""Tiny seeded diffusers pipelines built in code, so tests run offline on a CPU in seconds."""
+"""Tiny seeded diffusers pipelines and a tiny language model built in code, so tests run
+offline on a CPU in seconds."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
+import transformers
 from diffusers import (
     AutoencoderKL,
     DDIMPipeline,
@@ -11,6 +15,7 @@ from diffusers import (
     UNet2DConditionModel,
     UNet2DModel,
 )
+from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 from transformers.convert_slow_tokenizer import bytes_to_unicode
 
@@ -94,3 +99,30 @@ def tiny_ddim_pipeline(seed: int = 0) -> DDIMPipeline:
     pipe = DDIMPipeline(unet=unet, scheduler=DDIMScheduler(num_train_timesteps=100))
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+WORDS = ["hello", "world", "my", "card", "is", "4111", "1111", "mail", "me", "at", "a@b.io",
+         "the", "cat", "sat", "on", "a", "mat", "lighthouse", "sea", "blue", "red", "seven"]
+TEMPLATE = ("{% for m in messages %}<{{ m['role'] }}> {{ m['content'] }} {% endfor %}"
+            "{% if add_generation_prompt %}<assistant>{% endif %}")
+
+
+def tiny_tokenizer_lm(chat: bool = True) -> Any:
+    """A word-level tokenizer over a few words, with a chat template unless ``chat=False``."""
+    vocab = {w: i for i, w in enumerate(["[UNK]", "[EOS]", *WORDS,
+                                        "<user>", "<system>", "<assistant>"])}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    fast = transformers.PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]",
+                                                eos_token="[EOS]")
+    if chat:
+        fast.chat_template = TEMPLATE
+    return fast
+
+
+def tiny_lm() -> Any:
+    """A one-layer GPT-2 over the words of :func:`tiny_tokenizer_lm` (random weights)."""
+    torch.manual_seed(0)
+    config = transformers.GPT2Config(vocab_size=64, n_positions=64, n_embd=16, n_layer=1,
+                                     n_head=2, bos_token_id=1, eos_token_id=1)
+    return transformers.GPT2LMHeadModel(config).eval()

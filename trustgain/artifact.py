@@ -12,7 +12,7 @@ from typing import Any
 from PIL import Image
 
 from trustgain.digest import output_sha256, pixels_sha256, sha256_hex
-from trustgain.errors import ConfigError, OutputExistsError
+from trustgain.errors import ConfigError, InputError, OutputExistsError
 from trustgain.fileio import write_atomic
 from trustgain.provenance import embed
 from trustgain.provenance.record import SignedRecord
@@ -20,15 +20,19 @@ from trustgain.provenance.verify import sidecar_path
 from trustgain.types import GenerationRequest
 
 FORMATS = {"png": "image/png", "jpeg": "image/jpeg"}
-_SUFFIXES = {"image/png": (".png",), "image/jpeg": (".jpg", ".jpeg")}
+TEXT = "text/plain"
+_SUFFIXES = {"image/png": (".png",), "image/jpeg": (".jpg", ".jpeg"), TEXT: (".txt", ".md")}
 
 
 @dataclass(frozen=True)
 class EncodedFile:
-    """One output as a file, with its signed record embedded."""
+    """One output as a file: an image with its signed record embedded, or UTF-8 text (whose
+    record can only be the sidecar)."""
 
     media_type: str
     data: bytes
+    #: Which output of the record this file is (outputs that are not files are skipped).
+    output_index: int | None = None
 
 
 @dataclass(frozen=True)
@@ -43,6 +47,10 @@ class Artifact:
     def images(self) -> list[Image.Image]:
         return [o for o in self.outputs if isinstance(o, Image.Image)]
 
+    @property
+    def texts(self) -> list[str]:
+        return [o for o in self.outputs if isinstance(o, str)]
+
     def save(
         self,
         path: str | os.PathLike[str],
@@ -51,7 +59,11 @@ class Artifact:
         overwrite: bool = False,
         sidecar: bool = True,
     ) -> Path:
-        """Write output ``index`` with its embedded record, and the record beside it."""
+        """Write file ``index`` with its embedded record, and the record beside it.
+
+        A text output is written as UTF-8; its record goes only beside it (``sidecar`` must
+        stay on), since a text file has nowhere to embed one.
+        """
         if isinstance(index, bool) or not isinstance(index, int):
             raise ConfigError(f"index must be an integer, not {index!r}")
         if not self.files:
@@ -62,6 +74,8 @@ class Artifact:
             )
         file = self.files[index]
         path = Path(path)
+        if file.media_type == TEXT and not sidecar:
+            raise ConfigError("a text output's record can only be its sidecar; keep sidecar=True")
         if path.suffix.lower() not in _SUFFIXES[file.media_type]:
             raise ConfigError(
                 f"{path.name}: an {file.media_type} output needs a "
@@ -75,7 +89,8 @@ class Artifact:
             raise OutputExistsError(side)
         write_atomic(path, file.data, overwrite=overwrite)
         if sidecar:
-            text = self.record.to_json(index, indent=2) + "\n"
+            at = index if file.output_index is None else file.output_index
+            text = self.record.to_json(at, indent=2) + "\n"
             write_atomic(side, text.encode("utf-8"), overwrite=overwrite)
         elif overwrite and side.is_file():
             side.unlink()  # it described the file just replaced, not this one
@@ -88,13 +103,21 @@ def encode_outputs(
     """Encode image outputs and compute what the record binds for every output.
 
     Images get ``file_sha256`` (the encoded bytes, before the record is embedded) and
-    ``pixels_sha256`` (the decoded pixels of those bytes); other outputs a ``sha256``.
+    ``pixels_sha256`` (the decoded pixels of those bytes); text gets ``file_sha256`` of its
+    UTF-8 bytes (the file :meth:`Artifact.save` writes) and ``sha256``; other outputs a
+    ``sha256``.
     """
     if output_format not in FORMATS:
         raise ConfigError(f"unknown output format '{output_format}'; known: {', '.join(FORMATS)}")
     files: list[bytes | None] = []
     entries: list[dict[str, Any]] = []
     for i, output in enumerate(outputs):
+        if isinstance(output, str):
+            data = output.encode("utf-8")
+            files.append(data)
+            entries.append({"index": i, "media_type": TEXT, "file_sha256": sha256_hex(data),
+                            "sha256": output_sha256(output)})
+            continue
         if not isinstance(output, Image.Image):
             files.append(None)
             entries.append({"index": i, "sha256": output_sha256(output)})
@@ -123,6 +146,12 @@ def encode_outputs(
 def attach_record(files: Sequence[bytes | None], signed: SignedRecord) -> tuple[EncodedFile, ...]:
     out = []
     for i, data in enumerate(files):
-        if data is not None:
-            out.append(EncodedFile(embed.media_type(data), embed.embed(data, signed.to_json(i))))
+        if data is None:
+            continue
+        try:
+            kind = embed.media_type(data)
+        except InputError:  # text: the record goes beside it when saved
+            out.append(EncodedFile(TEXT, data, i))
+            continue
+        out.append(EncodedFile(kind, embed.embed(data, signed.to_json(i)), i))
     return tuple(out)

@@ -17,6 +17,7 @@ from trustgain.digest import canonical_json, item_sha256
 from trustgain.errors import ConfigError, GeneratorError, StageError, TrustgainError
 from trustgain.generators.diffusers import DiffusersGenerator
 from trustgain.generators.multi import MultiGenerator
+from trustgain.generators.text import TransformersTextGenerator
 from trustgain.keys import KeyRing
 from trustgain.provenance.record import SignedRecord, build_record, request_digest, seal_seed
 from trustgain.stage import Phase, RunContext, Stage, resolve_stages
@@ -35,7 +36,7 @@ class TrustPipeline:
 
     def __init__(
         self,
-        generator: DiffusersGenerator | MultiGenerator,
+        generator: DiffusersGenerator | MultiGenerator | TransformersTextGenerator,
         stages: Sequence[Stage | str] = (),
         *,
         keyring: KeyRing,
@@ -61,7 +62,7 @@ class TrustPipeline:
             if check is not None:  # a stage that needs more of the generator than capabilities
                 check(generator)
             for capability in sorted(getattr(stage, "requires", frozenset())):
-                if not generator.supports(capability):
+                if not _supports(generator, capability):
                     raise GeneratorError(
                         f"stage '{stage.name}' needs '{capability}', which "
                         f"{generator.describe()['class']} does not take"
@@ -74,7 +75,7 @@ class TrustPipeline:
     @classmethod
     def from_config(
         cls,
-        generator: DiffusersGenerator | MultiGenerator,
+        generator: DiffusersGenerator | MultiGenerator | TransformersTextGenerator,
         path: str | os.PathLike[str],
         *,
         keyring: KeyRing,
@@ -219,6 +220,15 @@ class TrustPipeline:
         )
 
 
+def _supports(generator: Any, capability: str) -> bool:
+    """``generator.supports``, except that ``"images"`` (what image stages require) holds for
+    any generator that does not say it makes text: generators written before text
+    generation existed make images and need not declare it."""
+    if capability == "images":
+        return not generator.supports("text")
+    return generator.supports(capability)
+
+
 def _add_observations(records: list[StageRecord], item: Item) -> list[StageRecord]:
     reports = {h.stage: h.report for h in item.step_hooks if h.report is not None}
     out = []
@@ -245,4 +255,25 @@ def wrap(
     """Wrap a diffusers ``DiffusionPipeline`` (unchanged) in trust stages."""
     return TrustPipeline(
         DiffusersGenerator(pipe, model_id=model_id), stages, keyring=keyring, **kwargs
+    )
+
+
+def wrap_text(
+    model: Any,
+    tokenizer: Any,
+    stages: Sequence[Stage | str] = (),
+    *,
+    keyring: KeyRing,
+    model_id: str | None = None,
+    **kwargs: Any,
+) -> TrustPipeline:
+    """Wrap a ``transformers`` causal LM and its tokenizer (unchanged) in trust stages.
+
+    ``pipe("a prompt", seed=1, max_new_tokens=64)`` returns an :class:`Artifact` whose
+    ``texts`` are the generations (without the prompt) and whose record binds each text's
+    SHA-256. See :class:`~trustgain.generators.text.TransformersTextGenerator`.
+    """
+    return TrustPipeline(
+        TransformersTextGenerator(model, tokenizer, model_id=model_id), stages,
+        keyring=keyring, **kwargs
     )

@@ -81,6 +81,7 @@ class RunContext:
 
 BUILTIN_STAGES: dict[str, str] = {
     "privacy.redact": "trustgain.privacy.redact:RedactPII",
+    "privacy.redact_outputs": "trustgain.privacy.redact:RedactOutputs",
     "prompt.normalize": "trustgain.prompting.normalize:NormalizePrompt",
     "schedule.backend_steps": "trustgain.scheduling.backend_steps:ScheduleBackendSteps",
     "generate.keyed_latents": "trustgain.generators.keyed_latents:KeyedLatents",

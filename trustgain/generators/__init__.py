@@ -2,5 +2,6 @@
 
 from trustgain.generators.diffusers import DiffusersGenerator
 from trustgain.generators.multi import MultiGenerator
+from trustgain.generators.text import TransformersTextGenerator
 
-__all__ = ["DiffusersGenerator", "MultiGenerator"]
+__all__ = ["DiffusersGenerator", "MultiGenerator", "TransformersTextGenerator"]

@@ -54,7 +54,8 @@ class DiffusersGenerator:
         self.callback_tensor_inputs = tuple(getattr(pipe, "_callback_tensor_inputs", ()) or ())
 
     def supports(self, capability: str) -> bool:
-        return capability in self._params
+        """A ``__call__`` argument of the pipeline, or ``"images"`` (what it returns)."""
+        return capability == "images" or capability in self._params
 
     def describe(self) -> dict[str, Any]:
         from trustgain.privacy.finetune_card import model_privacy

@@ -292,7 +292,7 @@ class MemorizationGuard:
     name: ClassVar[str] = "privacy.memorization"
     phase: ClassVar[Phase] = Phase.AUDIT
     version: ClassVar[str] = "2"  # 2: ink map, public reference set
-    requires: ClassVar[frozenset[str]] = frozenset()
+    requires: ClassVar[frozenset[str]] = frozenset({"images"})
 
     index: str | None = None
     on_flag: str = "raise"

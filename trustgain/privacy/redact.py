@@ -394,3 +394,38 @@ class RedactPII:
                 changes[field] = new
         params["masked"] = total
         return StageResult(item.replace(request=request.replace(**changes)), params)
+
+
+@dataclass(frozen=True)
+class RedactOutputs:
+    """Mask personal data and secrets in generated text (a language model can repeat what it
+    saw in training or in the conversation).
+
+    PROTECT phase, so the record's output digests are of the masked text. Needs a text
+    generator (``TransformersTextGenerator``); non-text outputs are refused. The record keeps
+    counts per output and kind only.
+    """
+
+    name: ClassVar[str] = "privacy.redact_outputs"
+    phase: ClassVar[Phase] = Phase.PROTECT
+    version: ClassVar[str] = "1"
+    requires: ClassVar[frozenset[str]] = frozenset({"text"})
+
+    region: str = "US"
+    kinds: tuple[str, ...] = KINDS
+
+    def __post_init__(self) -> None:
+        RedactPII.__post_init__(self)  # type: ignore[arg-type]  # the same two settings
+
+    def __call__(self, item: Item, ctx: RunContext) -> StageResult:
+        outputs, counts = [], []
+        for i, output in enumerate(item.outputs):
+            if not isinstance(output, str):
+                raise TypeError(f"output {i} is a {type(output).__name__}, not text")
+            new, found = redact(output, region=self.region, kinds=self.kinds)
+            outputs.append(new)
+            counts.append(found)
+        params: dict[str, object] = {"region": self.region, "kinds": list(self.kinds),
+                                     "outputs": counts,
+                                     "masked": sum(sum(c.values()) for c in counts)}
+        return StageResult(item.replace(outputs=tuple(outputs)), params)

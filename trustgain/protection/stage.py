@@ -36,7 +36,7 @@ class ProtectRAE:
     name: ClassVar[str] = "protect.rae"
     phase: ClassVar[Phase] = Phase.PROTECT
     version: ClassVar[str] = "1"
-    requires: ClassVar[frozenset[str]] = frozenset()
+    requires: ClassVar[frozenset[str]] = frozenset({"images"})
 
     method: str = "pgd"
     eps: int = 8

@@ -3,7 +3,9 @@
 Fails closed: a record is valid only when it parses, names a trusted key, carries that key's
 signature over its canonical bytes, and one of its outputs matches the file, either byte for
 byte outside the embedded record, or pixel for pixel after a lossless re-encode. Anything
-else raises :class:`VerificationError` with one :class:`Reason`.
+else raises :class:`VerificationError` with one :class:`Reason`. A file that is not an image
+(generated text) has no place for a record: it verifies only through its sidecar, byte for
+byte.
 
 Only the caller's trusted keys count: a record names its signer by key id, which picks one of
 them; a public key carried in a record is never used. When a file carries a record and has a
@@ -84,8 +86,14 @@ def verify_signature(signed: SignedRecord, trusted: Iterable[PublicKey]) -> Publ
 def verify_bytes(
     data: bytes, *, trusted: Iterable[PublicKey], sidecar_text: str | None = None
 ) -> Verified:
-    """Verify an image's bytes against its embedded record, or the sidecar's when none."""
-    embed.media_type(data)
+    """Verify an image's bytes against its embedded record, or the sidecar's when none; any
+    other file (text) against the sidecar's record only, byte for byte."""
+    try:
+        embed.media_type(data)
+    except InputError:
+        if sidecar_text is None:
+            raise
+        return _verify_plain(data, sidecar_text, trusted)
     text, source = embed.extract(data), "embedded"
     if text is None:
         text, source = sidecar_text, "sidecar"
@@ -131,9 +139,15 @@ def verify_file(
     path = Path(path)
     if path.exists() and not path.is_file():
         raise InputError(f"{path} is not a regular file")
+    side = Path(sidecar) if sidecar is not None else sidecar_path(path)
     try:
         with path.open("rb") as fh:
-            embed.media_type(fh.read(8))  # not an image: say so before reading gigabytes
+            try:
+                embed.media_type(fh.read(8))
+            except InputError:  # not an image, and no sidecar: say so before reading gigabytes
+                if not side.is_file():
+                    raise InputError("not a PNG or JPEG file, and no sidecar record beside "
+                                     f"it ({side.name})") from None
             if os.fstat(fh.fileno()).st_size > MAX_FILE_BYTES:
                 raise InputError(f"{path} is too large to verify (over {MAX_FILE_BYTES} bytes)")
             fh.seek(0)
@@ -142,7 +156,6 @@ def verify_file(
         raise InputError(f"cannot read {path}: {exc.strerror}") from None
     if len(data) > MAX_FILE_BYTES:
         raise InputError(f"{path} is too large to verify (over {MAX_FILE_BYTES} bytes)")
-    side = Path(sidecar) if sidecar is not None else sidecar_path(path)
     sidecar_text = None
     if sidecar is not None and not side.is_file():
         raise InputError(f"sidecar {side}: no such file")
@@ -164,6 +177,20 @@ def verify_file(
             sidecar_text = "\0"
     keys = list(trusted) if trusted is not None else default_trusted_keys()
     return verify_bytes(data, trusted=keys, sidecar_text=sidecar_text)
+
+
+def _verify_plain(data: bytes, sidecar_text: str, trusted: Iterable[PublicKey]) -> Verified:
+    """A file with no embedded record: the sidecar's signed record and the exact bytes."""
+    signed, index = SignedRecord.from_envelope(sidecar_text)
+    key = verify_signature(signed, trusted)
+    outputs = signed.record["outputs"]
+    digest = sha256_hex(data)
+    for i in [index] if index is not None else range(len(outputs)):
+        if outputs[i].get("file_sha256") == digest:
+            return Verified(signed.record, key.key_id, i, "file", "sidecar")
+    raise VerificationError(
+        Reason.CONTENT_HASH_MISMATCH, "the file's content does not match the signed record"
+    )
 
 
 def _form(signed: SignedRecord, index: int | None) -> tuple[bytes, bytes, int | None]:

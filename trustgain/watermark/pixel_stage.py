@@ -39,7 +39,7 @@ class PixelMark:
     name: ClassVar[str] = "watermark.pixel"
     phase: ClassVar[Phase] = Phase.PROTECT
     version: ClassVar[str] = "2"  # 2: each mark checked, strength raised where needed
-    requires: ClassVar[frozenset[str]] = frozenset()
+    requires: ClassVar[frozenset[str]] = frozenset({"images"})
 
     strength: float = pixel.STRENGTH
     max_strength: float | None = None

