@@ -87,6 +87,7 @@ BUILTIN_STAGES: dict[str, str] = {
     "generate.keyed_latents": "trustgain.generators.keyed_latents:KeyedLatents",
     "generate.latent_trace": "trustgain.generators.latent_trace:LatentTrace",
     "watermark.latent": "trustgain.watermark.latent:LatentMark",
+    "watermark.text": "trustgain.watermark.text:TextMark",
     "watermark.pixel": "trustgain.watermark.pixel_stage:PixelMark",
     "protect.rae": "trustgain.protection.stage:ProtectRAE",
     "audit.outputs": "trustgain.audit.outputs:OutputCheck",

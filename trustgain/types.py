@@ -174,6 +174,8 @@ class StepHook:
 
     ``tensor_inputs`` names the tensors it reads (checked against the pipeline's
     ``_callback_tensor_inputs`` before anything runs), as diffusers' callbacks declare them.
+    For a text generator, ``tensor_inputs=("scores",)`` marks a ``transformers`` logits
+    processor: ``fn(input_ids, scores) -> scores`` at every generated token.
     """
 
     stage: str

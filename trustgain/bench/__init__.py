@@ -17,6 +17,7 @@ AREAS: dict[str, str] = {
     "watermark": "trustgain.bench.watermark",
     "watermark-security": "trustgain.bench.watermark_security",
     "watermark-latent": "trustgain.bench.watermark_latent",
+    "watermark-text": "trustgain.bench.watermark_text",
     "privacy": "trustgain.bench.privacy",
     "privacy-finetune": "trustgain.bench.privacy_finetune",
     "privacy-audit": "trustgain.bench.privacy_audit",

@@ -18,6 +18,7 @@ from trustgain.cli.stages import stages
 from trustgain.cli.verify import verify
 from trustgain.cli.watermark import watermark
 from trustgain.cli.watermark_latent import detect_latent_cmd
+from trustgain.cli.watermark_text import detect_text_cmd
 from trustgain.errors import OutputExistsError, TrustgainError
 
 
@@ -44,6 +45,7 @@ cli.add_command(generate)
 cli.add_command(stages)
 cli.add_command(watermark)
 watermark.add_command(detect_latent_cmd)
+watermark.add_command(detect_text_cmd)
 cli.add_command(protect)
 cli.add_command(recover)
 cli.add_command(finetune)

@@ -12,7 +12,9 @@ instruct model) it is wrapped in one user turn (``extra["system"]`` adds a syste
 ``extra["chat"] = False`` sends the raw text). ``num_images_per_prompt`` is the number of
 texts per prompt (``num_return_sequences``). ``seed`` seeds torch's generator inside
 ``torch.random.fork_rng`` (``generate`` takes no generator object), so sampling replays and
-the caller's random state is left alone. Further ``generate`` arguments go in ``extra``
+the caller's random state is left alone. GENERATE stages attach logits processors as
+:class:`~trustgain.types.StepHook` with ``tensor_inputs=("scores",)`` (``fn(input_ids, scores)
+-> scores``, e.g. ``watermark.text``). Further ``generate`` arguments go in ``extra``
 (:data:`GENERATE_ARGS`). Image-only fields (``height``, ``width``, ``num_inference_steps``)
 and classifier-free guidance are refused rather than ignored.
 
@@ -91,16 +93,7 @@ class TransformersTextGenerator:
         from transformers import AutoModelForCausalLM, AutoTokenizer
         from transformers.utils import logging as tlogging
 
-        path = Path(model).expanduser()
-        if gguf_file is None and path.suffix.lower() == ".gguf":
-            if not path.is_file():
-                raise InputError(f"model {model!r}: no such file")
-            model, gguf_file = str(path.parent), path.name
-        elif path.is_file():
-            raise InputError(f"model {model!r} is a file; give the folder written by "
-                             "save_pretrained, or a .gguf file")
-        elif gguf_file is not None and path.is_dir() and not (path / gguf_file).is_file():
-            raise InputError(f"{gguf_file!r} is not in {model}")
+        model, gguf_file = _source(model, gguf_file)
         verbosity = tlogging.get_verbosity()
         tlogging.set_verbosity_error()
         try:
@@ -117,8 +110,9 @@ class TransformersTextGenerator:
         return cls(lm.to(device).eval(), tokenizer, gguf_file=gguf_file, **kwargs)
 
     def supports(self, capability: str) -> bool:
-        """Text in, text out: no latents, step callbacks or images."""
-        return capability == "text"
+        """Text in, text out, and logits processors (``watermark.text``); no latents, step
+        callbacks or images."""
+        return capability in ("text", "logits_processor")
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -176,9 +170,17 @@ class TransformersTextGenerator:
         hooks: Sequence[StepHook] = (),
     ) -> tuple[str, ...]:
         import torch
+        from transformers import LogitsProcessorList
 
-        if latents is not None or hooks:
-            raise GeneratorError("a text generator takes no latents or step hooks")
+        if latents is not None:
+            raise GeneratorError("a text generator takes no latents")
+        processors = []
+        for hook in hooks:
+            if tuple(hook.tensor_inputs) != ("scores",):
+                raise GeneratorError(f"stage '{hook.stage}' asks for {list(hook.tensor_inputs)}; "
+                                     "a text generator takes logits processors only "
+                                     "(tensor_inputs ('scores',))")
+            processors.append(hook.fn)
         if request.prompt is None:
             raise GeneratorError("text generation needs a prompt")
         kwargs = self.kwargs(request)
@@ -193,6 +195,8 @@ class TransformersTextGenerator:
                 ids = self._encode(prompt, request).to(device)
                 if "pad_token_id" not in kwargs and self.tokenizer.pad_token_id is None:
                     kwargs["pad_token_id"] = self.tokenizer.eos_token_id
+                if processors:
+                    kwargs["logits_processor"] = LogitsProcessorList(processors)
                 out = self.model.generate(input_ids=ids, attention_mask=torch.ones_like(ids),
                                           **kwargs)
                 for row in out[:, ids.shape[1]:]:
@@ -222,6 +226,39 @@ class TransformersTextGenerator:
         if input_ids.shape[1] == 0:
             raise GeneratorError("the prompt encodes to no tokens")
         return input_ids
+
+
+def _source(model: str, gguf_file: str | None) -> tuple[str, str | None]:
+    """``(folder or hub id, gguf file name)``; a path that cannot be a model is one line."""
+    path = Path(model).expanduser()
+    if gguf_file is None and path.suffix.lower() == ".gguf":
+        if not path.is_file():
+            raise InputError(f"model {model!r}: no such file")
+        return str(path.parent), path.name
+    if path.is_file():
+        raise InputError(f"model {model!r} is a file; give the folder written by "
+                         "save_pretrained, or a .gguf file")
+    if gguf_file is not None and path.is_dir() and not (path / gguf_file).is_file():
+        raise InputError(f"{gguf_file!r} is not in {model}")
+    return model, gguf_file
+
+
+def load_tokenizer(model: str, *, gguf_file: str | None = None) -> tuple[Any, Any]:
+    """``(tokenizer, model config)`` without the weights: what text detection needs."""
+    from transformers import AutoConfig, AutoTokenizer
+    from transformers.utils import logging as tlogging
+
+    model, gguf_file = _source(model, gguf_file)
+    verbosity = tlogging.get_verbosity()
+    tlogging.set_verbosity_error()
+    try:
+        return (AutoTokenizer.from_pretrained(model, gguf_file=gguf_file),
+                AutoConfig.from_pretrained(model, gguf_file=gguf_file))
+    except (OSError, ValueError, ImportError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise InputError(f"cannot load the tokenizer of {model!r}: {first}") from None
+    finally:
+        tlogging.set_verbosity(verbosity)
 
 
 def smollm2_gguf() -> Path | None:
