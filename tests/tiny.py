@@ -123,7 +123,7 @@ def tiny_tokenizer_lm(chat: bool = True) -> Any:
 def tiny_lm() -> Any:
     """A one-layer GPT-2 over the words of :func:`tiny_tokenizer_lm` (random weights)."""
     torch.manual_seed(0)
-    config = transformers.GPT2Config(vocab_size=len(tiny_tokenizer_lm()), n_positions=64,
+    config = transformers.GPT2Config(vocab_size=len(tiny_tokenizer_lm()), n_positions=512,
                                      n_embd=16, n_layer=1,
                                      n_head=2, bos_token_id=1, eos_token_id=1)
     return transformers.GPT2LMHeadModel(config).eval()

@@ -18,6 +18,7 @@ AREAS: dict[str, str] = {
     "watermark-security": "trustgain.bench.watermark_security",
     "watermark-latent": "trustgain.bench.watermark_latent",
     "watermark-text": "trustgain.bench.watermark_text",
+    "prompting": "trustgain.bench.prompting",
     "privacy": "trustgain.bench.privacy",
     "privacy-finetune": "trustgain.bench.privacy_finetune",
     "privacy-audit": "trustgain.bench.privacy_audit",

