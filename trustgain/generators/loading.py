@@ -16,6 +16,12 @@ from trustgain.errors import InputError
 LATENT_T2I_PARTS = ("unet", "vae", "tokenizer", "text_encoder", "scheduler")
 
 
+def error_line(exc: BaseException) -> str:
+    """The first line of a loader's error (hub and file errors run to many lines)."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
 def _looks_like_path(model: str) -> bool:
     """A hub id is ``name`` or ``org/name``; anything else is meant as a local path."""
     if model.startswith((".", "/", "~")) or "\\" in model:
@@ -63,8 +69,7 @@ def load_pipeline(model: str, device: str | None, *, need: tuple[str, ...] = (),
     try:
         pipe = DiffusionPipeline.from_pretrained(str(local) if local.is_dir() else source)
     except (OSError, ValueError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise InputError(f"cannot load model {model!r}: {first}",
+        raise InputError(f"cannot load model {model!r}: {error_line(exc)}",
                          hint="give a local folder saved with save_pretrained, or a hub id "
                               "reachable from this machine") from None
     finally:

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from trustgain.errors import GeneratorError, InputError
+from trustgain.generators.loading import error_line
 from trustgain.types import GenerationRequest, StepHook
 
 if TYPE_CHECKING:
@@ -103,8 +104,7 @@ class TransformersTextGenerator:
             tokenizer = AutoTokenizer.from_pretrained(model, gguf_file=gguf_file)
             lm = AutoModelForCausalLM.from_pretrained(model, gguf_file=gguf_file)
         except (OSError, ValueError, ImportError) as exc:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise InputError(f"cannot load language model {model!r}: {first}",
+            raise InputError(f"cannot load language model {model!r}: {error_line(exc)}",
                              hint="give a local folder saved with save_pretrained, a .gguf "
                                   "file, or a hub id reachable from this machine") from None
         finally:
@@ -286,8 +286,7 @@ def load_tokenizer(model: str, *, gguf_file: str | None = None) -> tuple[Any, An
         return (AutoTokenizer.from_pretrained(model, gguf_file=gguf_file),
                 AutoConfig.from_pretrained(model, gguf_file=gguf_file))
     except (OSError, ValueError, ImportError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise InputError(f"cannot load the tokenizer of {model!r}: {first}") from None
+        raise InputError(f"cannot load the tokenizer of {model!r}: {error_line(exc)}") from None
     finally:
         tlogging.set_verbosity(verbosity)
 
