@@ -119,3 +119,32 @@ def test_several_copies_beside_a_missing_folder_are_left_for_the_user(tmp_path):
         assert "none moved" in fileio.finish_interrupted_swap(out)
     assert not out.exists() and len(list(tmp_path.iterdir())) == 2
     assert fileio.finish_interrupted_swap(tmp_path / "absent") is None
+
+
+def test_clean_up_waits_for_a_writer_between_its_two_renames(tmp_path, monkeypatch):
+    import threading
+    import time
+
+    out = tmp_path / "model"
+    fileio.write_folder(out, _fill("old"))
+    real, paused, go = os.rename, threading.Event(), threading.Event()
+
+    def rename(src, dst):
+        if str(src).endswith(".tmp"):  # the second rename: out is moved aside already
+            paused.set()
+            go.wait(5)
+        return real(src, dst)
+
+    monkeypatch.setattr(fileio.os, "rename", rename)
+    writer = threading.Thread(target=fileio.write_folder, args=(out, _fill("new")))
+    writer.start()
+    assert paused.wait(5)
+    cleaner = threading.Thread(target=fileio.finish_interrupted_swap, args=(out,))
+    cleaner.start()
+    time.sleep(0.2)
+    assert cleaner.is_alive()  # waits for the writer's lock instead of putting "old" back
+    go.set()
+    writer.join(5)
+    cleaner.join(5)
+    assert (out / "a.txt").read_text() == "new"
+    assert [p.name for p in tmp_path.iterdir()] == ["model"]

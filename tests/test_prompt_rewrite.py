@@ -103,3 +103,14 @@ def test_bench_requests_filter_and_colour_reader():
     for i, rgb in enumerate(COLORS.values()):
         images[i, :, 2:6, 2:6] = torch.tensor(rgb)[:, None, None] * 0.8
     assert ink_colour(images) == [*COLORS, "none"]
+
+
+def test_a_blank_prompt_is_never_replaced_by_an_invented_one(lm_dir, sd_pipe, keyring,
+                                                             monkeypatch):
+    monkeypatch.setattr(TransformersTextGenerator, "complete", lambda self, *a, **k: "a cat")
+    art = _run(RewritePrompt(model=lm_dir), sd_pipe, keyring, prompt="  ")
+    record = next(s for s in art.record.record["stages"] if s["name"] == "prompt.rewrite")
+    assert art.request.prompt == "  " and record["reason"] == "no prompt"
+    with pytest.raises(ConfigError, match="pairs"):
+        RewritePrompt(examples=None)
+    assert record["params"]["model"] == lm_dir.rsplit("/", 1)[1]  # a folder's name, no path

@@ -683,3 +683,16 @@ def test_sealed_seed_from_before_padding_still_opens(ring):
     nonce = os.urandom(12)
     old = base64.b64encode(nonce + AESGCM(key).encrypt(nonce, b"42", b"r")).decode()
     assert record_seed({"record_id": "r", "seed_sealed": old}, ring) == 42
+
+
+def test_records_name_a_local_model_folder_without_this_machines_path(tmp_path, sd_pipe):
+    from trustgain.generators import DiffusersGenerator
+
+    folder = tmp_path / "home" / "alice" / "my-sd"
+    folder.mkdir(parents=True)
+    sd_pipe.register_to_config(_name_or_path=str(folder))
+    try:
+        assert DiffusersGenerator(sd_pipe).model_id == "my-sd"
+        assert DiffusersGenerator(sd_pipe, model_id="team/sd").model_id == "team/sd"
+    finally:
+        sd_pipe.register_to_config(_name_or_path="")

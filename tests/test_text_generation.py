@@ -208,3 +208,45 @@ def test_the_verify_command_takes_a_text_file_with_its_sidecar(lm, ring, tmp_pat
     path.write_text("something else")
     assert main(["verify", str(path), "--public-key", str(pem), "--json"]) == 1
     assert json.loads(capsys.readouterr().out)["reason"] == "content_hash_mismatch"
+
+
+def test_verify_takes_signed_texts_in_a_folder_and_leaves_other_notes(lm, ring, tmp_path,
+                                                                     capsys):
+    from trustgain.cli.main import main
+
+    art = trustgain.wrap_text(lm, tiny_tokenizer_lm(), keyring=ring)(
+        "hello", seed=4, max_new_tokens=5, do_sample=True)
+    art.save(tmp_path / "out" / "said.txt")
+    (tmp_path / "out" / "notes.txt").write_text("my own notes, never signed")
+    pem = tmp_path / "signer.pem"
+    pem.write_bytes(ring.public_key.to_pem())
+    assert main(["verify", str(tmp_path / "out"), "--public-key", str(pem), "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    results = out if isinstance(out, list) else out.get("files", [out])
+    assert [r["file"].rsplit("/", 1)[1] for r in results] == ["said.txt"]
+
+
+@pytest.mark.parametrize("extra, n, match", [
+    ({"num_beams": "4"}, 1, "num_beams must be an integer"),
+    ({"max_new_tokens": 10**9}, 1, "max_new_tokens must be an integer"),
+    ({"do_sample": "yes"}, 1, "do_sample must be"),
+    ({"num_beams": 2, "do_sample": True}, 3, "at least as many beams"),
+])
+def test_generate_arguments_are_checked_before_the_model_runs(lm, ring, extra, n, match):
+    pipe = trustgain.wrap_text(lm, tiny_tokenizer_lm(), keyring=ring)
+    with pytest.raises(GeneratorError, match=match):
+        pipe("hello", num_images_per_prompt=n, **extra)
+
+
+def test_complete_is_greedy_by_default_and_unseeded_sampling_varies(lm):
+    gen = TransformersTextGenerator(lm, tiny_tokenizer_lm(), max_new_tokens=8)
+    turns = [{"role": "user", "content": "hello"}]
+    lm.generation_config.do_sample = True  # a model whose own default is to sample
+    try:
+        assert len({gen.complete(turns) for _ in range(3)}) == 1
+        replies = {gen.complete(turns, do_sample=True) for _ in range(6)}
+        assert len(replies) > 1
+        assert gen.complete(turns, seed=3, do_sample=True) == gen.complete(
+            turns, seed=3, do_sample=True)
+    finally:
+        lm.generation_config.do_sample = False

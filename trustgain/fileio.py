@@ -10,7 +10,7 @@ import secrets
 import shutil
 import tempfile
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from trustgain.errors import OutputExistsError, OutputWriteError, TrustgainError
@@ -119,21 +119,41 @@ def write_folder(out: str | os.PathLike[str], write: Callable[[Path], None], *,
         if isinstance(exc, OSError) and not isinstance(exc, TrustgainError):
             raise OutputWriteError(out, exc) from None
         raise
-    if not replace and occupied(out):
-        raise TrustgainError(f"{out} appeared while writing; the new folder is in {tmp}",
-                             hint="move it into place by hand, or rerun with --force")
-    try:
-        if out.exists() or out.is_symlink():
-            os.rename(out, old)
-        os.rename(tmp, out)
-    except OSError as exc:
-        if (old.exists() or old.is_symlink()) and not (out.exists() or out.is_symlink()):
-            with contextlib.suppress(OSError):
-                os.rename(old, out)
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise OutputWriteError(out, exc) from None
-    remove(old)
+    with _swap_lock(out.parent):  # no other writer's clean-up between the two renames
+        if not replace and occupied(out):
+            raise TrustgainError(f"{out} appeared while writing; the new folder is in {tmp}",
+                                 hint="move it into place by hand, or rerun with --force")
+        try:
+            if out.exists() or out.is_symlink():
+                os.rename(out, old)
+            os.rename(tmp, out)
+        except OSError as exc:
+            if (old.exists() or old.is_symlink()) and not (out.exists() or out.is_symlink()):
+                with contextlib.suppress(OSError):
+                    os.rename(old, out)
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise OutputWriteError(out, exc) from None
+        remove(old)
     return out
+
+
+@contextlib.contextmanager
+def _swap_lock(folder: Path) -> Iterator[None]:
+    """An exclusive ``flock`` on ``folder`` for a swap of two renames: writers and
+    :func:`finish_interrupted_swap` in that folder take turns (a killed holder's lock goes
+    with it). Where ``fcntl`` is missing (Windows) or the folder cannot be opened, no lock."""
+    try:
+        import fcntl
+
+        fd = os.open(folder, os.O_RDONLY)
+    except (ImportError, OSError):
+        yield
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
 
 
 def finish_interrupted_swap(out: str | os.PathLike[str]) -> str | None:
@@ -146,6 +166,11 @@ def finish_interrupted_swap(out: str | os.PathLike[str]) -> str | None:
     one may be another writer's work in progress. Also warns (:mod:`warnings`).
     """
     out = Path(out).absolute()
+    with _swap_lock(out.parent):
+        return _finish_swap(out)
+
+
+def _finish_swap(out: Path) -> str | None:
     pattern = re.compile(rf"\.{re.escape(out.name)}\.[0-9a-f]{{8}}\.old")
     try:
         olds = sorted(p for p in out.parent.iterdir() if pattern.fullmatch(p.name))
@@ -167,7 +192,7 @@ def finish_interrupted_swap(out: str | os.PathLike[str]) -> str | None:
     else:
         names = ", ".join(p.name for p in olds)
         message = f"{out} is missing and several earlier copies are beside it ({names}); none moved"
-    warnings.warn(message, stacklevel=2)
+    warnings.warn(message, stacklevel=4)
     return message
 
 

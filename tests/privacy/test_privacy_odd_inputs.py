@@ -331,3 +331,11 @@ def test_finetune_metadata_needs_a_caption_and_stays_in_its_folder(tmp_path: Pat
     meta.write_text('{"file_name": "a.png", "text": "x"}\n{"file_name": "b.png", "text": "y"}\n')
     images, captions = load_records(tmp_path, resolution=8)
     assert images.shape == (2, 8, 8, 3) and captions == ["x", "y"]
+
+
+def test_audit_set_metadata_with_a_line_separator_inside_a_caption(tmp_path: Path) -> None:
+    _png(tmp_path / "a.png")
+    (tmp_path / "metadata.jsonl").write_text(
+        json.dumps({"file_name": "a.png", "text": "one\u2028two"}, ensure_ascii=False) + "\n",
+        encoding="utf-8")
+    assert membership.load_audit_set(tmp_path).captions == ["one\u2028two"]

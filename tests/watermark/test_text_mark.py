@@ -61,17 +61,41 @@ def test_the_record_holds_settings_and_a_key_id_never_the_key(lm, tok, keyring):
     art = _generate(lm, tok, keyring, ["watermark.text"], 1)
     params = next(s for s in art.record.record["stages"] if s["name"] == "watermark.text")["params"]
     assert params["vocab_size"] == lm.config.vocab_size and params["key_id"].startswith("hkdf:")
-    assert str(text_key(keyring)) not in json.dumps(art.record.record)
+    assert text_key(keyring).hex() not in json.dumps(art.record.record)
+    processor = TextMark().processor(text_key(keyring), 27)
+    assert text_key(keyring).hex() not in repr(processor) + repr(vars(processor).keys())
 
 
 def test_short_text_scores_nothing_and_settings_are_checked(lm, tok, keyring):
-    d = detect_text("", key=1, tokenizer=tok, model_config=lm.config)
+    d = detect_text("", key=b"k" * 32, tokenizer=tok, model_config=lm.config)
     assert (d.p_value, d.scored, d.detected) == (1.0, 0, False)
-    for bad in ({"greenlist_ratio": 1.0}, {"bias": -1}, {"context_width": 0}):
-        with pytest.raises(ConfigError):
+    for bad in ({"greenlist_ratio": 1.0}, {"bias": -1}, {"context_width": 1}):
+        with pytest.raises((ConfigError, TypeError)):
             TextMark(**bad)
     with pytest.raises(ConfigError, match="alpha"):
-        detect_text("hello world", key=1, tokenizer=tok, model_config=lm.config, alpha=0)
+        detect_text("hello world", key=b"k" * 32, tokenizer=tok, model_config=lm.config,
+                    alpha=0)
+    with pytest.raises(ConfigError, match="16 bytes"):
+        detect_text("hello world", key=15485863, tokenizer=tok, model_config=lm.config)
+
+
+def test_every_bit_of_the_key_and_every_previous_token_change_the_green_lists(keyring):
+    import torch
+
+    key = text_key(keyring)
+    flipped = bytes([key[0] ^ 0x80]) + key[1:]  # the highest bit only
+    a, b = TextMark().processor(key, 1000), TextMark().processor(flipped, 1000)
+    for previous in (0, 1, 999):
+        seq = torch.tensor([previous])
+        assert not torch.equal(a._get_greenlist_ids(seq), b._get_greenlist_ids(seq))
+    assert not torch.equal(a._get_greenlist_ids(torch.tensor([0])),
+                           a._get_greenlist_ids(torch.tensor([1])))
+
+
+def test_a_leading_bos_is_dropped_not_a_crash(lm, tok, keyring):
+    detector = TextDetector(text_key(keyring), tokenizer=tok, model_config=lm.config)
+    assert detector([lm.config.bos_token_id, 5]).scored == 0
+    assert detector([lm.config.bos_token_id, 5, 6, 7]).scored == 2
 
 
 def test_an_image_generator_cannot_take_the_text_mark(sd_pipe, keyring):
@@ -104,3 +128,19 @@ def test_detect_text_command_reads_files_with_the_tokenizer_only(lm, tmp_path, c
     assert main(["watermark", "detect-text", str(tmp_path / "out" / "plain.txt"),
                  "--model", str(tmp_path / "nowhere.gguf")]) == 1
     assert "no such file" in capsys.readouterr().err
+
+
+def test_detect_text_refuses_devices_and_survives_a_leading_bos(lm, tmp_path, capsys):
+    from trustgain.cli.main import main
+
+    assert main(["keys", "create"]) == 0
+    model = tmp_path / "lm"
+    lm.save_pretrained(model)
+    tiny_tokenizer_lm(chat=False).save_pretrained(model)
+    (tmp_path / "bos.txt").write_text("[EOS] the")
+    capsys.readouterr()
+    code = main(["watermark", "detect-text", "/dev/zero", str(tmp_path / "bos.txt"),
+                 "--model", str(model), "--json"])
+    files = json.loads(capsys.readouterr().out)["files"]
+    assert code == 1 and files[0]["reason"] == "not a regular file"
+    assert files[1]["status"] == "ok" and files[1]["scored"] == 0

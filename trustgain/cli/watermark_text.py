@@ -26,14 +26,20 @@ MAX_TEXT_BYTES = 10 * 2**20  # generated texts are far smaller; never read gigab
 
 
 def _read(path) -> str:
-    if path.stat().st_size > MAX_TEXT_BYTES:
-        raise InputError(f"larger than {MAX_TEXT_BYTES // 2**20} MiB")
+    """The file as UTF-8 text; a device, pipe or folder, or more than the cap, is refused."""
+    if not path.is_file():
+        raise InputError("not a regular file")
     try:
-        return path.read_bytes().decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise InputError(f"not UTF-8 text (byte {exc.start})") from None
+        with path.open("rb") as fh:
+            data = fh.read(MAX_TEXT_BYTES + 1)
     except OSError as exc:
         raise InputError(f"not readable ({exc.strerror or exc})") from None
+    if len(data) > MAX_TEXT_BYTES:
+        raise InputError(f"larger than {MAX_TEXT_BYTES // 2**20} MiB")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InputError(f"not UTF-8 text (byte {exc.start})") from None
 
 
 @click.command("detect-text")
@@ -46,13 +52,11 @@ def _read(path) -> str:
               help="Detected when the (exact) p-value is at most this.")
 @click.option("--greenlist-ratio", type=click.FloatRange(0, 1, min_open=True, max_open=True),
               default=0.25, show_default=True, help="The stage's greenlist_ratio.")
-@click.option("--context-width", type=click.IntRange(1, 64), default=1, show_default=True,
-              help="The stage's context_width.")
 @keyring_option
 @json_option
 @progress_option
-def detect_text_cmd(inputs, model, gguf_file, fpr, greenlist_ratio, context_width,
-                    keyring_path, as_json, no_progress):
+def detect_text_cmd(inputs, model, gguf_file, fpr, greenlist_ratio, keyring_path, as_json,
+                    no_progress):
     """Look for your key's text mark (watermark.text) in .txt/.md files; p-value per file.
 
     Exit code 1 if any file could not be read.
@@ -70,12 +74,12 @@ def detect_text_cmd(inputs, model, gguf_file, fpr, greenlist_ratio, context_widt
     derived = ring.derive(STAGE, "greenlist")
     tokenizer, config = load_tokenizer(model, gguf_file=gguf_file)
     detector = TextDetector(text_key(derived), tokenizer=tokenizer, model_config=config,
-                            greenlist_ratio=greenlist_ratio, context_width=context_width)
+                            greenlist_ratio=greenlist_ratio)
     results, failed = [], 0
     for src, _ in progress(files, desc="detect", disable=no_progress or len(files) < 2):
         try:
             found = detector(_read(src), alpha=fpr)
-        except TrustgainError as exc:
+        except (TrustgainError, ValueError) as exc:
             failed += 1
             results.append({"file": str(src), "status": "error", "reason": str(exc)})
             continue

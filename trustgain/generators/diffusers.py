@@ -12,6 +12,7 @@ import hashlib
 import inspect
 import json
 from collections.abc import Sequence
+from pathlib import Path
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
@@ -51,6 +52,9 @@ class DiffusersGenerator:
 
         if self.model_id == str(mini_sd_path()):  # the shipped model by its name, not by a
             self.model_id = MINI_SD_ID            # path on this machine
+        elif not model_id and Path(self.model_id).expanduser().is_absolute() \
+                and Path(self.model_id).expanduser().exists():
+            self.model_id = Path(self.model_id).name  # records never carry this machine's folders
         self.callback_tensor_inputs = tuple(getattr(pipe, "_callback_tensor_inputs", ()) or ())
 
     def supports(self, capability: str) -> bool:

@@ -24,10 +24,11 @@ many tokenizers lack; a batch changes nothing in what is recorded.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import json
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -79,9 +80,14 @@ class TransformersTextGenerator:
         self.gguf_file = gguf_file
         self.max_new_tokens = max_new_tokens
         config = getattr(model, "config", None)
-        name = (model_id or getattr(config, "_name_or_path", None)
-                or f"unnamed:{type(model).__name__}")
-        self.model_id = str(name) if model_id or not gguf_file else f"{name}/{gguf_file}"
+        if model_id:
+            self.model_id = str(model_id)
+        else:
+            name = str(getattr(config, "_name_or_path", None) or "")
+            if name and Path(name).expanduser().exists():
+                name = Path(name).name  # records never carry this machine's folders
+            name = name or f"unnamed:{type(model).__name__}"
+            self.model_id = f"{name}/{gguf_file}" if gguf_file else name
 
     @classmethod
     def from_pretrained(cls, model: str, *, gguf_file: str | None = None,
@@ -103,7 +109,7 @@ class TransformersTextGenerator:
         try:
             tokenizer = AutoTokenizer.from_pretrained(model, gguf_file=gguf_file)
             lm = AutoModelForCausalLM.from_pretrained(model, gguf_file=gguf_file)
-        except (OSError, ValueError, ImportError) as exc:
+        except Exception as exc:  # a damaged GGUF raises struct.error, KeyError, ...
             raise InputError(f"cannot load language model {model!r}: {error_line(exc)}",
                              hint="give a local folder saved with save_pretrained, a .gguf "
                                   "file, or a hub id reachable from this machine") from None
@@ -154,12 +160,17 @@ class TransformersTextGenerator:
             raise GeneratorError(f"unknown text generation argument(s) {sorted(unknown)}",
                                  hint=f"known: {', '.join(sorted(GENERATE_ARGS | OPTIONS))}")
         kwargs = {k: v for k, v in request.extra.items() if k in GENERATE_ARGS}
+        _check_counts(kwargs)
         kwargs.setdefault("max_new_tokens", self.max_new_tokens)
         n = request.num_images_per_prompt
         if n > 1:
-            sampling = kwargs.get("do_sample", getattr(
-                getattr(self.model, "generation_config", None), "do_sample", False))
-            if not sampling and kwargs.get("num_beams", 1) < n:
+            config = getattr(self.model, "generation_config", None)
+            sampling = kwargs.get("do_sample", getattr(config, "do_sample", False))
+            beams = kwargs.get("num_beams", getattr(config, "num_beams", 1) or 1)
+            if beams > 1 and beams < n:
+                raise GeneratorError(f"{n} texts per prompt need at least as many beams "
+                                     f"(num_beams {beams})")
+            if beams == 1 and not sampling:
                 raise GeneratorError(f"{n} texts per prompt need sampling or as many beams",
                                      hint="pass do_sample=True (or num_beams >= the count)")
             kwargs["num_return_sequences"] = n
@@ -189,11 +200,8 @@ class TransformersTextGenerator:
         kwargs = self.kwargs(request)
         prompts = request.prompt if isinstance(request.prompt, tuple) else (request.prompt,)
         device = getattr(self.model, "device", torch.device("cpu"))
-        forked = [device] if getattr(device, "type", "cpu") == "cuda" else []
         outputs: list[str] = []
-        with torch.random.fork_rng(devices=forked), torch.inference_mode():
-            if request.seed is not None:
-                torch.manual_seed(request.seed)
+        with _seeded(request.seed), torch.inference_mode():
             for prompt in prompts:
                 ids = self._encode(prompt, request).to(device)
                 if "pad_token_id" not in kwargs and self.tokenizer.pad_token_id is None:
@@ -218,17 +226,16 @@ class TransformersTextGenerator:
         unknown = set(generate) - GENERATE_ARGS
         if unknown:
             raise GeneratorError(f"unknown text generation argument(s) {sorted(unknown)}")
+        _check_counts(generate)
         generate.setdefault("max_new_tokens", self.max_new_tokens)
+        generate.setdefault("do_sample", False)
         text = self.tokenizer.apply_chat_template(list(messages), add_generation_prompt=True,
                                                   tokenize=False)
         ids = self.tokenizer(text, return_tensors="pt", add_special_tokens=False)["input_ids"]
         device = getattr(self.model, "device", torch.device("cpu"))
         ids = ids.to(device)
-        forked = [device] if getattr(device, "type", "cpu") == "cuda" else []
         pad = self.tokenizer.pad_token_id
-        with torch.random.fork_rng(devices=forked), torch.inference_mode():
-            if seed is not None:
-                torch.manual_seed(seed)
+        with _seeded(seed), torch.inference_mode():
             out = self.model.generate(
                 input_ids=ids, attention_mask=torch.ones_like(ids),
                 pad_token_id=self.tokenizer.eos_token_id if pad is None else pad, **generate)
@@ -259,6 +266,40 @@ class TransformersTextGenerator:
         return input_ids
 
 
+#: Upper bounds of the integer ``generate`` arguments (a typo should not run for hours).
+_COUNTS = {"max_new_tokens": 32768, "min_new_tokens": 32768, "num_beams": 64, "top_k": 10**6,
+           "no_repeat_ngram_size": 64}
+
+
+def _check_counts(kwargs: dict[str, Any]) -> None:
+    for name, top in _COUNTS.items():
+        value = kwargs.get(name)
+        if value is None:
+            continue
+        low = 0 if name in ("min_new_tokens", "top_k", "no_repeat_ngram_size") else 1
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= top:
+            raise GeneratorError(f"{name} must be an integer in [{low}, {top}], not {value!r}")
+    if "do_sample" in kwargs and not isinstance(kwargs["do_sample"], bool):
+        raise GeneratorError(f"do_sample must be true or false, not {kwargs['do_sample']!r}")
+
+
+@contextlib.contextmanager
+def _seeded(seed: int | None) -> Iterator[None]:
+    """Seed torch for one generation and give the caller's random state back (CPU and every
+    initialised CUDA device: ``manual_seed`` seeds them all). Without a seed: nothing, so
+    unseeded sampling differs from call to call."""
+    import torch
+
+    if seed is None:
+        yield
+        return
+    cuda = torch.cuda.is_available() and torch.cuda.is_initialized()
+    devices = list(range(torch.cuda.device_count())) if cuda else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        yield
+
+
 def _source(model: str, gguf_file: str | None) -> tuple[str, str | None]:
     """``(folder or hub id, gguf file name)``; a path that cannot be a model is one line."""
     path = Path(model).expanduser()
@@ -285,7 +326,7 @@ def load_tokenizer(model: str, *, gguf_file: str | None = None) -> tuple[Any, An
     try:
         return (AutoTokenizer.from_pretrained(model, gguf_file=gguf_file),
                 AutoConfig.from_pretrained(model, gguf_file=gguf_file))
-    except (OSError, ValueError, ImportError) as exc:
+    except Exception as exc:  # a damaged GGUF raises struct.error, KeyError, ...
         raise InputError(f"cannot load the tokenizer of {model!r}: {error_line(exc)}") from None
     finally:
         tlogging.set_verbosity(verbosity)

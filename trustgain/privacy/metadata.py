@@ -28,7 +28,8 @@ def read_metadata(folder: Path, *, need_text: bool) -> list[tuple[Path, str, str
     """
     meta = folder / METADATA
     try:
-        lines = meta.read_text(encoding="utf-8").splitlines()
+        # "\n" only: str.splitlines() also breaks at U+2028/U+2029/U+0085, legal inside JSON
+        lines = [line.rstrip("\r") for line in meta.read_text(encoding="utf-8").split("\n")]
     except UnicodeDecodeError:
         raise InputError(f"{meta}: not UTF-8 text") from None
     except OSError as exc:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, ClassVar
 
 from trustgain.errors import ConfigError
@@ -99,9 +100,10 @@ class RewritePrompt:
         try:  # a list of lists from trustgain.json
             examples = tuple((str(a), str(b)) for a, b in self.examples
                              if isinstance(a, str) and isinstance(b, str))
+            complete = len(examples) == len(self.examples)
         except (TypeError, ValueError):
-            examples = ()
-        if len(examples) != len(self.examples):
+            complete = False
+        if not complete:
             raise ConfigError("examples must be pairs of text: [[request, rewrite], ...]")
         object.__setattr__(self, "examples", examples)
         for name in ("max_new_tokens", "max_chars"):
@@ -119,16 +121,21 @@ class RewritePrompt:
         from trustgain.generators.text import cached_generator
 
         request = item.request
-        params: dict[str, Any] = {"model": self.model, "steering_sha256": self.steering_sha256(),
+        llm_name = Path(self.model).name if Path(self.model).expanduser().exists() else self.model
+        params: dict[str, Any] = {"model": llm_name, "steering_sha256": self.steering_sha256(),
                                   "examples": len(self.examples),
                                   "max_new_tokens": self.max_new_tokens}
-        if request.prompt is None:
+        prompts = request.prompt if isinstance(request.prompt, tuple) else (request.prompt,)
+        if all(p is None or not p.strip() for p in prompts):
             return StageResult(item, params, applied=False, reason="no prompt")
         llm = cached_generator(self.model, self.device)
         params["model_config_sha256"] = llm.config_sha256()
-        prompts = request.prompt if isinstance(request.prompt, tuple) else (request.prompt,)
         new, kept = [], []
         for prompt in prompts:
+            if not prompt.strip():  # nothing to rewrite: never invent a prompt
+                kept.append("empty prompt")
+                new.append(prompt)
+                continue
             text = rewrite(llm, prompt, instruction=self.instruction, examples=self.examples,
                            max_new_tokens=self.max_new_tokens)
             if not text:
