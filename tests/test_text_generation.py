@@ -250,3 +250,28 @@ def test_complete_is_greedy_by_default_and_unseeded_sampling_varies(lm):
             turns, seed=3, do_sample=True)
     finally:
         lm.generation_config.do_sample = False
+
+
+def test_generate_text_command_writes_signed_texts_that_verify(lm, tmp_path, capsys):
+    from trustgain.cli.main import main
+
+    assert main(["keys", "create"]) == 0
+    model = tmp_path / "lm"
+    lm.save_pretrained(model)
+    tiny_tokenizer_lm().save_pretrained(model)
+    out = tmp_path / "said.txt"
+    capsys.readouterr()
+    args = ["generate-text", "hello", "--model", str(model), "-o", str(out), "-n", "2",
+            "--seed", "1", "--max-new-tokens", "6", "--stage", "privacy.redact_outputs",
+            "--json"]
+    assert main(args) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["stages"] == ["privacy.redact_outputs"] and len(result["texts"]) == 2
+    for i, text in enumerate(result["texts"]):
+        path = tmp_path / f"said-{i}.txt"
+        assert path.read_text("utf-8") == text
+        assert main(["verify", str(path)]) == 0
+    assert main(args) == 1  # never overwrites unasked
+    assert "exists" in capsys.readouterr().err
+    assert main(["generate-text", "hello", "--model", str(model), "-o",
+                 str(tmp_path / "x.png")]) == 2

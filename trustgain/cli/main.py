@@ -11,6 +11,7 @@ from trustgain import __version__
 from trustgain.cli.audit import audit
 from trustgain.cli.finetune import finetune
 from trustgain.cli.generate import generate
+from trustgain.cli.generate_text import generate_text
 from trustgain.cli.keys import keys
 from trustgain.cli.ledger import ledger
 from trustgain.cli.protect import protect, recover
@@ -42,6 +43,7 @@ def cli() -> None:
 cli.add_command(keys)
 cli.add_command(verify)
 cli.add_command(generate)
+cli.add_command(generate_text)
 cli.add_command(stages)
 cli.add_command(watermark)
 watermark.add_command(detect_latent_cmd)
