@@ -114,3 +114,21 @@ def test_a_blank_prompt_is_never_replaced_by_an_invented_one(lm_dir, sd_pipe, ke
     with pytest.raises(ConfigError, match="pairs"):
         RewritePrompt(examples=None)
     assert record["params"]["model"] == lm_dir.rsplit("/", 1)[1]  # a folder's name, no path
+
+
+def test_known_words_keeps_what_the_image_models_tokenizer_reads_whole(lm_dir, keyring,
+                                                                      monkeypatch):
+    from trustgain.models import load_mini_sd
+    from trustgain.prompting.rewrite import known_words_only
+
+    pipe = load_mini_sd()
+    assert known_words_only("A huge scarlet SEVEN, 7!", pipe.tokenizer) == "A SEVEN 7"
+    monkeypatch.setattr(TransformersTextGenerator, "complete",
+                        lambda self, *a, **k: "a huge scarlet seven")
+    art = trustgain.wrap(pipe, [RewritePrompt(model=lm_dir, known_words=True)],
+                         keyring=keyring)("gimme a scarlet 7", seed=0, num_inference_steps=2)
+    assert art.request.prompt == "a seven"
+    with pytest.raises(trustgain.TrustgainError, match="known_words"):
+        trustgain.TrustPipeline(TransformersTextGenerator(tiny_lm(), tiny_tokenizer_lm()),
+                                [RewritePrompt(model=lm_dir, known_words=True)],
+                                keyring=keyring)

@@ -11,7 +11,8 @@ Rows: detection rate at FPR 1e-3 and 1e-6 (exact binomial) for the first 25, 50 
 generated tokens; false positives on unmarked texts and under wrong keys, with the empirical
 rates against the nominal levels; the same wrong-key tests read with the normal approximation
 transformers' ``WatermarkDetector`` reports (the peer reading of the same statistic); detection
-after random token substitution and deletion; perplexity of marked against unmarked texts
+after random token substitution and deletion, and after a paraphrase by the same model
+(unmarked); perplexity of marked against unmarked texts
 under the model itself; generation time per token with and without the mark, same batches.
 """
 
@@ -205,6 +206,13 @@ def run(quick: bool = False, device: str = "cpu", data: Path | None = None) -> l
         rows.append(Row(f"TPR at FPR 1e-3 after: {name}", hit / n, "share",
                         note=f"{how}; median {int(np.median([i.size for i in marked_ids]))} "
                              "tokens before"))
+
+    # paraphrase attack: the same model, unmarked, asked to reword each marked text
+    asks = [f"Rewrite the following text in your own words:\n\n{t}" for t in marked]
+    reworded, _ = _generate(gen, asks, processor=None, max_new_tokens=tokens, seed=3, batch=16)
+    hit = sum(detector(t).p_value <= 1e-3 for t in reworded)
+    rows.append(Row("TPR at FPR 1e-3 after: paraphrase by the same model, unmarked", hit / n,
+                    "share", note="SmolLM2 asked to rewrite each marked text in its own words"))
 
     nll_m, nll_p = _log_ppl(gen, prompts, marked), _log_ppl(gen, prompts, plain)
     ppl_m, ppl_p = math.exp(float(np.mean(nll_m))), math.exp(float(np.mean(nll_p)))

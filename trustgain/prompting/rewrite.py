@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -59,6 +60,19 @@ def first_line(text: str) -> str:
     return line.strip().strip("\"'`").strip()
 
 
+def known_words_only(text: str, tokenizer: Any) -> str:
+    """The words of ``text`` that ``tokenizer`` reads as a single token, in order."""
+    return " ".join(w for w in re.findall(r"[^\W_]+", text) if len(tokenizer.tokenize(w)) == 1)
+
+
+def _tokenizer_of(generator: Any) -> Any:
+    tokenizer = getattr(getattr(generator, "pipe", None), "tokenizer", None)
+    if tokenizer is None or not callable(getattr(tokenizer, "tokenize", None)):
+        raise ConfigError("known_words needs a diffusers pipeline with a tokenizer (one "
+                          "generator, not several)")
+    return tokenizer
+
+
 def rewrite(generator: Any, request: str, *, instruction: str = DEFAULT_INSTRUCTION,
             examples: tuple[tuple[str, str], ...] = DEFAULT_EXAMPLES,
             max_new_tokens: int = 40) -> str:
@@ -77,7 +91,10 @@ class RewritePrompt:
 
     ``model``: ``"smollm2"`` or a transformers model id / folder / ``.gguf`` file;
     ``instruction`` and ``examples`` (pairs of request and rewrite) steer it;
-    ``max_chars``: longer rewrites are not used.
+    ``max_chars``: longer rewrites are not used; ``known_words``: then keep only the words the
+    image model's tokenizer reads as one token (for a model with a small caption vocabulary,
+    such as trustgain-mini-sd, whose unknown words are spelled out letter by letter; the best
+    arm of the prompting benchmark).
     """
 
     name: ClassVar[str] = "prompt.rewrite"
@@ -90,6 +107,7 @@ class RewritePrompt:
     examples: tuple[tuple[str, str], ...] = field(default=DEFAULT_EXAMPLES)
     max_new_tokens: int = 40
     max_chars: int = 300
+    known_words: bool = False
     device: str | None = None
 
     def __post_init__(self) -> None:
@@ -111,6 +129,11 @@ class RewritePrompt:
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigError(f"{name} must be a positive integer, not {value!r}")
 
+    def check_generator(self, generator: Any) -> None:
+        """``known_words`` needs the image model's tokenizer, known when the pipeline is built."""
+        if self.known_words:
+            _tokenizer_of(generator)
+
     def steering_sha256(self) -> str:
         """Digest of the instruction and examples (recorded instead of the texts)."""
         text = json.dumps([self.instruction, [list(e) for e in self.examples]],
@@ -130,6 +153,8 @@ class RewritePrompt:
             return StageResult(item, params, applied=False, reason="no prompt")
         llm = cached_generator(self.model, self.device)
         params["model_config_sha256"] = llm.config_sha256()
+        params["known_words"] = self.known_words
+        keep = _tokenizer_of(ctx.generator) if self.known_words else None
         new, kept = [], []
         for prompt in prompts:
             if not prompt.strip():  # nothing to rewrite: never invent a prompt
@@ -138,6 +163,8 @@ class RewritePrompt:
                 continue
             text = rewrite(llm, prompt, instruction=self.instruction, examples=self.examples,
                            max_new_tokens=self.max_new_tokens)
+            if keep is not None:
+                text = known_words_only(text, keep)
             if not text:
                 kept.append("empty rewrite")
             elif len(text) > self.max_chars:
