@@ -121,6 +121,7 @@ def _ids(tok, text: str) -> np.ndarray:
 
 def run(quick: bool = False, device: str = "cpu", data: Path | None = None) -> list[Row]:
     from scipy.special import erfc
+    from scipy.stats import binom
 
     import trustgain
     from trustgain.generators.text import TransformersTextGenerator, smollm2_gguf
@@ -180,10 +181,13 @@ def run(quick: bool = False, device: str = "cpu", data: Path | None = None) -> l
                         "0" if fpr == 1e-6 else "", hits == 0 if fpr == 1e-6 else None,
                         f"{n_keys} keys x {n} marked texts; min p {ps.min():.1e}"))
     for level in (1e-2, 1e-3):
-        rows.append(Row(f"wrong keys: rate at p <= {level:g}, exact binomial",
-                        float((ps <= level).mean()), "share", f"<= {level:g}",
-                        bool((ps <= level).mean() <= level * 1.5 + 3 / tests),
-                        f"{tests} tests; the exact test's level is at most {level:g}"))
+        k = int((ps <= level).sum())
+        # is the count above what the level allows? one-sided binomial test at 1%
+        excess = float(binom.sf(k - 1, tests, level)) if k else 1.0
+        rows.append(Row(f"wrong keys: rate at p <= {level:g}, exact binomial", k / tests,
+                        "share", f"<= {level:g} (sampling noise: binomial p > 0.01)",
+                        excess > 0.01,
+                        f"{k} of {tests} tests; P(count >= {k} | rate {level:g}) = {excess:.2g}"))
         rows.append(Row(f"peer: rate at p <= {level:g}, normal approximation "
                         "(transformers WatermarkDetector p_value)",
                         float((normal <= level).mean()), "share",
