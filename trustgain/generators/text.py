@@ -200,14 +200,14 @@ class TransformersTextGenerator:
         kwargs = self.kwargs(request)
         prompts = request.prompt if isinstance(request.prompt, tuple) else (request.prompt,)
         device = getattr(self.model, "device", torch.device("cpu"))
+        if self.tokenizer.pad_token_id is None:
+            kwargs["pad_token_id"] = self.tokenizer.eos_token_id
+        if processors:
+            kwargs["logits_processor"] = LogitsProcessorList(processors)
         outputs: list[str] = []
         with _seeded(request.seed), torch.inference_mode():
             for prompt in prompts:
                 ids = self._encode(prompt, request).to(device)
-                if "pad_token_id" not in kwargs and self.tokenizer.pad_token_id is None:
-                    kwargs["pad_token_id"] = self.tokenizer.eos_token_id
-                if processors:
-                    kwargs["logits_processor"] = LogitsProcessorList(processors)
                 out = self.model.generate(input_ids=ids, attention_mask=torch.ones_like(ids),
                                           **kwargs)
                 for row in out[:, ids.shape[1]:]:
