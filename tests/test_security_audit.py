@@ -696,3 +696,17 @@ def test_records_name_a_local_model_folder_without_this_machines_path(tmp_path, 
         assert DiffusersGenerator(sd_pipe, model_id="team/sd").model_id == "team/sd"
     finally:
         sd_pipe.register_to_config(_name_or_path="")
+
+
+def test_generate_records_an_absolute_model_folder_by_its_name(tmp_path, sd_pipe, capsys):
+    from trustgain.cli.main import main
+
+    folder = tmp_path / "home" / "alice" / "my-sd"
+    sd_pipe.save_pretrained(folder)
+    assert main(["keys", "create"]) == 0
+    out = tmp_path / "x.png"
+    assert main(["generate", "a seven", "--model", str(folder), "-o", str(out), "--steps", "2",
+                 "--height", "16", "--width", "16"]) == 0
+    record = json.loads((tmp_path / "x.png.trustgain.json").read_text())
+    text = json.dumps(record)
+    assert "alice" not in text and record["record"]["generator"]["model_id"] == "my-sd"

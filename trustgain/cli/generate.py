@@ -152,8 +152,9 @@ def generate(
         pipe = load_pipeline(model, device, quiet=no_progress)
     from trustgain.generators.diffusers import DiffusersGenerator
 
-    trust = TrustPipeline(
-        DiffusersGenerator(pipe, model_id=model),
+    local = Path(model).expanduser().is_absolute() and Path(model).expanduser().exists()
+    trust = TrustPipeline(  # a local folder is recorded by its name, never this machine's path
+        DiffusersGenerator(pipe, model_id=Path(model).name if local else model),
         stages,
         keyring=keyring,
         output_format=fmt,
