@@ -32,6 +32,7 @@ def cli() -> None:
     Start:
       trustgain keys create                  # your signing keyring
       trustgain generate "a handwritten seven" --model MODEL -o seven.png
+      trustgain generate-text "Describe a lighthouse" -o dusk.txt   # a language model
       trustgain verify seven.png
       trustgain protect photos/ -o protected/      # reversible protection (recover restores)
       trustgain finetune --data mine/ --dp --target-epsilon 8 -o my-model

@@ -63,7 +63,10 @@ def stages(as_json: bool) -> None:
     for name in known_stages():
         cls = stage_class(name)
         settings = _settings(name, cls)
-        doc = (inspect.getdoc(inspect.getmodule(cls)) or inspect.getdoc(cls) or "").split("\n")[0]
+        doc = (inspect.getdoc(inspect.getmodule(cls)) or "").split("\n")[0]
+        if doc.startswith("``") and not doc.startswith(f"``{cls.name}``"):
+            doc = ""  # the module is about another of its stages: the class says it
+        doc = doc or (inspect.getdoc(cls) or "").split("\n")[0]
         doc = doc.split(": ", 1)[-1] if doc.startswith("``") else doc
         rows.append(
             {

@@ -398,12 +398,12 @@ class RedactPII:
 
 @dataclass(frozen=True)
 class RedactOutputs:
-    """Mask personal data and secrets in generated text (a language model can repeat what it
-    saw in training or in the conversation).
+    """Mask personal data and secrets in generated text.
 
-    PROTECT phase, so the record's output digests are of the masked text. Needs a text
-    generator (``TransformersTextGenerator``); non-text outputs are refused. The record keeps
-    counts per output and kind only.
+    A language model can repeat what it saw in training or in the conversation. PROTECT phase,
+    so the record's output digests are of the masked text. Needs a text generator
+    (``TransformersTextGenerator``); non-text outputs are refused. The record keeps counts per
+    output and kind only.
     """
 
     name: ClassVar[str] = "privacy.redact_outputs"

@@ -1,5 +1,6 @@
-"""``prompt.rewrite``: a local language model rewrites the user's request into a prompt the
-image model understands (the LLM prompt engineering of Liu et al., arXiv 2502.11386).
+"""``prompt.rewrite``: a local chat model rewrites the request in the image model's words.
+
+The LLM prompt engineering of Liu et al. (arXiv 2502.11386), without their learned policy.
 
 Users write requests in their own words ("a huge scarlet 7, please"); a model knows the words
 it was trained on ("a large red handwritten seven"). The stage asks a chat model, with an
