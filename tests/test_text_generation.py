@@ -275,3 +275,10 @@ def test_generate_text_command_writes_signed_texts_that_verify(lm, tmp_path, cap
     assert "exists" in capsys.readouterr().err
     assert main(["generate-text", "hello", "--model", str(model), "-o",
                  str(tmp_path / "x.png")]) == 2
+
+
+def test_complete_wants_a_list_of_turns(lm):
+    gen = TransformersTextGenerator(lm, tiny_tokenizer_lm())
+    for bad in ("hello", [{"role": "user"}], ["hello"]):
+        with pytest.raises(GeneratorError, match="list of"):
+            gen.complete(bad)

@@ -223,6 +223,9 @@ class TransformersTextGenerator:
 
         if not getattr(self.tokenizer, "chat_template", None):
             raise GeneratorError("complete() needs a tokenizer with a chat template")
+        if isinstance(messages, str) or not all(
+                isinstance(m, dict) and isinstance(m.get("content"), str) for m in messages):
+            raise GeneratorError('messages must be a list of {"role": ..., "content": text}')
         unknown = set(generate) - GENERATE_ARGS
         if unknown:
             raise GeneratorError(f"unknown text generation argument(s) {sorted(unknown)}")
