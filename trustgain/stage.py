@@ -89,6 +89,7 @@ BUILTIN_STAGES: dict[str, str] = {
     "generate.latent_trace": "trustgain.generators.latent_trace:LatentTrace",
     "watermark.latent": "trustgain.watermark.latent:LatentMark",
     "watermark.text": "trustgain.watermark.text:TextMark",
+    "audit.balance": "trustgain.audit.balance:BalanceCheck",
     "watermark.pixel": "trustgain.watermark.pixel_stage:PixelMark",
     "protect.rae": "trustgain.protection.stage:ProtectRAE",
     "audit.outputs": "trustgain.audit.outputs:OutputCheck",

@@ -19,6 +19,7 @@ AREAS: dict[str, str] = {
     "watermark-latent": "trustgain.bench.watermark_latent",
     "watermark-text": "trustgain.bench.watermark_text",
     "prompting": "trustgain.bench.prompting",
+    "balance": "trustgain.bench.balance",
     "privacy": "trustgain.bench.privacy",
     "privacy-finetune": "trustgain.bench.privacy_finetune",
     "privacy-audit": "trustgain.bench.privacy_audit",
