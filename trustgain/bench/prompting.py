@@ -29,7 +29,7 @@ import torch
 from trustgain.bench import Row
 from trustgain.bench.watermark_text import wilson
 from trustgain.errors import InputError
-from trustgain.models.data import COLORS, WORDS, caption_vocabulary
+from trustgain.models.data import WORDS, caption_vocabulary
 
 # none of these is in the rewrite preset's few-shot examples (crimson, sky blue, pink)
 SYNONYMS = {
@@ -71,20 +71,10 @@ def vocabulary_filter(text: str) -> str:
 
 
 def ink_colour(images: torch.Tensor) -> list[str]:
-    """The nearest of the model's inks to each image's mean bright colour (N, 3, H, W) in
-    [0, 1]; scaled so its largest channel is 1, as the inks are."""
-    names = list(COLORS)
-    inks = torch.tensor([COLORS[c] for c in names])
-    out = []
-    for image in images:
-        bright = image.max(dim=0).values > 0.35
-        if not bright.any():
-            out.append("none")
-            continue
-        mean = image[:, bright].mean(dim=1)
-        mean = mean / mean.max().clamp_min(1e-6)
-        out.append(names[int(torch.cdist(mean[None], inks).argmin())])
-    return out
+    """The ink of each image (N, 3, H, W) in [0, 1]: ``audit.balance``'s own reader."""
+    from trustgain.audit.attributes import ink_colour_of
+
+    return [ink_colour_of(image.permute(1, 2, 0).double().numpy()) for image in images]
 
 
 def _generate(pipe, prompts: list[str], seed: int, batch: int = 32) -> torch.Tensor:
