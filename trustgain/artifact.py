@@ -7,7 +7,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from PIL import Image
 
@@ -18,6 +18,9 @@ from trustgain.provenance import embed
 from trustgain.provenance.record import SignedRecord
 from trustgain.provenance.verify import sidecar_path
 from trustgain.types import GenerationRequest
+
+if TYPE_CHECKING:
+    from trustgain.provenance.credentials import ContentCredentials
 
 FORMATS = {"png": "image/png", "jpeg": "image/jpeg"}
 TEXT = "text/plain"
@@ -58,11 +61,13 @@ class Artifact:
         index: int = 0,
         overwrite: bool = False,
         sidecar: bool = True,
+        credentials: ContentCredentials | None = None,
     ) -> Path:
         """Write file ``index`` with its embedded record, and the record beside it.
 
         A text output is written as UTF-8; its record goes only beside it (``sidecar`` must
-        stay on), since a text file has nowhere to embed one.
+        stay on), since a text file has nowhere to embed one. ``credentials``: also add C2PA
+        Content Credentials to an image (:mod:`trustgain.provenance.credentials`).
         """
         if isinstance(index, bool) or not isinstance(index, int):
             raise ConfigError(f"index must be an integer, not {index!r}")
@@ -87,7 +92,11 @@ class Artifact:
                 raise ConfigError(f"{target} is a folder; a file goes there")
         if sidecar and side.exists() and not overwrite:
             raise OutputExistsError(side)
-        write_atomic(path, file.data, overwrite=overwrite)
+        if credentials is not None and file.media_type == TEXT:
+            raise ConfigError("Content Credentials are for images; a text output has its "
+                              "sidecar record")
+        data = file.data if credentials is None else credentials.sign(file.data)
+        write_atomic(path, data, overwrite=overwrite)
         if sidecar:
             at = index if file.output_index is None else file.output_index
             text = self.record.to_json(at, indent=2) + "\n"

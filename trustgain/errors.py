@@ -87,6 +87,8 @@ class Reason(str, Enum):
     UNKNOWN_KEY = "unknown_key"
     MISSING_RECORD = "missing_record"
     MALFORMED_RECORD = "malformed_record"
+    INVALID_CREDENTIALS = "invalid_credentials"
+    UNTRUSTED_SIGNER = "untrusted_signer"
 
 
 class VerificationError(TrustgainError):

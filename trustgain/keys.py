@@ -27,6 +27,7 @@ import stat
 from pathlib import Path
 from typing import Any
 
+from cryptography import x509
 from cryptography.exceptions import InvalidSignature, InvalidTag, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
@@ -183,6 +184,12 @@ class KeyRing:
 
     def sign(self, data: bytes) -> bytes:
         return self._signing.sign(data)
+
+    def certificate_request(self, subject: x509.Name) -> x509.CertificateSigningRequest:
+        """A certificate signing request (PKCS #10) for the signing key, signed by it: what a
+        certificate authority needs to issue a certificate for this key (the key stays here)."""
+        return x509.CertificateSigningRequestBuilder().subject_name(subject).sign(
+            self._signing, None)
 
     def __repr__(self) -> str:
         return f"KeyRing(key_id={self.key_id!r})"

@@ -86,6 +86,9 @@ def _outputs(output: Path, n: int) -> list[Path]:
 @click.option("-n", "--num-images", type=click.IntRange(1, 64), default=1, show_default=True)
 @device_option(default=None)
 @click.option("--no-sidecar", is_flag=True, help="Do not write FILE.trustgain.json beside it.")
+@click.option("--c2pa-cert", "c2pa_cert", type=click.Path(dir_okay=False), default=None,
+              help="Also add C2PA Content Credentials, signed with the keyring's key and this "
+              "certificate chain (PEM; see `trustgain c2pa cert`).")
 @click.option("--force", is_flag=True, help="Overwrite existing output files.")
 @keyring_option
 @json_option
@@ -105,6 +108,7 @@ def generate(
     num_images: int,
     device: str | None,
     no_sidecar: bool,
+    c2pa_cert: str | None,
     force: bool,
     keyring_path: str | None,
     as_json: bool,
@@ -118,6 +122,7 @@ def generate(
       trustgain generate "a red bicycle" --model ./my-model -o bike.png
       trustgain generate "a cat" --model ./sd --stage generate.keyed_latents --seed 7
       trustgain generate "a cat" --model ./sd --config trustgain.json -n 4 --json
+      trustgain generate "a seven" -o seven.png --c2pa-cert signer.pem   # + C2PA
     """
     config = PipelineConfig.load(config_path) if config_path else PipelineConfig()
     out = Path(output or ("trustgain.jpg" if config.output_format == "jpeg" else "trustgain.png"))
@@ -143,6 +148,12 @@ def generate(
     if model is not None:
         check_model_source(model)  # a mistyped path, before asking for a passphrase
     keyring = load_keyring(keyring_path)  # before the slow model load: fail fast
+    credentials = None
+    if c2pa_cert is not None:
+        from trustgain.cli.c2pa import read_pem
+        from trustgain.provenance.credentials import ContentCredentials
+
+        credentials = ContentCredentials(keyring, read_pem(c2pa_cert, "certificate chain"))
     if model is None:
         from trustgain.models import MINI_SD_ID, mini_sd_path
 
@@ -171,7 +182,8 @@ def generate(
         num_images_per_prompt=num_images,
     )
     written = [
-        str(artifact.save(p, index=i, overwrite=force, sidecar=not no_sidecar))
+        str(artifact.save(p, index=i, overwrite=force, sidecar=not no_sidecar,
+                          credentials=credentials))
         for i, p in enumerate(paths)
     ]
     record = artifact.record.record

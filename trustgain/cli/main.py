@@ -9,6 +9,7 @@ import click
 
 from trustgain import __version__
 from trustgain.cli.audit import audit
+from trustgain.cli.c2pa import c2pa
 from trustgain.cli.finetune import finetune
 from trustgain.cli.generate import generate
 from trustgain.cli.generate_text import generate_text
@@ -43,6 +44,7 @@ def cli() -> None:
 
 cli.add_command(keys)
 cli.add_command(verify)
+cli.add_command(c2pa)
 cli.add_command(generate)
 cli.add_command(generate_text)
 cli.add_command(stages)

@@ -154,6 +154,7 @@ def verify(
                 "key_id": v.key_id,
                 "output_index": v.output_index,
                 "binding": v.binding,
+                "c2pa": v.c2pa,
                 "source": v.source,
                 "created": v.record["created"],
                 "model_id": v.record["generator"].get("model_id"),
@@ -162,6 +163,8 @@ def verify(
     human = "\n".join(
         f"{r['file']}: valid (record {r['record_id']}, key {r['key_id']}, {r['source']})"
         + ("" if r["binding"] == "file" else
+           "; pixels match, and the file adds C2PA Content Credentials (check them with "
+           "`trustgain c2pa verify`)" if r["c2pa"] else
            "; pixels match, file bytes differ: re-encoded or metadata changed")
         if r["valid"]
         else f"{r['file']}: INVALID {r['message']}" + _soft_text(r)

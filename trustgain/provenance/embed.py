@@ -101,6 +101,14 @@ def strip(data: bytes) -> bytes:
     return b"".join(out)
 
 
+def carries_c2pa(data: bytes) -> bool:
+    """Whether the file holds a C2PA manifest store (PNG ``caBX`` chunk, JPEG APP11 JUMBF)."""
+    if media_type(data) == "image/png":
+        return any(ctype == b"caBX" for _, ctype, _, _ in _png_chunks(data))
+    return any(marker == _APP11 and body.startswith(b"JP")
+               for _, marker, body in _jpeg_segments(data))
+
+
 def _decode(payload: bytes) -> str:
     try:
         return payload.decode("utf-8")

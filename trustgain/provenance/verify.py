@@ -47,6 +47,9 @@ class Verified:
     output_index: int
     binding: str  # "file": exact bytes outside the record; "pixels": lossless re-encode
     source: str  # "embedded" or "sidecar"
+    #: the file also holds C2PA Content Credentials (checked by ``trustgain c2pa verify``):
+    #: their bytes are why a "pixels" binding is not "file"
+    c2pa: bool = False
 
 
 def sidecar_path(path: str | os.PathLike[str]) -> Path:
@@ -123,7 +126,8 @@ def verify_bytes(
     pixels = _pixels_digest(data)
     for i in candidates:
         if pixels is not None and outputs[i].get("pixels_sha256") == pixels:
-            return Verified(signed.record, key.key_id, i, "pixels", source)
+            return Verified(signed.record, key.key_id, i, "pixels", source,
+                            embed.carries_c2pa(data))
     raise VerificationError(
         Reason.CONTENT_HASH_MISMATCH, "the file's content does not match the signed record"
     )
