@@ -93,6 +93,14 @@ def test_round_trip_valid_then_trusted(signed, keyring, certs):
     assert plain.binding == "pixels" and plain.c2pa
 
 
+def test_signing_again_needs_replace(signed, keyring, certs):
+    with pytest.raises(InputError, match="already carries Content Credentials"):
+        cr.sign_credentials(signed, keyring, certs.chain)
+    again = cr.sign_credentials(signed, keyring, certs.chain, training="allowed", replace=True)
+    found = cr.verify_credentials(again, trusted=[keyring.public_key]).credentials
+    assert set(found.training.values()) == {"allowed"}
+
+
 def test_other_trust_anchor_is_untrusted(signed, keyring, other_keyring):
     other = cr.issue_certificate(other_keyring)
     assert _reason(signed, [keyring.public_key], other.anchor) == Reason.UNTRUSTED_SIGNER

@@ -18,6 +18,7 @@ AREAS: dict[str, str] = {
     "watermark-security": "trustgain.bench.watermark_security",
     "watermark-latent": "trustgain.bench.watermark_latent",
     "watermark-text": "trustgain.bench.watermark_text",
+    "c2pa": "trustgain.bench.c2pa",
     "prompting": "trustgain.bench.prompting",
     "balance": "trustgain.bench.balance",
     "privacy": "trustgain.bench.privacy",

@@ -102,13 +102,15 @@ def cert(output: str, anchor_out: str | None, csr: bool, common_name: str,
               help="Add a cawg.training-mining assertion: may the file be used for AI "
               "training, inference and data mining.")
 @click.option("--thumbnail", is_flag=True, help="Embed the preview thumbnail readers show.")
+@click.option("--replace", is_flag=True,
+              help="Sign files that already carry Content Credentials (theirs are replaced).")
 @click.option("--force", is_flag=True, help="Replace existing outputs.")
 @keyring_option
 @json_option
 @progress_option
 def sign(inputs: tuple[str, ...], output: str, cert_path: str, training: str | None,
-         thumbnail: bool, force: bool, keyring_path: str | None, as_json: bool,
-         no_progress: bool) -> None:
+         thumbnail: bool, replace: bool, force: bool, keyring_path: str | None,
+         as_json: bool, no_progress: bool) -> None:
     """Add Content Credentials to images that carry a trustgain record.
 
     The record is verified first (with your keyring's key); the credentials say the image was
@@ -134,7 +136,7 @@ def sign(inputs: tuple[str, ...], output: str, cert_path: str, training: str | N
     results = []
     for src, rel in progress(files, desc="c2pa sign", disable=no_progress or len(files) < 2):
         dst = out if single else out / rel
-        results.append(_sign_one(src, dst, ring, chain, training, thumbnail, force))
+        results.append(_sign_one(src, dst, ring, chain, (training, thumbnail, replace), force))
     failed = sum(r["status"] == "error" for r in results)
     summary = {"key_id": ring.key_id, "files": results, "failed": failed,
                "signed": sum(r["status"] == "signed" for r in results),
@@ -148,8 +150,8 @@ def sign(inputs: tuple[str, ...], output: str, cert_path: str, training: str | N
         raise SystemExit(1)
 
 
-def _sign_one(src: Path, dst: Path, ring: Any, chain: bytes, training: str | None,
-              thumbnail: bool, force: bool) -> dict[str, Any]:
+def _sign_one(src: Path, dst: Path, ring: Any, chain: bytes,
+              options: tuple[str | None, bool, bool], force: bool) -> dict[str, Any]:
     base: dict[str, Any] = {"file": str(src), "output": str(dst)}
     if dst.suffix.lower() != src.suffix.lower():
         return {**base, "status": "error", "reason": "the output must keep the input's format"}
@@ -162,7 +164,9 @@ def _sign_one(src: Path, dst: Path, ring: Any, chain: bytes, training: str | Non
             data = src.read_bytes()
         except OSError as exc:
             raise InputError(f"cannot read it: {exc.strerror}") from None
-        signed = cr.sign_credentials(data, ring, chain, training=training, thumbnail=thumbnail)
+        training, thumbnail, replace = options
+        signed = cr.sign_credentials(data, ring, chain, training=training, thumbnail=thumbnail,
+                                     replace=replace)
         write_atomic(dst, signed, overwrite=force)
     except TrustgainError as exc:
         return {**base, "status": "error", "reason": str(exc)}

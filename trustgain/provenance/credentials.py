@@ -214,16 +214,23 @@ def manifest_for(signed: SignedRecord, output_index: int | None = None, *,
 
 def sign_credentials(data: bytes, keyring: KeyRing, chain: bytes, *,
                      trusted: Iterable[PublicKey] | None = None,
-                     training: str | None = None, thumbnail: bool = False) -> bytes:
+                     training: str | None = None, thumbnail: bool = False,
+                     replace: bool = False) -> bytes:
     """``data`` (a PNG or JPEG with a trustgain record) with C2PA Content Credentials added.
 
     The trustgain record is verified first (``trusted``: default the keyring's own key), so
     credentials are never put on a file whose record does not check out. ``thumbnail``: also
     embed the reader's preview thumbnail (off: it can be larger than a small image).
+    ``replace``: a file that already carries credentials is refused unless set, since new
+    ones replace the old manifest store and its history.
     """
     c2pa = _c2pa()
     mime = embed.media_type(data)
     check_chain(chain, keyring)
+    if embed.carries_c2pa(data) and not replace:
+        raise InputError("the file already carries Content Credentials; signing again "
+                         "replaces them and their history", hint="pass replace=True (CLI: "
+                         "--replace) to do so")
     text = embed.extract(data)
     if text is None:
         raise VerificationError(Reason.MISSING_RECORD, "the file carries no trustgain record "
