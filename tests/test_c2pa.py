@@ -132,6 +132,14 @@ def test_no_credentials_or_no_record(keyring, certs):
     bare = embed.strip(plain)
     with pytest.raises(VerificationError, match="no trustgain record"):
         cr.sign_credentials(bare, keyring, certs.chain)
+    terms = cr.sign_credentials(bare, keyring, certs.chain, training="notAllowed")
+    assert _reason(terms, [keyring.public_key]) == Reason.MISSING_RECORD  # required by default
+    check = cr.verify_credentials(terms, trusted=[keyring.public_key], require_record=False)
+    assert check.verified is None and check.credentials.actions == ("c2pa.opened",)
+    assert check.credentials.training["cawg.ai_training"] == "notAllowed"
+    tampered = bytearray(terms)
+    tampered[terms.index(embed.strip(terms)[-60:-40])] ^= 1
+    assert _reason(bytes(tampered), [keyring.public_key]) == Reason.INVALID_CREDENTIALS
     with pytest.raises(InputError, match="PNG or JPEG"):
         cr.sign_credentials(b"GIF89a....", keyring, certs.chain)
 

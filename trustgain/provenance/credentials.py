@@ -212,17 +212,35 @@ def manifest_for(signed: SignedRecord, output_index: int | None = None, *,
             "assertions": assertions}
 
 
+def terms_manifest(training: str) -> dict[str, Any]:
+    """The manifest for an image with no trustgain record (a photo, a ``trustgain protect``
+    output): the file itself as parent ingredient, opened, and the training-mining terms."""
+    from trustgain import __version__
+
+    if training not in TRAINING_CHOICES:
+        raise ConfigError(f"training must be one of {', '.join(TRAINING_CHOICES)}, "
+                          f"not {training!r}")
+    return {"claim_generator_info": [{"name": "trustgain", "version": __version__}],
+            "assertions": [
+                {"label": "c2pa.actions.v2", "data": {"actions": [
+                    {"action": "c2pa.opened", "parameters": {"ingredientIds": ["parent"]}}]}},
+                {"label": "cawg.training-mining", "data": {
+                    "entries": {use: {"use": training} for use in TRAINING_USES}}}]}
+
+
 def sign_credentials(data: bytes, keyring: KeyRing, chain: bytes, *,
                      trusted: Iterable[PublicKey] | None = None,
                      training: str | None = None, thumbnail: bool = False,
-                     replace: bool = False) -> bytes:
-    """``data`` (a PNG or JPEG with a trustgain record) with C2PA Content Credentials added.
+                     replace: bool = False, title: str = "image") -> bytes:
+    """``data`` (a PNG or JPEG) with C2PA Content Credentials added.
 
-    The trustgain record is verified first (``trusted``: default the keyring's own key), so
-    credentials are never put on a file whose record does not check out. ``thumbnail``: also
-    embed the reader's preview thumbnail (off: it can be larger than a small image).
-    ``replace``: a file that already carries credentials is refused unless set, since new
-    ones replace the old manifest store and its history.
+    A file with a trustgain record gets :func:`manifest_for`; the record is verified first
+    (``trusted``: default the keyring's own key), so credentials are never put on a file whose
+    record does not check out. A file without one (a photo, a protected image) can only be
+    given its AI-use terms (``training``, :func:`terms_manifest`; ``title`` names it as the
+    ingredient). ``thumbnail``: also embed the reader's preview thumbnail (off: it can be
+    larger than a small image). ``replace``: a file that already carries credentials is
+    refused unless set, since new ones replace the old manifest store and its history.
     """
     c2pa = _c2pa()
     mime = embed.media_type(data)
@@ -232,14 +250,18 @@ def sign_credentials(data: bytes, keyring: KeyRing, chain: bytes, *,
                          "replaces them and their history", hint="pass replace=True (CLI: "
                          "--replace) to do so")
     text = embed.extract(data)
+    if text is None and training is None:
+        raise VerificationError(Reason.MISSING_RECORD, "the file carries no trustgain record, "
+                                "so the credentials would state nothing: sign the output of "
+                                "`trustgain generate`, or give AI-use terms (training)")
     if text is None:
-        raise VerificationError(Reason.MISSING_RECORD, "the file carries no trustgain record "
-                                "(sign the output of `trustgain generate`, which embeds one)")
-    verified = verify_bytes(data, trusted=list(trusted) if trusted is not None
-                            else [keyring.public_key])
-    signed, index = SignedRecord.from_envelope(text)
-    manifest = manifest_for(signed, index if index is not None else verified.output_index,
-                            training=training)
+        manifest = terms_manifest(str(training))
+    else:
+        verified = verify_bytes(data, trusted=list(trusted) if trusted is not None
+                                else [keyring.public_key])
+        signed, index = SignedRecord.from_envelope(text)
+        manifest = manifest_for(signed, index if index is not None else verified.output_index,
+                                training=training)
     settings = {"builder": {"thumbnail": {"enabled": bool(thumbnail)}}}
     out = io.BytesIO()
     try:
@@ -247,6 +269,9 @@ def sign_credentials(data: bytes, keyring: KeyRing, chain: bytes, *,
                                            chain.decode("ascii"), None)
         with c2pa.Builder.from_json(json.dumps(manifest),
                                     context=c2pa.Context.from_dict(settings)) as builder:
+            if text is None:
+                builder.add_ingredient({"title": title, "relationship": "parentOf",
+                                        "label": "parent"}, mime, io.BytesIO(data))
             builder.sign(signer, mime, io.BytesIO(data), out)
     except c2pa.C2paError as exc:
         raise InputError(f"C2PA signing failed: {_first_line(exc)}") from None
@@ -348,16 +373,22 @@ def read_credentials(data: bytes, *, trust_anchors: bytes | None = None) -> Cred
 
 @dataclass(frozen=True)
 class CredentialsCheck:
-    """A file whose Content Credentials and trustgain record both verify."""
+    """A file whose Content Credentials verify, and the trustgain record inside them (None
+    only when ``require_record=False`` and there is none)."""
 
     credentials: Credentials
-    verified: Verified
+    verified: Verified | None
     trusted_signer: bool
 
 
 def verify_credentials(data: bytes, *, trusted: Iterable[PublicKey],
-                       trust_anchors: bytes | None = None) -> CredentialsCheck:
-    """Check the file's C2PA manifest and the trustgain record it carries; fail closed."""
+                       trust_anchors: bytes | None = None,
+                       require_record: bool = True) -> CredentialsCheck:
+    """Check the file's C2PA manifest and the trustgain record it carries; fail closed.
+
+    ``require_record=False`` accepts valid credentials that carry no trustgain record (AI-use
+    terms on a photo); ``verified`` is then None. A record that is there is always checked.
+    """
     found = read_credentials(data, trust_anchors=trust_anchors)
     if found is None:
         raise VerificationError(Reason.MISSING_RECORD, "no Content Credentials in the file")
@@ -370,10 +401,11 @@ def verify_credentials(data: bytes, *, trusted: Iterable[PublicKey],
     if trust_anchors is not None and found.state != "Trusted":
         raise VerificationError(Reason.UNTRUSTED_SIGNER,
                                 "the C2PA signer does not chain to the trust anchors")
-    if found.record is None:
+    if found.record is None and require_record:
         raise VerificationError(Reason.MISSING_RECORD,
                                 f"the Content Credentials carry no {RECORD_LABEL} assertion")
-    verified = verify_bytes(data, trusted=trusted, sidecar_text=found.record)
+    verified = None if found.record is None else verify_bytes(data, trusted=trusted,
+                                                              sidecar_text=found.record)
     return CredentialsCheck(found, verified, found.state == "Trusted")
 
 
