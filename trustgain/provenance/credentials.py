@@ -59,7 +59,6 @@ AI_SOURCE = "http://cv.iptc.org/newscodes/digitalsourcetype/trainedAlgorithmicMe
 TRAINING_USES = ("cawg.ai_generative_training", "cawg.ai_inference", "cawg.ai_training",
                  "cawg.data_mining")
 TRAINING_CHOICES = ("allowed", "notAllowed", "constrained")
-_MIME = {"image/png", "image/jpeg"}
 
 
 def _c2pa() -> Any:
