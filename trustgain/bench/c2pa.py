@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import datetime as dt
 import statistics
-import struct
 import time
 import uuid
 from collections import Counter, defaultdict
@@ -70,32 +69,27 @@ def _seal(bare: bytes, entries: list[dict], ring) -> bytes:
 
 
 def regions(data: bytes) -> list[tuple[int, int, str]]:
-    """(start, end, region) over the file: image data, trustgain record, C2PA store, other."""
-    out = []
-    if data.startswith(b"\x89PNG"):
-        pos = 8
-        while pos + 8 <= len(data):
-            (n,) = struct.unpack(">I", data[pos:pos + 4])
-            kind = data[pos + 4:pos + 8]
+    """(start, end, region) over the file: image data, trustgain record, C2PA store, other
+    (the chunks and segments as :mod:`trustgain.provenance.embed` reads them)."""
+    from trustgain.provenance import embed
+
+    if data.startswith(embed.PNG_SIGNATURE):
+        out = []
+        for pos, kind, body, _ in embed._png_chunks(data):
             name = {b"IDAT": "image data", b"caBX": "C2PA store"}.get(kind, "other")
-            if kind == b"iTXt" and data[pos + 8:pos + 18] == b"trustgain\0":
+            if kind == b"iTXt" and body.startswith(embed.KEYWORD + b"\0"):
                 name = "trustgain record"
-            out.append((pos, pos + 12 + n, name))
-            pos += 12 + n
+            out.append((pos, pos + 12 + len(body), name))
         return out
-    pos = 2
-    while pos + 4 <= len(data) and data[pos] == 0xFF:
-        marker = data[pos + 1]
-        if marker == 0xDA:
-            out.append((pos, len(data), "image data"))
-            break
-        (n,) = struct.unpack(">H", data[pos + 2:pos + 4])
+    out, end = [], 2
+    for pos, marker, body in embed._jpeg_segments(data):
         name = "image data" if marker in (0xDB, 0xC4, 0xC0, 0xC2) else "other"
         if marker == 0xEB:
-            name = ("trustgain record" if data[pos + 4:pos + 14] == b"trustgain\0"
-                    else "C2PA store" if data[pos + 4:pos + 6] == b"JP" else "other")
-        out.append((pos, pos + 2 + n, name))
-        pos += 2 + n
+            name = ("trustgain record" if body.startswith(embed._JPEG_TAG)
+                    else "C2PA store" if body.startswith(b"JP") else "other")
+        end = pos + 4 + len(body)
+        out.append((pos, end, name))
+    out.append((end, len(data), "image data"))  # the scans
     return out
 
 

@@ -202,13 +202,18 @@ def manifest_for(signed: SignedRecord, output_index: int | None = None, *,
     assertions.append({"label": RECORD_LABEL, "data": {
         "format": "trustgain.provenance", "envelope": signed.to_json(output_index)}})
     if training is not None:
-        if training not in TRAINING_CHOICES:
-            raise ConfigError(f"training must be one of {', '.join(TRAINING_CHOICES)}, "
-                              f"not {training!r}")
-        assertions.append({"label": "cawg.training-mining", "data": {
-            "entries": {use: {"use": training} for use in TRAINING_USES}}})
+        assertions.append(training_assertion(training))
     return {"claim_generator_info": [{"name": "trustgain", "version": __version__}],
             "assertions": assertions}
+
+
+def training_assertion(training: str) -> dict[str, Any]:
+    """The ``cawg.training-mining`` assertion giving every AI use the same ``training`` term."""
+    if training not in TRAINING_CHOICES:
+        raise ConfigError(f"training must be one of {', '.join(TRAINING_CHOICES)}, "
+                          f"not {training!r}")
+    return {"label": "cawg.training-mining",
+            "data": {"entries": {use: {"use": training} for use in TRAINING_USES}}}
 
 
 def terms_manifest(training: str) -> dict[str, Any]:
@@ -216,15 +221,12 @@ def terms_manifest(training: str) -> dict[str, Any]:
     output): the file itself as parent ingredient, opened, and the training-mining terms."""
     from trustgain import __version__
 
-    if training not in TRAINING_CHOICES:
-        raise ConfigError(f"training must be one of {', '.join(TRAINING_CHOICES)}, "
-                          f"not {training!r}")
+    terms = training_assertion(training)
     return {"claim_generator_info": [{"name": "trustgain", "version": __version__}],
             "assertions": [
                 {"label": "c2pa.actions.v2", "data": {"actions": [
                     {"action": "c2pa.opened", "parameters": {"ingredientIds": ["parent"]}}]}},
-                {"label": "cawg.training-mining", "data": {
-                    "entries": {use: {"use": training} for use in TRAINING_USES}}}]}
+                terms]}
 
 
 def sign_credentials(data: bytes, keyring: KeyRing, chain: bytes, *,
@@ -290,9 +292,8 @@ class ContentCredentials:
 
     def __post_init__(self) -> None:
         check_chain(self.chain, self.keyring)
-        if self.training is not None and self.training not in TRAINING_CHOICES:
-            raise ConfigError(f"training must be one of {', '.join(TRAINING_CHOICES)}, "
-                              f"not {self.training!r}")
+        if self.training is not None:
+            training_assertion(self.training)  # a bad term fails here, not at the first save
 
     def sign(self, data: bytes) -> bytes:
         return sign_credentials(data, self.keyring, self.chain, training=self.training,
