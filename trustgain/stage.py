@@ -84,6 +84,7 @@ BUILTIN_STAGES: dict[str, str] = {
     "privacy.redact_outputs": "trustgain.privacy.redact:RedactOutputs",
     "prompt.normalize": "trustgain.prompting.normalize:NormalizePrompt",
     "prompt.rewrite": "trustgain.prompting.rewrite:RewritePrompt",
+    "prompt.policy": "trustgain.prompting.choose:PolicyPrompt",
     "schedule.backend_steps": "trustgain.scheduling.backend_steps:ScheduleBackendSteps",
     "generate.keyed_latents": "trustgain.generators.keyed_latents:KeyedLatents",
     "generate.latent_trace": "trustgain.generators.latent_trace:LatentTrace",

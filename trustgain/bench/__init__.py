@@ -20,6 +20,7 @@ AREAS: dict[str, str] = {
     "watermark-text": "trustgain.bench.watermark_text",
     "c2pa": "trustgain.bench.c2pa",
     "prompting": "trustgain.bench.prompting",
+    "prompt-policy": "trustgain.bench.prompt_policy",
     "balance": "trustgain.bench.balance",
     "privacy": "trustgain.bench.privacy",
     "privacy-finetune": "trustgain.bench.privacy_finetune",

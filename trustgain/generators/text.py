@@ -219,6 +219,48 @@ class TransformersTextGenerator:
         """One reply to a conversation (``[{"role": ..., "content": ...}, ...]``, through the
         chat template), e.g. few-shot turns; greedy unless ``do_sample=True`` is given.
         ``generate`` takes the keywords of :data:`GENERATE_ARGS`."""
+        return self.replies(messages, 1, seed=seed, **generate)[0]
+
+    def replies(self, messages: Sequence[dict[str, str]], n: int, *, seed: int | None = None,
+                **generate: Any) -> tuple[str, ...]:
+        """``n`` replies to one conversation in one batched ``generate`` call (as
+        :meth:`complete`; sampled replies need ``do_sample=True``)."""
+        import torch
+
+        if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= 256:
+            raise GeneratorError(f"n must be an integer from 1 to 256, not {n!r}")
+        unknown = set(generate) - GENERATE_ARGS
+        if unknown:
+            raise GeneratorError(f"unknown text generation argument(s) {sorted(unknown)}")
+        _check_counts(generate)
+        generate.setdefault("max_new_tokens", self.max_new_tokens)
+        generate.setdefault("do_sample", False)
+        ids = self._chat_ids(messages, add_generation_prompt=True)
+        pad = self.tokenizer.pad_token_id
+        with _seeded(seed), torch.inference_mode():
+            out = self.model.generate(
+                input_ids=ids, attention_mask=torch.ones_like(ids), num_return_sequences=n,
+                pad_token_id=self.tokenizer.eos_token_id if pad is None else pad, **generate)
+        return tuple(self.tokenizer.decode(row[ids.shape[1]:], skip_special_tokens=True)
+                     for row in out)
+
+    def reply_logprob(self, messages: Sequence[dict[str, str]], reply: str) -> float:
+        """Mean log-probability per token of ``reply`` as the assistant's next turn (teacher
+        forced; the end-of-turn tokens are not counted). An empty reply scores -inf."""
+        import torch
+
+        prefix = self._chat_ids(messages, add_generation_prompt=True)
+        tail = self.tokenizer(reply, return_tensors="pt", add_special_tokens=False)["input_ids"]
+        if tail.shape[1] == 0:
+            return float("-inf")
+        ids = torch.cat([prefix, tail.to(prefix.device)], dim=1)
+        with torch.inference_mode():
+            logits = self.model(input_ids=ids).logits[0, prefix.shape[1] - 1:-1].float()
+        picked = torch.log_softmax(logits, dim=-1).gather(1, ids[0, prefix.shape[1]:, None])
+        return float(picked.mean())
+
+    def _chat_ids(self, messages: Sequence[dict[str, str]], *,
+                  add_generation_prompt: bool) -> torch.Tensor:
         import torch
 
         if not getattr(self.tokenizer, "chat_template", None):
@@ -226,23 +268,10 @@ class TransformersTextGenerator:
         if isinstance(messages, str) or not all(
                 isinstance(m, dict) and isinstance(m.get("content"), str) for m in messages):
             raise GeneratorError('messages must be a list of {"role": ..., "content": text}')
-        unknown = set(generate) - GENERATE_ARGS
-        if unknown:
-            raise GeneratorError(f"unknown text generation argument(s) {sorted(unknown)}")
-        _check_counts(generate)
-        generate.setdefault("max_new_tokens", self.max_new_tokens)
-        generate.setdefault("do_sample", False)
-        text = self.tokenizer.apply_chat_template(list(messages), add_generation_prompt=True,
-                                                  tokenize=False)
+        text = self.tokenizer.apply_chat_template(
+            list(messages), add_generation_prompt=add_generation_prompt, tokenize=False)
         ids = self.tokenizer(text, return_tensors="pt", add_special_tokens=False)["input_ids"]
-        device = getattr(self.model, "device", torch.device("cpu"))
-        ids = ids.to(device)
-        pad = self.tokenizer.pad_token_id
-        with _seeded(seed), torch.inference_mode():
-            out = self.model.generate(
-                input_ids=ids, attention_mask=torch.ones_like(ids),
-                pad_token_id=self.tokenizer.eos_token_id if pad is None else pad, **generate)
-        return self.tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
+        return ids.to(getattr(self.model, "device", torch.device("cpu")))
 
     def _encode(self, prompt: str, request: GenerationRequest) -> torch.Tensor:
         chat = request.extra.get("chat", True)

@@ -66,7 +66,7 @@ def known_words_only(text: str, tokenizer: Any) -> str:
     return " ".join(w for w in re.findall(r"[^\W_]+", text) if len(tokenizer.tokenize(w)) == 1)
 
 
-def _tokenizer_of(generator: Any) -> Any:
+def image_tokenizer(generator: Any) -> Any:
     tokenizer = getattr(getattr(generator, "pipe", None), "tokenizer", None)
     if tokenizer is None or not callable(getattr(tokenizer, "tokenize", None)):
         raise ConfigError("known_words needs a diffusers pipeline with a tokenizer (one "
@@ -78,12 +78,18 @@ def rewrite(generator: Any, request: str, *, instruction: str = DEFAULT_INSTRUCT
             examples: tuple[tuple[str, str], ...] = DEFAULT_EXAMPLES,
             max_new_tokens: int = 40) -> str:
     """The model's rewrite of ``request`` (its first line; may be empty)."""
+    return first_line(generator.complete(conversation(request, instruction, examples),
+                                         max_new_tokens=max_new_tokens, do_sample=False))
+
+
+def conversation(request: str, instruction: str,
+                 examples: tuple[tuple[str, str], ...]) -> list[dict[str, str]]:
+    """The chat turns that ask for a rewrite: instruction, few-shot pairs, the request."""
     turns = [{"role": "system", "content": instruction}] if instruction else []
     for asked, answered in examples:
         turns += [{"role": "user", "content": asked}, {"role": "assistant", "content": answered}]
     turns.append({"role": "user", "content": request})
-    return first_line(generator.complete(turns, max_new_tokens=max_new_tokens,
-                                         do_sample=False))
+    return turns
 
 
 @dataclass(frozen=True)
@@ -133,7 +139,7 @@ class RewritePrompt:
     def check_generator(self, generator: Any) -> None:
         """``known_words`` needs the image model's tokenizer, known when the pipeline is built."""
         if self.known_words:
-            _tokenizer_of(generator)
+            image_tokenizer(generator)
 
     def steering_sha256(self) -> str:
         """Digest of the instruction and examples (recorded instead of the texts)."""
@@ -155,7 +161,7 @@ class RewritePrompt:
         llm = cached_generator(self.model, self.device)
         params["model_config_sha256"] = llm.config_sha256()
         params["known_words"] = self.known_words
-        keep = _tokenizer_of(ctx.generator) if self.known_words else None
+        keep = image_tokenizer(ctx.generator) if self.known_words else None
         new, kept = [], []
         for prompt in prompts:
             if not prompt.strip():  # nothing to rewrite: never invent a prompt
