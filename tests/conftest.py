@@ -7,7 +7,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from tiny import tiny_ddim_pipeline, tiny_sd_pipeline
+from tiny import tiny_ddim_pipeline, tiny_lm, tiny_sd_pipeline, tiny_tokenizer_lm
 
 from trustgain import KeyRing
 
@@ -50,3 +50,12 @@ def sd_pipe():
 @pytest.fixture(scope="session")
 def ddim_pipe():
     return tiny_ddim_pipeline()
+
+
+@pytest.fixture(scope="session")
+def lm_dir(tmp_path_factory):
+    """A folder holding a tiny chat LM and its tokenizer (``from_pretrained`` loads it)."""
+    path = tmp_path_factory.mktemp("chat-lm")
+    tiny_lm().save_pretrained(path)
+    tiny_tokenizer_lm().save_pretrained(path)
+    return str(path)

@@ -7,7 +7,6 @@ import math
 
 import numpy as np
 import pytest
-from tiny import tiny_lm, tiny_tokenizer_lm
 
 import trustgain
 from trustgain.errors import ConfigError, GeneratorError, InputError, OutputExistsError
@@ -22,14 +21,6 @@ from trustgain.prompting.policy import (
     request_seed,
 )
 from trustgain.prompting.rewrite import DEFAULT_EXAMPLES, DEFAULT_INSTRUCTION
-
-
-@pytest.fixture(scope="module")
-def lm_dir(tmp_path_factory):
-    path = tmp_path_factory.mktemp("chat-lm")
-    tiny_lm().save_pretrained(path)
-    tiny_tokenizer_lm().save_pretrained(path)
-    return str(path)
 
 
 def _cands(rows):

@@ -19,14 +19,6 @@ from trustgain.prompting.rewrite import (
 )
 
 
-@pytest.fixture(scope="module")
-def lm_dir(tmp_path_factory):
-    path = tmp_path_factory.mktemp("chat-lm")
-    tiny_lm().save_pretrained(path)
-    tiny_tokenizer_lm().save_pretrained(path)
-    return str(path)
-
-
 def _run(stage, sd_pipe, keyring, prompt="the cat sat on a mat"):
     return trustgain.wrap(sd_pipe, [stage], keyring=keyring)(prompt, seed=0,
                                                              num_inference_steps=2)
