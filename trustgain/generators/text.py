@@ -235,7 +235,7 @@ class TransformersTextGenerator:
         _check_counts(generate)
         generate.setdefault("max_new_tokens", self.max_new_tokens)
         generate.setdefault("do_sample", False)
-        ids = self._chat_ids(messages, add_generation_prompt=True)
+        ids = self._chat_ids(messages)
         pad = self.tokenizer.pad_token_id
         with _seeded(seed), torch.inference_mode():
             out = self.model.generate(
@@ -249,7 +249,7 @@ class TransformersTextGenerator:
         forced; the end-of-turn tokens are not counted). An empty reply scores -inf."""
         import torch
 
-        prefix = self._chat_ids(messages, add_generation_prompt=True)
+        prefix = self._chat_ids(messages)
         tail = self.tokenizer(reply, return_tensors="pt", add_special_tokens=False)["input_ids"]
         if tail.shape[1] == 0:
             return float("-inf")
@@ -259,17 +259,17 @@ class TransformersTextGenerator:
         picked = torch.log_softmax(logits, dim=-1).gather(1, ids[0, prefix.shape[1]:, None])
         return float(picked.mean())
 
-    def _chat_ids(self, messages: Sequence[dict[str, str]], *,
-                  add_generation_prompt: bool) -> torch.Tensor:
+    def _chat_ids(self, messages: Sequence[dict[str, str]]) -> torch.Tensor:
+        """The conversation through the chat template, ready for the assistant's turn."""
         import torch
 
         if not getattr(self.tokenizer, "chat_template", None):
-            raise GeneratorError("complete() needs a tokenizer with a chat template")
+            raise GeneratorError("a conversation needs a tokenizer with a chat template")
         if isinstance(messages, str) or not all(
                 isinstance(m, dict) and isinstance(m.get("content"), str) for m in messages):
             raise GeneratorError('messages must be a list of {"role": ..., "content": text}')
         text = self.tokenizer.apply_chat_template(
-            list(messages), add_generation_prompt=add_generation_prompt, tokenize=False)
+            list(messages), add_generation_prompt=True, tokenize=False)
         ids = self.tokenizer(text, return_tensors="pt", add_special_tokens=False)["input_ids"]
         return ids.to(getattr(self.model, "device", torch.device("cpu")))
 

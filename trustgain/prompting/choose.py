@@ -62,7 +62,7 @@ class PolicyPrompt(RewritePrompt):
             raise ConfigError(f"top_p must be at most 1, not {self.top_p}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int):
             raise ConfigError(f"seed must be an integer, not {self.seed!r}")
-        self._load()  # a missing or malformed policy is a config error, before any run
+        self._load()  # a missing or malformed policy is refused when the stage is built
 
     def _load(self) -> Any:
         from trustgain.prompting.policy import PromptPolicy
