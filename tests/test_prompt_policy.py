@@ -179,3 +179,57 @@ def test_stage_settings_are_checked(lm_dir, tmp_path):
                 {"policy": good, "seed": "1"}, {"policy": good, "examples": [["a"]]}):
         with pytest.raises((ConfigError, InputError)):
             PolicyPrompt(model=lm_dir, **bad)
+
+
+def test_cli_proposes_a_corpus_and_fits_a_policy_from_marked_choices(lm_dir, tmp_path):
+    from trustgain.cli.main import main
+
+    asked = tmp_path / "requests.txt"
+    asked.write_text("the cat sat\n\nred seven on a mat\nhello world\n")
+    corpus = tmp_path / "corpus.jsonl"
+    assert main(["prompt-policy", "propose", str(asked), "-o", str(corpus), "--model", lm_dir,
+                 "--samples", "3", "--no-progress"]) == 0
+    rows = [json.loads(x) for x in corpus.read_text().splitlines()]
+    assert [r["request"] for r in rows] == ["the cat sat", "red seven on a mat", "hello world"]
+    assert main(["prompt-policy", "propose", str(asked), "-o", str(corpus), "--model",
+                 lm_dir]) == 1  # never overwrites unasked
+    policy = tmp_path / "policy.json"
+    assert main(["prompt-policy", "fit", str(corpus), "-o", str(policy)]) == 1  # none marked
+    assert not policy.exists()
+    for r in rows:  # the expert accepts the request as typed, when it has alternatives
+        r["candidates"].append({"text": "x", "sources": ["sample"],
+                                "features": [0.0] * len(FEATURES)})
+        r["accepted"] = [0]
+    corpus.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert main(["prompt-policy", "fit", str(corpus), "-o", str(policy)]) == 0
+    fitted = PromptPolicy.load(policy)
+    assert fitted.demonstrations == 3 and fitted.theta[FEATURES.index("from_request")] > 0
+    rows[1]["accepted"] = [99]
+    corpus.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert main(["prompt-policy", "fit", str(corpus), "-o", str(tmp_path / "p2.json")]) == 1
+    (tmp_path / "empty.txt").write_text("\n \n")
+    assert main(["prompt-policy", "propose", str(tmp_path / "empty.txt"), "-o",
+                 str(tmp_path / "c2.jsonl"), "--model", lm_dir]) == 1
+
+
+@pytest.mark.parametrize("line, says", [
+    ("{", "line 1: not a corpus line"),
+    ('{"request": "a", "candidates": [], "accepted": "0"}', "indices"),
+    ('{"request": "a", "candidates": [{"text": "a", "sources": [], "features": [1]}], '
+     '"accepted": []}', "features"),
+    ('{"request": "a", "candidates": [], "accepted": [true]}', "indices"),
+])
+def test_bad_corpus_lines_are_one_line_errors(tmp_path, line, says):
+    from trustgain.prompting.policy import read_corpus
+
+    path = tmp_path / "c.jsonl"
+    path.write_text(line + "\n")
+    with pytest.raises(InputError, match=says) as err:
+        read_corpus(path)
+    assert "\n" not in str(err.value)
+    path.write_bytes(b"\xff\xfe")
+    with pytest.raises(InputError, match="UTF-8"):
+        read_corpus(path)
+    path.write_text("\n")
+    with pytest.raises(InputError, match="no demonstrations"):
+        read_corpus(path)

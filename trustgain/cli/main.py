@@ -15,6 +15,7 @@ from trustgain.cli.generate import generate
 from trustgain.cli.generate_text import generate_text
 from trustgain.cli.keys import keys
 from trustgain.cli.ledger import ledger
+from trustgain.cli.prompt_policy import prompt_policy
 from trustgain.cli.protect import protect, recover
 from trustgain.cli.stages import stages
 from trustgain.cli.verify import verify
@@ -56,6 +57,7 @@ cli.add_command(recover)
 cli.add_command(finetune)
 cli.add_command(audit)
 cli.add_command(ledger)
+cli.add_command(prompt_policy)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -239,3 +239,49 @@ def fit(demonstrations: Sequence[tuple[Sequence[Candidate], Sequence[int]]], *,
     return PromptPolicy(theta=tuple(map(float, theta)), mean=tuple(map(float, mean)),
                         scale=tuple(map(float, scale)), demonstrations=len(used),
                         l2=float(l2))
+
+
+def corpus_line(request: str, candidates: Sequence[Candidate]) -> str:
+    """One JSON line of a corpus file: the request, its candidates, and an empty
+    ``accepted`` list for the expert to fill with candidate indices."""
+    return json.dumps({"request": request, "candidates": [
+        {"text": c.text, "sources": list(c.sources), "features": list(c.features)}
+        for c in candidates], "accepted": []}, ensure_ascii=False)
+
+
+def read_corpus(path: str | Path) -> list[tuple[list[Candidate], list[int]]]:
+    """The ``(candidates, accepted)`` demonstrations of a corpus file (JSON lines written by
+    :func:`corpus_line`, ``accepted`` filled in); every fault is one line naming the line."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise InputError(f"cannot read corpus {path}: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise InputError(f"{path} is not UTF-8 text: not a corpus file") from None
+    out = []
+    for number, line in enumerate(text.split("\n"), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            cands = [Candidate(str(c["text"]), tuple(map(str, c["sources"])),
+                               tuple(float(v) for v in c["features"]))
+                     for c in row["candidates"]]
+            accepted = row["accepted"]
+            if not isinstance(accepted, list) or not all(
+                    isinstance(i, int) and not isinstance(i, bool) for i in accepted):
+                raise ValueError("accepted must be a list of candidate indices")
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise InputError(f"{path}, line {number}: not a corpus line ({exc})") from None
+        if any(len(c.features) != len(FEATURES) or not all(map(math.isfinite, c.features))
+               for c in cands):
+            raise InputError(f"{path}, line {number}: candidates need {len(FEATURES)} finite "
+                             "features (a corpus from another version?)")
+        if any(not 0 <= i < len(cands) for i in accepted):
+            raise InputError(f"{path}, line {number}: accepted index out of range "
+                             f"(0..{len(cands) - 1})")
+        out.append((cands, accepted))
+    if not out:
+        raise InputError(f"{path} holds no demonstrations")
+    return out
