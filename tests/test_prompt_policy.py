@@ -181,7 +181,8 @@ def test_stage_settings_are_checked(lm_dir, tmp_path):
             PolicyPrompt(model=lm_dir, **bad)
 
 
-def test_cli_proposes_a_corpus_and_fits_a_policy_from_marked_choices(lm_dir, tmp_path):
+def test_cli_proposes_a_corpus_and_fits_a_policy_from_marked_choices(lm_dir, tmp_path,
+                                                                      capsys):
     from trustgain.cli.main import main
 
     asked = tmp_path / "requests.txt"
@@ -191,6 +192,14 @@ def test_cli_proposes_a_corpus_and_fits_a_policy_from_marked_choices(lm_dir, tmp
                  "--samples", "3", "--no-progress"]) == 0
     rows = [json.loads(x) for x in corpus.read_text().splitlines()]
     assert [r["request"] for r in rows] == ["the cat sat", "red seven on a mat", "hello world"]
+    first = corpus.read_text()
+    # a run killed after the first request (its last line torn) resumes and ends the same
+    (tmp_path / "again.jsonl.partial").write_text(first.splitlines()[0] + "\n{\"req")
+    assert main(["prompt-policy", "propose", str(asked), "-o", str(tmp_path / "again.jsonl"),
+                 "--model", lm_dir, "--samples", "3", "--no-progress"]) == 0
+    assert (tmp_path / "again.jsonl").read_text() == first
+    assert "resuming: 1 of 3" in capsys.readouterr().err
+    assert not (tmp_path / "again.jsonl.partial").exists()
     assert main(["prompt-policy", "propose", str(asked), "-o", str(corpus), "--model",
                  lm_dir]) == 1  # never overwrites unasked
     policy = tmp_path / "policy.json"

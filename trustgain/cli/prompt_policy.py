@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import click
@@ -69,14 +70,42 @@ def propose(requests: str, output: str, model: str, preset: str, known_words: bo
         tokenizer = load_mini_sd("cpu").tokenizer
         keep = lambda text: rw.known_words_only(text, tokenizer)  # noqa: E731
     llm = cached_generator(model, device)
-    out = [propose_candidates(llm, r, instruction=instruction, examples=examples,
-                              samples=samples, seed=request_seed(r), keep=keep)
-           for r in progress(asked, desc="proposing", disable=no_progress)]
-    text = "".join(corpus_line(r, c) + "\n" for r, c in zip(asked, out, strict=True))
-    write_atomic(output, text.encode("utf-8"), overwrite=force)
-    note(f"{output}: {len(asked)} requests, {sum(map(len, out))} candidates; set each line's "
+    partial = Path(f"{output}.partial")  # one finished request per line: a rerun resumes
+    done = _finished(partial, asked)
+    if done:
+        note(f"resuming: {len(done)} of {len(asked)} requests already proposed in {partial}")
+    with open(partial, "w" if not done else "a", encoding="utf-8") as fh:
+        for r in progress(asked[len(done):], desc="proposing", disable=no_progress):
+            line = corpus_line(r, propose_candidates(
+                llm, r, instruction=instruction, examples=examples, samples=samples,
+                seed=request_seed(r), keep=keep))
+            fh.write(line + "\n")
+            fh.flush()
+            done.append(line)
+    write_atomic(output, "".join(x + "\n" for x in done).encode("utf-8"), overwrite=force)
+    partial.unlink()
+    count = sum(len(json.loads(x)["candidates"]) for x in done)
+    note(f"{output}: {len(asked)} requests, {count} candidates; set each line's "
          '"accepted" to the indices of the good ones, then: trustgain prompt-policy fit '
          f"{output} -o policy.json")
+
+
+def _finished(partial: Path, asked: list[str]) -> list[str]:
+    """The lines of an interrupted run that match the start of ``asked`` (a torn last line,
+    or a different request list, is dropped and redone)."""
+    if not partial.is_file():
+        return []
+    done = []
+    for line, request in zip(partial.read_text(encoding="utf-8").splitlines(), asked,
+                             strict=False):
+        try:
+            if json.loads(line)["request"] != request:
+                break
+        except (json.JSONDecodeError, KeyError, TypeError):
+            break
+        done.append(line)
+    partial.write_text("".join(x + "\n" for x in done), encoding="utf-8")
+    return done
 
 
 @prompt_policy.command()
