@@ -58,6 +58,8 @@ def propose(requests: str, output: str, model: str, preset: str, known_words: bo
         lines = [x.strip() for x in Path(requests).read_text(encoding="utf-8").splitlines()]
     except UnicodeDecodeError:
         raise InputError(f"{requests} is not UTF-8 text") from None
+    except OSError as exc:
+        raise InputError(f"cannot read {requests}: {exc.strerror}") from None
     asked = [x for x in lines if x]
     if not asked:
         raise InputError(f"{requests} holds no requests (one per line)")
