@@ -81,9 +81,7 @@ def corpora(asked, llm, pipe, judge, image_seed: int, progress: str) -> list[dic
         cands = propose(llm, request, instruction=DIGITS_INSTRUCTION, examples=DIGITS_EXAMPLES,
                         samples=SAMPLES, temperature=TEMPERATURE, seed=request_seed(request),
                         keep=vocabulary_filter)
-        out.append({"request": request, "candidates": [
-            {"text": c.text, "sources": list(c.sources), "features": list(c.features)}
-            for c in cands]})
+        out.append({"request": request, "candidates": [c.as_dict() for c in cands]})
     per_request = (time.perf_counter() - t0) / max(len(asked), 1)
     flat = [(i, c["text"]) for i, r in enumerate(out) for c in r["candidates"]]
     flat += [(i, request) for i, (request, _, _) in enumerate(asked)]
@@ -103,8 +101,7 @@ def corpora(asked, llm, pipe, judge, image_seed: int, progress: str) -> list[dic
 
 
 def _candidates(r: dict) -> list[Candidate]:
-    return [Candidate(c["text"], tuple(c["sources"]), tuple(c["features"]))
-            for c in r["candidates"]]
+    return [Candidate.from_dict(c) for c in r["candidates"]]
 
 
 def _pick(r: dict, source: str) -> bool:

@@ -61,6 +61,15 @@ class Candidate:
     sources: tuple[str, ...]
     features: tuple[float, ...]
 
+    def as_dict(self) -> dict[str, Any]:
+        return {"text": self.text, "sources": list(self.sources),
+                "features": list(self.features)}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Candidate:
+        return cls(str(data["text"]), tuple(map(str, data["sources"])),
+                   tuple(float(v) for v in data["features"]))
+
 
 def _words(text: str) -> list[str]:
     return re.findall(r"[^\W_]+", text.lower())
@@ -244,9 +253,8 @@ def fit(demonstrations: Sequence[tuple[Sequence[Candidate], Sequence[int]]], *,
 def corpus_line(request: str, candidates: Sequence[Candidate]) -> str:
     """One JSON line of a corpus file: the request, its candidates, and an empty
     ``accepted`` list for the expert to fill with candidate indices."""
-    return json.dumps({"request": request, "candidates": [
-        {"text": c.text, "sources": list(c.sources), "features": list(c.features)}
-        for c in candidates], "accepted": []}, ensure_ascii=False)
+    return json.dumps({"request": request, "candidates": [c.as_dict() for c in candidates],
+                       "accepted": []}, ensure_ascii=False)
 
 
 def read_corpus(path: str | Path) -> list[tuple[list[Candidate], list[int]]]:
@@ -265,9 +273,7 @@ def read_corpus(path: str | Path) -> list[tuple[list[Candidate], list[int]]]:
             continue
         try:
             row = json.loads(line)
-            cands = [Candidate(str(c["text"]), tuple(map(str, c["sources"])),
-                               tuple(float(v) for v in c["features"]))
-                     for c in row["candidates"]]
+            cands = [Candidate.from_dict(c) for c in row["candidates"]]
             accepted = row["accepted"]
             if not isinstance(accepted, list) or not all(
                     isinstance(i, int) and not isinstance(i, bool) for i in accepted):
