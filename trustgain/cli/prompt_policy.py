@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from trustgain.cli.common import device_option, note, progress, progress_option
-from trustgain.errors import InputError
+from trustgain.errors import InputError, OutputExistsError
 from trustgain.fileio import write_atomic
 
 
@@ -52,8 +52,8 @@ def propose(requests: str, output: str, model: str, preset: str, known_words: bo
     from trustgain.prompting.policy import corpus_line, request_seed
     from trustgain.prompting.policy import propose as propose_candidates
 
-    if Path(output).exists() and not force:
-        raise InputError(f"{output} exists", hint="pass --force to replace it")
+    if Path(output).exists() and not force:  # before the long work, not after it
+        raise OutputExistsError(Path(output))
     try:
         lines = [x.strip() for x in Path(requests).read_text(encoding="utf-8").splitlines()]
     except UnicodeDecodeError:

@@ -94,14 +94,14 @@ def propose(llm: Any, request: str, *, instruction: str, examples: tuple[tuple[s
     sampled = [first_line(text) for text in llm.replies(
         turns, samples, seed=seed, do_sample=True, temperature=temperature, top_p=top_p,
         max_new_tokens=max_new_tokens)]
+    kept = [keep(text) for text in [request, greedy, *sampled]]
     sources: dict[str, list[str]] = {}
-    for source, text in [("request", request), ("greedy", greedy)] + [
-            ("sample", text) for text in sampled]:
-        kept = keep(text)
-        if kept.strip():
-            sources.setdefault(kept, []).append(source)
-    proposals = [set(_words(keep(text))) for text in [greedy, *sampled]]
-    asked = _words(keep(request))
+    for source, text in zip(["request", "greedy"] + ["sample"] * len(sampled), kept,
+                            strict=True):
+        if text.strip():
+            sources.setdefault(text, []).append(source)
+    proposals = [set(_words(text)) for text in kept[1:]]
+    asked = _words(kept[0])
     out = []
     for text, came in sources.items():
         words = _words(text)
