@@ -51,11 +51,18 @@ def test_detect_latent_reads_the_record_and_falls_back_to_blind(tmp_path, capsys
     code, res = run(str(out / "marked.png"), str(tmp_path / "stripped.png"), "--keyring",
                     str(tmp_path / "ring.json"))
     assert code == 0, res.err
-    files = {f["file"].rsplit("/", 1)[-1]: f for f in json.loads(res.out)["files"]}
+    doc = json.loads(res.out)
+    assert doc["encoder"] == "detector" and doc["weights"] == "reliability"
+    files = {f["file"].rsplit("/", 1)[-1]: f for f in doc["files"]}
     assert files["marked.png"]["mode"] == "record"
     assert files["stripped.png"]["mode"] == "blind"
     assert files["marked.png"]["detected"]  # fixed key, seed, record id and nonce
     assert files["marked.png"]["p_value"] <= 1e-6
+    code, res = run(str(out / "marked.png"), "--keyring", str(tmp_path / "ring.json"),
+                    "--rank-weights")
+    ranked = json.loads(res.out)
+    assert code == 0 and ranked["weights"] == "rank"
+    assert ranked["files"][0]["p_value"] != files["marked.png"]["p_value"]
     code, res = run(str(out / "marked.png"), "--keyring", str(tmp_path / "other.json"))
     wrong = json.loads(res.out)["files"][0]
     assert code == 0 and wrong["mode"] == "blind" and not wrong["detected"]

@@ -7,8 +7,9 @@
    32x32, encoded with the detector-side encoder (``vae_detector``; ``--encoder pipeline``: the
    pipeline's own VAE) and DDIM-inverted with the empty prompt (25 steps, no guidance). TPR at
    FPR 1e-6 (exact threshold, no tuning) with Wilson 95% intervals, in two modes: ``record``
-   (nonce and payload from the provenance record: |z|-rank-weighted matches over all 256 latent
-   elements, and the plain binomial beside it) and ``blind`` (metadata stripped: 256 counter
+   (nonce and payload from the provenance record: matches over all 256 latent elements
+   weighted by the model's fitted per-element reliability (``--weights rank``: |z|-rank levels,
+   also reported beside), and the plain binomial) and ``blind`` (metadata stripped: 256 counter
    nonces tried, payload unknown: weighted fold statistic, Sidak-corrected). Also sign accuracy
    of the inverted latents, payload bit accuracy and exact payload recovery (blind mode), and
    the model-free mechanics: TPR against an imposed sign accuracy.
@@ -54,9 +55,15 @@ import torch
 from PIL import Image
 
 from ..keys import KeyRing
-from ..models import detector_vae_for, load_judge, load_mini_sd
+from ..models import detector_vae_for, load_judge, load_mini_sd, reliability_for
 from ..watermark.attacks import SUITE
-from ..watermark.latent import counter_nonce, latent_key, marked_latents, payload_from_record_id
+from ..watermark.latent import (
+    LEVELS,
+    counter_nonce,
+    latent_key,
+    marked_latents,
+    payload_from_record_id,
+)
 from ..watermark.latent_invert import (
     Candidate,
     ddim_invert,
@@ -67,6 +74,7 @@ from ..watermark.latent_invert import (
     model_size,
 )
 from . import Row, format_table
+from . import watermark_latent_marks as marks
 from .models import GUIDANCE, STEPS, generate, latent_shape, prompts_for
 from .watermark_latent_ideas import decoder_invert, exact_tpr, ideas_rows
 from .watermark_latent_marks import (
@@ -128,8 +136,14 @@ def detection(pipe, key, images, latents, nonces, payloads, steps, prompts,
         blind = _read(inv, key)
         bit_acc = float(np.mean([r.bit_accuracy for r in rec]))
         exact = float(np.mean([r.payload == p for r, p in zip(blind, payloads, strict=True)]))
+        weighting = "|z|-rank" if marks.RELIABILITY is None else "reliability"
         rows += _tpr_rows(f"TPR@1e-6 record mode, {name}", rec,
-                          f"|z|-rank weighted; sign acc {sign_acc:.3f}", True)
+                          f"{weighting} weighted; sign acc {sign_acc:.3f}", True)
+        if marks.RELIABILITY is not None:
+            rows += _tpr_rows(f"TPR@1e-6 record mode |z|-rank, {name}",
+                              _read(inv, key, nonces, payloads, levels=LEVELS),
+                              f"{LEVELS} |z|-rank levels (the detector before reliability "
+                              "weights)", False)
         rows += _tpr_rows(f"TPR@1e-6 record mode unweighted, {name}", plain,
                           "plain binom.sf on matched signs", False)
         rows += _tpr_rows(f"TPR@1e-6 blind mode, {name}", blind,
@@ -279,15 +293,17 @@ class _Seq(list):
 
 def run(quick: bool = False, device: str = "cpu", *, model: str | None = None,
         refine: int | None = None, scales: tuple[float, ...] | None = None,
-        encoder: str = "detector") -> list[Row]:
+        encoder: str = "detector", weights: str = "reliability") -> list[Row]:
     """All figures of the area; ``quick`` shrinks every count to run in about a minute.
 
     ``model`` (a pipeline folder) replaces trustgain-mini-sd, for development only; ``refine``
     and ``scales`` override the detector's :data:`REFINE` and :data:`SCALES`; ``encoder``:
-    ``"detector"`` (the model's ``vae_detector`` folder where it has one) or ``"pipeline"``.
+    ``"detector"`` (the model's ``vae_detector`` folder where it has one) or ``"pipeline"``;
+    ``weights``: ``"reliability"`` (the per-element weights fitted for the detector encoder,
+    where the model ships them and that encoder is used) or ``"rank"`` (|z|-rank levels).
     """
     global REFINE, SCALES, ENCODER
-    saved = (REFINE, SCALES, ENCODER)
+    saved = (REFINE, SCALES, ENCODER, marks.RELIABILITY)
     REFINE = REFINE if refine is None else refine
     SCALES = SCALES if scales is None else scales
     threads = torch.get_num_threads()
@@ -302,6 +318,9 @@ def run(quick: bool = False, device: str = "cpu", *, model: str | None = None,
             pipe = StableDiffusionPipeline.from_pretrained(model).to(device)
             pipe.set_progress_bar_config(disable=True)
         ENCODER = detector_vae_for(model, device) if encoder == "detector" else None
+        if weights == "reliability" and ENCODER is not None:
+            marks.RELIABILITY = reliability_for(model)
+        used_weights = "|z|-rank" if marks.RELIABILITY is None else "reliability"
         try:
             judge = load_judge(device)
         except FileNotFoundError:
@@ -341,10 +360,10 @@ def run(quick: bool = False, device: str = "cpu", *, model: str | None = None,
     finally:
         used = "detector encoder (vae_detector)" if ENCODER is not None else "pipeline VAE"
         torch.set_num_threads(threads)
-        REFINE, SCALES, ENCODER = saved
+        REFINE, SCALES, ENCODER, marks.RELIABILITY = saved
     note = (f"{len(prompts)} samples, {steps} steps, guidance {GUIDANCE}; detector: "
             f"{refine if refine is not None else REFINE} refinements, scales "
-            f"{scales if scales is not None else SCALES}, {used}"
+            f"{scales if scales is not None else SCALES}, {used}, {used_weights} weights"
             + (f"; model {model}" if model else ""))
     return [Row("setup", len(prompts), "samples", "", None, note), *rows]
 
@@ -370,6 +389,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="un-zoom candidates tried by the detector (default 1.0 0.7071)")
     p.add_argument("--encoder", choices=("detector", "pipeline"), default="detector",
                    help="encode with the shipped detector-side VAE or the pipeline's own")
+    p.add_argument("--weights", choices=("reliability", "rank"), default="reliability",
+                   help="detector weights: the model's fitted per-element reliability "
+                        "(vae_detector/reliability.json) or |z|-rank levels")
     p.add_argument("--ideas", action="store_true", help="only the remedies' sign accuracies")
     p.add_argument("--threads", type=int, default=None, help="torch threads for --ideas (1)")
     args = p.parse_args(argv)
@@ -384,7 +406,8 @@ def main(argv: list[str] | None = None) -> int:
             args.json.write_text(json.dumps({"rows": [r.as_dict() for r in rows]}, indent=2))
         return 0
     rows = run(args.quick, args.device, model=args.model, refine=args.refine,
-               scales=None if args.scales is None else tuple(args.scales), encoder=args.encoder)
+               scales=None if args.scales is None else tuple(args.scales), encoder=args.encoder,
+               weights=args.weights)
     print(format_table(rows))
     print(f"\n{time.time() - t0:.0f} s, {os.cpu_count()} CPUs visible, device {args.device}")
     if args.json:

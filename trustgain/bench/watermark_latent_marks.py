@@ -34,6 +34,9 @@ FPR = 1e-6
 NONCE_SPACE = 256
 PAYLOAD_BITS = 64
 ATTACKS = ("none", "jpeg50", "resize0.5_restored", "crop_centre_50", "blur1", "noise0.05")
+#: The detector's per-element reliability weights (``Reliability``), or None for |z|-rank
+#: levels; set by :func:`trustgain.bench.watermark_latent.run`.
+RELIABILITY = None
 
 
 def wilson(k: int, n: int) -> tuple[float, float]:
@@ -67,12 +70,15 @@ def _removal(before: list[LatentReading], after: list[LatentReading]) -> tuple[f
     return rate, f"{len(hit)} of {len(before)} detected before"
 
 
-def _read(cands: list[Candidate], key, nonces=None, payloads=None, levels: int = LEVELS,
+def _read(cands: list[Candidate], key, nonces=None, payloads=None, levels: int | None = None,
           ) -> list[LatentReading]:
-    """Record mode with ``nonces`` and ``payloads``, blind mode without."""
+    """Record mode with ``nonces`` and ``payloads``, blind mode without. Weights: ``levels``
+    |z|-rank levels where given, else the detector's: :data:`RELIABILITY` where the run set
+    one, else :data:`LEVELS` ranks."""
+    reliability = RELIABILITY if levels is None else None
     return read_candidates(cands, key, payload_bits=PAYLOAD_BITS, nonces=nonces,
                            nonce_space=NONCE_SPACE, expected_payloads=payloads, fpr=FPR,
-                           levels=levels)
+                           levels=LEVELS if levels is None else levels, reliability=reliability)
 
 
 def _subset(cands: list[Candidate], index) -> list[Candidate]:
@@ -98,8 +104,8 @@ def mechanics_rows(key, n: int, shape: tuple[int, int, int]) -> list[Row]:
         flips = torch.from_numpy(rng.random(latents.shape) < 1 - acc)
         noisy = torch.where(flips, -latents, latents)
         cands = [(1.0, noisy, None)]
-        rec = np.mean([r.detected for r in _read(cands, key, nonces, payloads)])
-        blind = np.mean([r.detected for r in _read(cands, key)])
+        rec = np.mean([r.detected for r in _read(cands, key, nonces, payloads, levels=LEVELS)])
+        blind = np.mean([r.detected for r in _read(cands, key, levels=LEVELS)])
         rows.append(Row(f"mechanics: TPR@1e-6 at sign accuracy {acc:.2f}", float(rec), "TPR",
                         "", None, f"record mode; blind mode {blind:.3f}; {n} latents, "
                         "independent sign flips, no model"))

@@ -4,7 +4,9 @@ Per file: when the image carries (or sits beside) a provenance record that verif
 trusted key and holds a ``watermark.latent`` stage of this keyring, the record's nonce and
 payload are used ("record" mode, the strongest test); otherwise every counter nonce is tried
 and the payload decoded blind ("blind" mode). Detection needs the generating model: the image
-is VAE-encoded (with the model's detector-side encoder where it ships one) and DDIM-inverted.
+is VAE-encoded (with the model's detector-side encoder where it ships one) and DDIM-inverted,
+and the elements are weighed by the reliability fitted for that encoder where the model ships
+one (``vae_detector/reliability.json``), else by |z| rank.
 """
 
 from __future__ import annotations
@@ -47,18 +49,18 @@ def _record_params(path: Path, key_id: str, trusted: list) -> tuple[dict, int] |
     return stage["params"], verified.output_index
 
 
-def _read_one(image, pipe, key, params, index, *, steps, fpr, encoder, prompt):
+def _read_one(image, pipe, key, params, index, *, steps, fpr, encoder, prompt, reliability):
     from trustgain.watermark.latent_invert import detect_latent
 
-    scales = (1.0, CROP_SCALE)
+    common = {"fpr": fpr, "encoder": encoder, "prompt": prompt, "scales": (1.0, CROP_SCALE),
+              "reliability": reliability}
     if params is None:
-        return "blind", detect_latent([image], pipe, key, num_inference_steps=steps, fpr=fpr,
-                                      encoder=encoder, prompt=prompt, scales=scales)[0]
+        return "blind", detect_latent([image], pipe, key, num_inference_steps=steps, **common)[0]
     run_steps = params.get("num_inference_steps") or steps
     return "record", detect_latent(
         [image], pipe, key, num_inference_steps=run_steps, payload_bits=params["payload_bits"],
         nonces=[bytes.fromhex(params["nonces"][index])], expected_payloads=[params["payload"]],
-        fpr=fpr, encoder=encoder, prompt=prompt, scales=scales)[0]
+        **common)[0]
 
 
 @click.command("detect-latent")
@@ -72,12 +74,15 @@ def _read_one(image, pipe, key, params, index, *, steps, fpr, encoder, prompt):
               help="Detected when the (exact) p-value is at most this.")
 @click.option("--pipeline-encoder", is_flag=True,
               help="Encode with the pipeline's own VAE, not its detector-side encoder.")
+@click.option("--rank-weights", is_flag=True,
+              help="Weigh latent elements by |z| rank, not by the reliability fitted for the "
+              "model's detector encoder (vae_detector/reliability.json).")
 @device_option()
 @keyring_option
 @json_option
 @progress_option
-def detect_latent_cmd(inputs, model, steps, prompt, fpr, pipeline_encoder, device,
-                      keyring_path, as_json, no_progress):
+def detect_latent_cmd(inputs, model, steps, prompt, fpr, pipeline_encoder, rank_weights,
+                      device, keyring_path, as_json, no_progress):
     """Look for your key's in-generation (latent) mark; p-value and payload per file.
 
     Exit code 1 if any file could not be read.
@@ -88,7 +93,7 @@ def detect_latent_cmd(inputs, model, steps, prompt, fpr, pipeline_encoder, devic
       trustgain watermark detect-latent outputs/ --model ./my-sd --steps 30 --json
     """
     from trustgain.cli.audit import _load_pipe
-    from trustgain.models import detector_vae_for
+    from trustgain.models import detector_vae_for, reliability_for
     from trustgain.provenance.verify import default_trusted_keys
     from trustgain.watermark.latent import latent_key
 
@@ -98,6 +103,7 @@ def detect_latent_cmd(inputs, model, steps, prompt, fpr, pipeline_encoder, devic
     trusted = [ring.public_key, *default_trusted_keys()]
     pipe = _load_pipe(model, device)
     encoder = None if pipeline_encoder else detector_vae_for(model, device)
+    reliability = None if encoder is None or rank_weights else reliability_for(model)
     results, failed = [], 0
     for src, _ in progress(files, desc="detect", disable=no_progress or len(files) < 2):
         try:
@@ -106,7 +112,7 @@ def detect_latent_cmd(inputs, model, steps, prompt, fpr, pipeline_encoder, devic
             found = _record_params(src, key.key_id, trusted)
             params, index = found if found else (None, 0)
             mode, r = _read_one(image, pipe, key, params, index, steps=steps, fpr=fpr,
-                                encoder=encoder, prompt=prompt)
+                                encoder=encoder, prompt=prompt, reliability=reliability)
         except (TrustgainError, ValueError) as exc:
             failed += 1
             results.append({"file": str(src), "status": "error", "reason": str(exc)})
@@ -119,7 +125,8 @@ def detect_latent_cmd(inputs, model, steps, prompt, fpr, pipeline_encoder, devic
         f"({r['mode']} mode)" + (f" payload {r['payload']}" if r["detected"] else "")
         for r in results)
     emit({"key_id": key.key_id, "fpr": fpr, "model": model,
-          "encoder": "pipeline" if encoder is None else "detector", "files": results},
+          "encoder": "pipeline" if encoder is None else "detector",
+          "weights": "rank" if reliability is None else "reliability", "files": results},
          as_json, human)
     if failed:
         note(f"{failed} file(s) could not be read")

@@ -27,7 +27,7 @@ JUDGE_ID = "trustgain-digits-judge"
 _HERE = Path(__file__).resolve().parent
 
 __all__ = ["JUDGE_ID", "MINI_SD_ID", "classify_digits", "detector_vae_for", "judge_path",
-           "load_detector_vae", "load_judge", "load_mini_sd", "mini_sd_path"]
+           "load_detector_vae", "load_judge", "load_mini_sd", "mini_sd_path", "reliability_for"]
 
 
 def _folder(name: str, what: str) -> Path:
@@ -100,6 +100,22 @@ def detector_vae_for(model: str | None, device: str = "cpu") -> Any:
     from diffusers import AutoencoderKL
 
     return AutoencoderKL.from_pretrained(folder).to(device).eval()
+
+
+def reliability_for(model: str | None) -> Any:
+    """The latent detector's per-element reliability for ``model`` (a
+    :class:`~trustgain.watermark.latent_reliability.Reliability`), fitted for its detector-side
+    encoder: ``vae_detector/reliability.json`` of trustgain-mini-sd (``None`` or its id) or of
+    a model folder, as ``python -m trustgain.watermark.reliability_fit`` writes it; ``None``
+    when the model has none."""
+    from trustgain.watermark.latent_reliability import Reliability
+
+    if model is None or model == MINI_SD_ID:
+        path = _folder(MINI_SD_ID, "vae_detector/reliability.json") / "vae_detector"
+    else:
+        path = Path(model) / "vae_detector"
+    path = path / "reliability.json"
+    return Reliability.load(path) if path.is_file() else None
 
 
 def load_judge(device: str = "cpu") -> DigitsJudge:

@@ -11,13 +11,15 @@ of ``u``, so the latents are exactly i.i.d. N(0, 1): the mark costs no image qua
 Reading (:func:`read_latent_mark`, on latents recovered by DDIM inversion; see
 :mod:`trustgain.watermark.latent_invert`): signs, XOR the keystream, then
 
-- the payload is the vote of each bit's copies, weighted by ``|z|``;
+- the payload is the vote of each bit's copies, weighted by ``|z|`` (or the weights below);
 - with the expected payload known (from the provenance record) the statistic is the matches
   of decrypted signs with their expected bits, each weighted by the rank level of its ``|z|``
-  (small ``|z|`` flip most often under attack); without the mark (clean image or wrong key)
-  each decrypted sign is a fair coin independent of everything else, because the keystream is
-  independent of the image, so the p-value is exact: the weighted sum of Binomial(c_l, 1/2),
-  and with ``levels=1`` exactly ``binom.sf(matches - 1, n, 1/2)``;
+  (small ``|z|`` flip most often under attack) or, where the model ships a fitted
+  :mod:`~trustgain.watermark.latent_reliability`, by the log-likelihood ratio of its sign
+  given its element's measured reliability and ``|z|``; without the mark (clean image or
+  wrong key) each decrypted sign is a fair coin independent of everything else, because the
+  keystream is independent of the image, so the p-value is exact: the weighted sum of
+  Binomial(c_l, 1/2), and with ``levels=1`` exactly ``binom.sf(matches - 1, n, 1/2)``;
 - with the payload unknown (metadata stripped) the statistic is the (weighted) matches against
   the majority payload, ``sum_j max(A_j, W_j - A_j)``, whose exact null is a convolution of
   per-bit laws. :mod:`trustgain.watermark.latent_stats` states both precisely.
@@ -62,6 +64,7 @@ from trustgain import settings
 from trustgain.keys import DerivedKey
 from trustgain.stage import Phase, RunContext
 from trustgain.types import Item, StageResult
+from trustgain.watermark.latent_reliability import Reliability
 from trustgain.watermark.latent_stats import fold_sf, matches_sf, rank_weights, sidak
 
 STAGE = "watermark.latent"
@@ -218,8 +221,9 @@ class LatentReading:
 
     ``statistic`` is ``"matches"`` (expected payload known) or ``"fold"`` (payload unknown);
     ``matches`` is its (weighted) value out of the total weight ``n`` (with ``levels=1``: plain
-    counts of the ``n`` elements read). ``nonce_index`` is the winning candidate; ``p_value``
-    is already corrected for the ``tries`` nonce candidates.
+    counts of the ``n`` elements read; ``levels=0``: per-element reliability weights).
+    ``nonce_index`` is the winning candidate; ``p_value`` is already corrected for the
+    ``tries`` nonce candidates.
     """
 
     detected: bool
@@ -246,6 +250,7 @@ def read_latent_mark(
     fpr: float = 1e-6,
     levels: int = LEVELS,
     mask: np.ndarray | None = None,
+    reliability: Reliability | None = None,
 ) -> list[LatentReading]:
     """Read the mark from (inverted) latents, one :class:`LatentReading` per batch entry.
 
@@ -255,7 +260,10 @@ def read_latent_mark(
     weight levels (1: the unweighted binomial and fold tests); see
     :mod:`trustgain.watermark.latent_stats`. ``mask`` (boolean, one per latent element of an
     image) restricts statistics and vote to the elements known to be aligned (e.g. after undoing
-    a crop); it must not depend on the signs, so the null stays exact.
+    a crop); it must not depend on the signs, so the null stays exact. ``reliability`` (see
+    :mod:`trustgain.watermark.latent_reliability`) replaces the |z|-rank levels by per-element
+    log-likelihood-ratio weights fitted for the model and detector, a stronger test whose null
+    is exact for the same reason.
     """
     _check_key(key)
     if not 0 < fpr < 1:
@@ -284,7 +292,8 @@ def read_latent_mark(
     streams = None if nonces is not None else _counter_streams(key.material, nonce_space, n)
     out = []
     for i in range(batch):
-        w = rank_weights(np.abs(z[i]), valid, levels)
+        w = (rank_weights(np.abs(z[i]), valid, levels) if reliability is None
+             else reliability.weights(z[i], valid))
         ks = _stream_bits(key.material, nonces[i], n)[None] if nonces is not None else streams
         decrypted = signs[i][None] ^ ks  # (tries, n)
         if expected is not None:
@@ -298,13 +307,14 @@ def read_latent_mark(
         pvals = sf[np.minimum(scores, len(sf) - 1)]
         best = int(np.argmin(pvals))
         p = sidak(float(pvals[best]), len(pvals))
-        votes = np.bincount(bit_of, weights=np.abs(z[i]) * valid * (2.0 * decrypted[best] - 1),
+        strength = np.abs(z[i]) * valid if reliability is None else w
+        votes = np.bincount(bit_of, weights=strength * (2.0 * decrypted[best] - 1),
                             minlength=payload_bits)
         decoded = (votes > 0).astype(np.uint8)
         out.append(LatentReading(
             detected=p <= fpr, p_value=p, payload=bits_to_hex(decoded), matches=int(scores[best]),
             n=int(w.sum()), statistic="fold" if expected is None else "matches",
-            nonce_index=best, tries=len(pvals), levels=levels,
+            nonce_index=best, tries=len(pvals), levels=levels if reliability is None else 0,
             bit_accuracy=None if expected is None else float((decoded == expected).mean()),
         ))
     return out

@@ -20,6 +20,7 @@ from PIL import Image
 
 from trustgain.keys import DerivedKey
 from trustgain.watermark.latent import LEVELS, STAGE, LatentReading, read_latent_mark
+from trustgain.watermark.latent_reliability import Reliability
 
 
 def model_size(pipe: object) -> tuple[int, int]:
@@ -196,9 +197,11 @@ def read_candidates(
     expected_payloads: Sequence[str] | None = None,
     fpr: float = 1e-6,
     levels: int = LEVELS,
+    reliability: Reliability | None = None,
 ) -> list[LatentReading]:
     """Read every candidate; per image keep the best, its p-value times ``len(candidates)``
-    (Bonferroni: the candidates share the image, so they are not independent)."""
+    (Bonferroni: the candidates share the image, so they are not independent).
+    ``levels`` and ``reliability``: the weights, see :func:`read_latent_mark`."""
     best: list[LatentReading] | None = None
     for scale, inverted, mask in candidates:
         readings = []
@@ -207,7 +210,7 @@ def read_candidates(
                 inverted[i : i + 1], key, payload_bits=payload_bits, fpr=fpr,
                 nonce_space=nonce_space, nonces=None if nonces is None else [nonces[i]],
                 expected_payload=None if expected_payloads is None else expected_payloads[i],
-                mask=mask, levels=levels,
+                mask=mask, levels=levels, reliability=reliability,
             )
         readings = [dataclasses.replace(r, scale=scale) for r in readings]
         best = readings if best is None else [
@@ -239,6 +242,7 @@ def detect_latent(
     levels: int = LEVELS,
     encoder: object | None = None,
     prompt: str | Sequence[str] = "",
+    reliability: Reliability | None = None,
 ) -> list[LatentReading]:
     """Detect the latent mark in ``images`` generated (or not) by ``pipe``.
 
@@ -251,8 +255,11 @@ def detect_latent(
     ``encoder``: a detector-side VAE to encode with (see :func:`encode`). ``prompt``: the
     generation prompt(s), where the verifier knows them (records keep only a digest of the
     request): inverting under the prompt recovers more signs; a wrong prompt only costs power.
-    The null stays exact whatever the encoder and prompt, because the keystream is independent
-    of the image and of both.
+    ``reliability``: per-element weights fitted for this model and encoder
+    (:mod:`trustgain.watermark.latent_reliability`; for trustgain-mini-sd with its detector
+    encoder :func:`trustgain.models.load_reliability`) instead of the ``levels`` |z|-ranks.
+    The null stays exact whatever the encoder, prompt and weights, because the keystream is
+    independent of the image and of all three.
     """
     from trustgain.watermark.latent import _check_key, hex_to_bits
 
@@ -272,7 +279,7 @@ def detect_latent(
     )
     return read_candidates(
         candidates, key, payload_bits=payload_bits, nonces=nonces, nonce_space=nonce_space,
-        expected_payloads=expected_payloads, fpr=fpr, levels=levels,
+        expected_payloads=expected_payloads, fpr=fpr, levels=levels, reliability=reliability,
     )
 
 
@@ -288,9 +295,10 @@ def detect_with_record(
     scales: Sequence[float] = (1.0,),
     encoder: object | None = None,
     prompt: str = "",
+    reliability: Reliability | None = None,
 ) -> list[LatentReading]:
     """Detect with the nonces and payload of a provenance record (``images[i]`` is output i);
-    ``encoder`` and ``prompt`` as in :func:`detect_latent`."""
+    ``encoder``, ``prompt`` and ``reliability`` as in :func:`detect_latent`."""
     stage = next((s for s in record.get("stages", ()) if s.get("name") == STAGE), None)
     if stage is None:
         raise ValueError(f"the record has no '{STAGE}' stage")
@@ -304,5 +312,5 @@ def detect_with_record(
     return detect_latent(
         images, pipe, key, num_inference_steps=int(steps), payload_bits=params["payload_bits"],
         nonces=nonces, expected_payloads=[params["payload"]] * len(nonces), fpr=fpr,
-        refine=refine, scales=scales, encoder=encoder, prompt=prompt,
+        refine=refine, scales=scales, encoder=encoder, prompt=prompt, reliability=reliability,
     )
