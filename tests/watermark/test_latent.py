@@ -234,6 +234,21 @@ def test_unzoom_restores_a_centre_crop_and_masks_the_inside():
     assert mask.sum() == 4 * 25 and mask[:, 1:6, 1:6].all()
 
 
+def test_candidates_read_every_element_unless_masked(sd_pipe):
+    from PIL import Image
+
+    from trustgain.watermark.latent_invert import invert_candidates
+
+    images = [Image.new("RGB", (32, 32), (120, 30, 200))]
+    for masked in (False, True):
+        cands = invert_candidates(sd_pipe, images, num_inference_steps=2, scales=(1.0, 0.7071),
+                                  masked=masked)
+        assert [c[0] for c in cands] == [1.0, 0.7071] and cands[0][2] is None
+        assert (cands[1][2] is None) == (not masked)
+        if masked:
+            assert 0 < cands[1][2].sum() < cands[1][1][0].numel()
+
+
 def test_guided_fixed_point_inversion_inverts_the_guided_sampler(sd_pipe, key):
     """With the generation prompt, guidance and refinements, inversion undoes the sampler
     better than plain empty-prompt inversion (what the --ideas bench measures at scale)."""

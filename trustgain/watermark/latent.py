@@ -35,8 +35,8 @@ what keeps one leaked keystream from marking other images' records) but raises t
 (no extra inversion). ``nonce_space=0`` draws a fresh random 96-bit nonce per image, detectable
 only with its record. The random record id helps too: two images under one keystream share only
 the bits where their payloads agree, so even a small space leaks little to an averaging attack.
-Detection after a centre crop (zoom) can search un-zoom scales, reading only the latent elements
-that stay aligned (:func:`trustgain.watermark.latent_invert.detect_latent`).
+Detection after a centre crop (zoom) can search un-zoom scales
+(:func:`trustgain.watermark.latent_invert.detect_latent`).
 
 Hand-written because no maintained package implements Gaussian Shading for diffusers on CPU:
 MarkDiffusion's port hard-codes ``.cuda()`` and the authors' code is a research script.
