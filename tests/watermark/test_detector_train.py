@@ -17,7 +17,8 @@ from trustgain.watermark import detector_train as dt
 from trustgain.watermark.latent_invert import ddim_invert
 
 SETTINGS = dt.Settings(samples=16, eval_samples=8, x0_seconds=60, e2e_seconds=60, x0_steps=2,
-                       e2e_steps=2, batch=8, e2e_batch=4, gen_batch=16, steps=5, workers=2)
+                       e2e_steps=2, batch=8, e2e_batch=4, gen_batch=16, steps=5, workers=2,
+                       reliability_samples=9)
 DECODER = ("decoder.", "post_quant_conv.")
 
 
@@ -58,6 +59,12 @@ def test_training_json(trained):
     assert saved == json.loads(json.dumps(report))
     for field in ("command", "model", "hardware", "seconds", "settings", "losses", "eval"):
         assert field in saved
+    # the folder's reliability was fitted for this encoder (9 samples x 6 conditions)
+    from trustgain.watermark.latent_reliability import Reliability
+
+    rel = Reliability.load(out / "reliability.json")
+    assert rel.size == 256 and rel.meta["pairs"] == 54 and rel.meta["encoder"] == "detector"
+    assert saved["reliability"]["samples"] == 9
     assert saved["hardware"]["torch"] == torch.__version__
     assert saved["settings"]["samples"] == 16
     assert saved["phase1_x0"]["steps"] == 2 and saved["phase2_e2e"]["steps"] == 2

@@ -51,7 +51,9 @@ Usage::
         --device cuda
 
 The output folder is a full ``AutoencoderKL`` (``from_pretrained`` loads it): the tuned encoder
-and the original decoder, plus ``training.json`` (command line, hardware, seconds, settings,
+and the original decoder, plus ``reliability.json`` (the detector's per-element weights for
+this encoder, :mod:`trustgain.watermark.reliability_fit`; ``--reliability-samples 0``: none)
+and ``training.json`` (command line, hardware, seconds, settings,
 final losses and the held-out evaluation of the base and the tuned encoder).
 
 The code is split by stage, and every public name is importable from here:
@@ -77,8 +79,10 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
+from trustgain.fileio import write_atomic
 from trustgain.watermark.detector_train_data import (
     Samples,
     TrainSet,
@@ -273,8 +277,37 @@ def run(model: str, out: str | os.PathLike, settings: Settings, *, device: str =
     report = {"command": command, "model": model, "init": init,
               "hardware": hardware(device), **report}
     report["seconds"]["wall"] = round(time.perf_counter() - t0, 2)
-    save_output(vae, report, out, overwrite)
+    out = save_output(vae, report, out, overwrite)
+    if settings.reliability_samples:
+        # after the encoder is safely written: a run stopped here (an outside time limit; this
+        # step is not in --deadline) keeps its encoder and detects with rank weights
+        reliability = fit_reliability(pipe, vae, prompts, settings, model, progress=progress)
+        reliability.save(out / "reliability.json", overwrite=True)
+        report["reliability"] = {"samples": settings.reliability_samples,
+                                 "rho_median": round(float(np.median(reliability.rho)), 4)}
+        report["seconds"]["wall"] = round(time.perf_counter() - t0, 2)
+        write_atomic(out / "training.json", (json.dumps(report, indent=2) + "\n").encode(),
+                     overwrite=True)
     return report
+
+
+def fit_reliability(pipe: Any, vae: Any, prompts: list[str], settings: Settings, model: str,
+                    *, progress: bool = True) -> Any:
+    """The per-element reliability of the new encoder
+    (:mod:`trustgain.watermark.reliability_fit`), so that the folder never pairs an encoder
+    with weights fitted for another one; seeded apart from training and evaluation."""
+    from trustgain.watermark.latent_reliability import fit
+    from trustgain.watermark.reliability_fit import CONDITIONS, measure
+
+    vae.eval()
+    true, inverted = measure(pipe, prompts, samples=settings.reliability_samples,
+                             steps=settings.steps, guidance=settings.guidance, encoder=vae,
+                             seed=settings.eval_seed + 1, progress=progress)
+    return fit(true, inverted, {"model": model, "encoder": "detector", "steps": settings.steps,
+                                "guidance": settings.guidance,
+                                "samples": settings.reliability_samples,
+                                "conditions": list(CONDITIONS), "seed": settings.eval_seed + 1,
+                                "prompts": len(prompts)})
 
 
 # ---------------------------------------------------------------------------------------- CLI

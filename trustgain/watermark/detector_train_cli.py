@@ -84,6 +84,10 @@ def build_parser() -> argparse.ArgumentParser:
     a("--seed", type=SEED, default=d.seed, help="training seed (%(default)s)")
     a("--eval-seed", type=SEED, default=d.eval_seed, help="held-out seed (%(default)s)")
     a("--workers", type=CAP, default=d.workers, help="attack processes (0: min(16, CPUs))")
+    a("--reliability-samples", type=CAP, default=d.reliability_samples,
+      help="samples for the new encoder's reliability.json, the detector's per-element "
+      "weights (%(default)s; 0: none; about 0.4 s each on 2 CPU cores); fitted after "
+      "OUT_DIR is written and not counted in --deadline")
     a("--deadline", type=float, default=None, metavar="SECONDS", help="finish (and write "
       "OUT_DIR) within this many seconds of the start of data generation: both phases' "
       "budgets shrink to fit; use it under an outside time limit, which would leave nothing")

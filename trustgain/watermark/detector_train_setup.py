@@ -55,6 +55,7 @@ class Settings:
     eval_seed: int = 999_001
     workers: int = 0  # attack processes; 0: min(16, CPUs); 1: in this process
     deadline: float | None = None  # seconds for data + training + evaluation; None: no limit
+    reliability_samples: int = 2_000  # fit reliability.json for the new encoder; 0: none
 
 
 def check_settings(settings: Settings) -> None:
@@ -68,7 +69,8 @@ def check_settings(settings: Settings) -> None:
     for name in ("samples", "eval_samples", "batch", "e2e_batch", "gen_batch", "steps"):
         if getattr(settings, name) < 1:
             raise DetectorTrainError(f"{flag(name)} must be at least 1")
-    for name in ("x0_steps", "e2e_steps", "workers", "seed", "eval_seed"):
+    for name in ("x0_steps", "e2e_steps", "workers", "seed", "eval_seed",
+                 "reliability_samples"):
         value = getattr(settings, name)
         if value is not None and value < 0:
             raise DetectorTrainError(f"{flag(name)} must not be negative")
