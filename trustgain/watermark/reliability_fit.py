@@ -102,8 +102,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
         prompts = load_prompts(args.model, args.prompts)
         pipe = load_pipeline(args.model, args.device, progress=False)
-        model = None if args.model == "trustgain-mini-sd" else args.model
-        encoder = None if args.pipeline_encoder else detector_vae_for(model, args.device)
+        encoder = None if args.pipeline_encoder else detector_vae_for(args.model, args.device)
         t0 = time.perf_counter()
         true, inverted = measure(pipe, prompts, samples=args.samples, steps=args.steps,
                                  guidance=args.guidance, encoder=encoder, seed=args.seed,
@@ -119,8 +118,7 @@ def main(argv: Sequence[str] | None = None) -> int:
               f"(min {r.min():.3f}, max {r.max():.3f}), {time.perf_counter() - t0:.0f} s")
         return 0
 
-    return run_command(work, hint=lambda e: "pass --force to replace it"
-                       if "exists" in str(e) else (e.hint or ""))
+    return run_command(work, hint=lambda e: (e.hint or "").replace("overwrite=True", "--force"))
 
 
 __all__ = ["CONDITIONS", "Reliability", "build_parser", "main", "measure"]
