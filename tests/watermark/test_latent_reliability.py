@@ -121,9 +121,12 @@ def test_file_round_trip_refuses_overwrite_and_bad_files(tmp_path, rho):
                                    "rho": [3.0], "scale": [1.0]}).encode(),
         "keys.json": json.dumps({"format": "trustgain/latent-reliability/v1"}).encode(),
         "binary.json": b"\xff\xfe\x00",
+        "folder.json": "dir",
     }
     for name, data in cases.items():
-        if data is not None:
+        if data == "dir":
+            (tmp_path / name).mkdir()
+        elif data is not None:
             (tmp_path / name).write_bytes(data)
         with pytest.raises(InputError) as err:
             Reliability.load(tmp_path / name)

@@ -296,18 +296,12 @@ def fit_reliability(pipe: Any, vae: Any, prompts: list[str], settings: Settings,
     """The per-element reliability of the new encoder
     (:mod:`trustgain.watermark.reliability_fit`), so that the folder never pairs an encoder
     with weights fitted for another one; seeded apart from training and evaluation."""
-    from trustgain.watermark.latent_reliability import fit
-    from trustgain.watermark.reliability_fit import CONDITIONS, measure
+    from trustgain.watermark.reliability_fit import fit_model
 
     vae.eval()
-    true, inverted = measure(pipe, prompts, samples=settings.reliability_samples,
-                             steps=settings.steps, guidance=settings.guidance, encoder=vae,
-                             seed=settings.eval_seed + 1, progress=progress)
-    return fit(true, inverted, {"model": model, "encoder": "detector", "steps": settings.steps,
-                                "guidance": settings.guidance,
-                                "samples": settings.reliability_samples,
-                                "conditions": list(CONDITIONS), "seed": settings.eval_seed + 1,
-                                "prompts": len(prompts)})
+    return fit_model(pipe, prompts, model=model, samples=settings.reliability_samples,
+                     steps=settings.steps, guidance=settings.guidance, encoder=vae,
+                     seed=settings.eval_seed + 1, progress=progress)
 
 
 # ---------------------------------------------------------------------------------------- CLI

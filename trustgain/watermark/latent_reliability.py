@@ -108,6 +108,8 @@ class Reliability:
             raise InputError(f"{path}: no such reliability file") from None
         except (UnicodeDecodeError, json.JSONDecodeError):
             raise InputError(f"{path} is not a JSON reliability file") from None
+        except OSError as exc:
+            raise InputError(f"cannot read {path}: {exc.strerror or exc}") from None
         if not isinstance(doc, dict) or doc.get("format") != FORMAT:
             raise InputError(f"{path} is not a {FORMAT} file")
         try:

@@ -63,6 +63,20 @@ def measure(pipe: object, prompts: Sequence[str], *, samples: int, steps: int,
     return np.concatenate(true), np.concatenate(inverted)
 
 
+def fit_model(pipe: object, prompts: Sequence[str], *, model: str, samples: int, steps: int,
+              guidance: float, encoder: object | None, seed: int = 11,
+              progress: bool = True) -> Reliability:
+    """:func:`measure`, then :func:`~trustgain.watermark.latent_reliability.fit`, with the
+    settings recorded in the result's ``meta``."""
+    true, inverted = measure(pipe, prompts, samples=samples, steps=steps, guidance=guidance,
+                             encoder=encoder, seed=seed, progress=progress)
+    return fit(true, inverted, {
+        "model": model, "encoder": "pipeline" if encoder is None else "detector",
+        "steps": steps, "guidance": guidance, "samples": samples,
+        "conditions": list(CONDITIONS), "seed": seed, "prompts": len(prompts),
+    })
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = OneLineParser(
         prog=PROG, description=__doc__.split("\n\n")[0],
@@ -104,14 +118,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         pipe = load_pipeline(args.model, args.device, progress=False)
         encoder = None if args.pipeline_encoder else detector_vae_for(args.model, args.device)
         t0 = time.perf_counter()
-        true, inverted = measure(pipe, prompts, samples=args.samples, steps=args.steps,
-                                 guidance=args.guidance, encoder=encoder, seed=args.seed,
-                                 progress=not args.no_progress)
-        rel = fit(true, inverted, {
-            "model": args.model, "encoder": "pipeline" if encoder is None else "detector",
-            "steps": args.steps, "guidance": args.guidance, "samples": args.samples,
-            "conditions": list(CONDITIONS), "seed": args.seed, "prompts": len(prompts),
-        })
+        rel = fit_model(pipe, prompts, model=args.model, samples=args.samples,
+                        steps=args.steps, guidance=args.guidance, encoder=encoder,
+                        seed=args.seed, progress=not args.no_progress)
         rel.save(args.output, overwrite=args.force)
         r = rel.rho
         print(f"wrote {args.output}: {rel.size} elements, rho median {np.median(r):.3f} "
@@ -121,7 +130,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     return run_command(work, hint=lambda e: (e.hint or "").replace("overwrite=True", "--force"))
 
 
-__all__ = ["CONDITIONS", "Reliability", "build_parser", "main", "measure"]
+__all__ = ["CONDITIONS", "Reliability", "build_parser", "fit_model", "main", "measure"]
 
 if __name__ == "__main__":
     sys.exit(main())
