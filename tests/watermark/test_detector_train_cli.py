@@ -131,6 +131,13 @@ def test_diverged_phase_stops_at_once():
         phases._check_phase([good, bad], "phase 1 (x0)", "lower --lr")
 
 
+def test_too_few_reliability_samples_refused_before_work(tmp_path, capsys):
+    assert cli.main(_args(tmp_path, "--reliability-samples", "8")) == 1
+    err = _one_line(capsys.readouterr().err)
+    assert "--reliability-samples must be 0 (none) or at least 9" in err
+    assert not (tmp_path / "out").exists()
+
+
 def test_library_settings_checked_too(tmp_path):
     with pytest.raises(dt.DetectorTrainError, match="--e2e-lr must be a finite positive"):
         dt.run(MINI_SD_ID, tmp_path / "out", dt.Settings(e2e_lr=float("inf")))

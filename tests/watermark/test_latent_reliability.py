@@ -152,6 +152,9 @@ def test_fit_command_checks_before_loading_a_model(tmp_path, capsys):
     with pytest.raises(SystemExit) as exc:
         main(["-o", str(out), "--samples", "0"])
     assert exc.value.code == 2
+    # too few to fit: refused before minutes of sampling, not after
+    assert main(["-o", str(tmp_path / "new.json"), "--samples", "8"]) == 1
+    assert "at least 9" in capsys.readouterr().err
 
 
 def test_measure_pairs_every_condition_with_its_true_latent(sd_pipe):

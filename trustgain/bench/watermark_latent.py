@@ -55,7 +55,7 @@ import torch
 from PIL import Image
 
 from ..keys import KeyRing
-from ..models import detector_vae_for, load_judge, load_mini_sd, reliability_for
+from ..models import detector_vae_for, load_judge, load_mini_sd, mark_vae_for, reliability_for
 from ..watermark.attacks import SUITE
 from ..watermark.latent import (
     LEVELS,
@@ -87,6 +87,7 @@ from .watermark_latent_marks import (
     _removal,
     _subset,
     _tpr_rows,
+    decoder_rows,
     judge_rows,
     mechanics_rows,
     normality_rows,
@@ -298,7 +299,8 @@ def run(quick: bool = False, device: str = "cpu", *, model: str | None = None,
 
     ``model`` (a pipeline folder) replaces trustgain-mini-sd, for development only; ``refine``
     and ``scales`` override the detector's :data:`REFINE` and :data:`SCALES`; ``encoder``:
-    ``"detector"`` (the model's ``vae_detector`` folder where it has one) or ``"pipeline"``;
+    ``"detector"`` (the model's ``vae_detector`` folder where it has one), ``"pipeline"``, or
+    ``"mark"`` (the model's ``vae_mark``: it decodes every sample and encodes for detection);
     ``weights``: ``"reliability"`` (the per-element weights fitted for the detector encoder,
     where the model ships them and that encoder is used) or ``"rank"`` (|z|-rank levels).
     """
@@ -317,9 +319,16 @@ def run(quick: bool = False, device: str = "cpu", *, model: str | None = None,
 
             pipe = StableDiffusionPipeline.from_pretrained(model).to(device)
             pipe.set_progress_bar_config(disable=True)
-        ENCODER = detector_vae_for(model, device) if encoder == "detector" else None
+        plain_vae = pipe.vae
+        if encoder == "mark":  # generate with the mark decoder, read with its encoder
+            pipe.vae = ENCODER = mark_vae_for(model, device)
+            if ENCODER is None:
+                raise FileNotFoundError(f"{model} has no vae_mark folder")
+        else:
+            ENCODER = detector_vae_for(model, device) if encoder == "detector" else None
         if weights == "reliability" and ENCODER is not None:
-            marks.RELIABILITY = reliability_for(model)
+            marks.RELIABILITY = reliability_for(model, "mark" if encoder == "mark"
+                                                else "detector")
         used_weights = "|z|-rank" if marks.RELIABILITY is None else "reliability"
         try:
             judge = load_judge(device)
@@ -348,17 +357,25 @@ def run(quick: bool = False, device: str = "cpu", *, model: str | None = None,
         rows += inversion_rows(pipe, prompts, latents, steps) + normality_rows(latents) + rows_m
         rows += caption_rows(pipe, 30 if quick else 200, steps)
         if judge is not None:
+            j_prompts, j_seed = prompts, 1  # the clean set above, unless a larger one is drawn
             if not quick:  # a larger set: at 100 samples one misread digit is a whole point
                 j_prompts, digits = prompts_for(JUDGE_PER_DIGIT)
                 j_latents, _, _ = _marked_set(key, len(j_prompts), np.random.default_rng(2),
                                               shape)
                 marked = generate(pipe, j_prompts, seed=2, steps=steps, latents=j_latents)
-                clean = generate(pipe, j_prompts, seed=3, steps=steps)
+                j_seed = 3
+                clean = generate(pipe, j_prompts, seed=j_seed, steps=steps)
             rows += judge_rows(judge, marked, clean, digits)
+            if encoder == "mark":
+                pipe.vae = plain_vae
+                plain = generate(pipe, j_prompts, seed=j_seed, steps=steps)
+                pipe.vae = ENCODER
+                rows += decoder_rows(judge, clean, plain, digits)
         rows += security_rows(pipe, key, marked_pil, latents, inverted["none"], nonces, payloads,
                               clean_pil, prompts, steps)
     finally:
-        used = "detector encoder (vae_detector)" if ENCODER is not None else "pipeline VAE"
+        used = ("pipeline VAE" if ENCODER is None else "mark VAE (vae_mark)" if encoder == "mark"
+                else "detector encoder (vae_detector)")
         torch.set_num_threads(threads)
         REFINE, SCALES, ENCODER, marks.RELIABILITY = saved
     note = (f"{len(prompts)} samples, {steps} steps, guidance {GUIDANCE}; detector: "
@@ -387,8 +404,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="fixed-point refinements per inversion step (detector default 0)")
     p.add_argument("--scales", type=float, nargs="+", default=None,
                    help="un-zoom candidates tried by the detector (default 1.0 0.7071)")
-    p.add_argument("--encoder", choices=("detector", "pipeline"), default="detector",
-                   help="encode with the shipped detector-side VAE or the pipeline's own")
+    p.add_argument("--encoder", choices=("detector", "pipeline", "mark"), default="detector",
+                   help="encode with the shipped detector-side VAE or the pipeline's own; "
+                        "mark: generate with the mark VAE's decoder, read with its encoder")
     p.add_argument("--weights", choices=("reliability", "rank"), default="reliability",
                    help="detector weights: the model's fitted per-element reliability "
                         "(vae_detector/reliability.json) or |z|-rank levels")

@@ -184,3 +184,18 @@ def judge_rows(judge, marked_images, clean_images, digits) -> list[Row]:
             Row("judge accuracy gap marked - unmarked", gap, "points", "|gap| <= 1",
                 abs(gap) <= 1.0, "marked Wilson 95% [{:.3f}, {:.3f}]".format(
                     *wilson(round(acc_m * len(d)), len(d))))]
+
+
+def decoder_rows(judge, mark_images, plain_images, digits) -> list[Row]:
+    """The mark VAE's decoder against the pipeline's own on the same latents (unmarked): judge
+    accuracy of each and the PSNR between their 8-bit images."""
+    d = np.array(digits)
+    acc_m = float((classify_digits(mark_images, judge)[0].numpy() == d).mean())
+    acc_p = float((classify_digits(plain_images, judge)[0].numpy() == d).mean())
+    a = (mark_images.clamp(0, 1) * 255 + 0.5).floor()
+    b = (plain_images.clamp(0, 1) * 255 + 0.5).floor()
+    psnr = 10 * np.log10(255**2 / max(float((a - b).pow(2).mean()), 1e-12))
+    note = f"{len(d)} unmarked samples, same latents and prompts"
+    return [Row("judge accuracy, mark decoder - pipeline decoder", 100 * (acc_m - acc_p),
+                "points", "", None, f"{note}; {acc_m:.3f} vs {acc_p:.3f}"),
+            Row("PSNR, mark decoder vs pipeline decoder", psnr, "dB", "", None, note)]

@@ -74,15 +74,18 @@ def _read_one(image, pipe, key, params, index, *, steps, fpr, encoder, prompt, r
               help="Detected when the (exact) p-value is at most this.")
 @click.option("--pipeline-encoder", is_flag=True,
               help="Encode with the pipeline's own VAE, not its detector-side encoder.")
+@click.option("--mark-vae", is_flag=True,
+              help="The images were generated with the model's mark VAE (vae_mark, made by "
+              "python -m trustgain.watermark.mark_vae): encode with its encoder.")
 @click.option("--rank-weights", is_flag=True,
               help="Weigh latent elements by |z| rank, not by the reliability fitted for the "
-              "model's detector encoder (vae_detector/reliability.json).")
+              "encoder in use (vae_detector/ or vae_mark/reliability.json).")
 @device_option()
 @keyring_option
 @json_option
 @progress_option
-def detect_latent_cmd(inputs, model, steps, prompt, fpr, pipeline_encoder, rank_weights,
-                      device, keyring_path, as_json, no_progress):
+def detect_latent_cmd(inputs, model, steps, prompt, fpr, pipeline_encoder, mark_vae,
+                      rank_weights, device, keyring_path, as_json, no_progress):
     """Look for your key's in-generation (latent) mark; p-value and payload per file.
 
     Exit code 1 if any file could not be read.
@@ -91,9 +94,10 @@ def detect_latent_cmd(inputs, model, steps, prompt, fpr, pipeline_encoder, rank_
     Examples:
       trustgain watermark detect-latent out.png --model trustgain-mini-sd
       trustgain watermark detect-latent outputs/ --model ./my-sd --steps 30 --json
+      trustgain watermark detect-latent marked.png --model trustgain-mini-sd --mark-vae
     """
     from trustgain.cli.audit import _load_pipe
-    from trustgain.models import detector_vae_for, reliability_for
+    from trustgain.models import detector_vae_for, mark_vae_for, reliability_for
     from trustgain.provenance.verify import default_trusted_keys
     from trustgain.watermark.latent import latent_key
 
@@ -101,9 +105,19 @@ def detect_latent_cmd(inputs, model, steps, prompt, fpr, pipeline_encoder, rank_
     ring = load_keyring(keyring_path)
     key = latent_key(ring)
     trusted = [ring.public_key, *default_trusted_keys()]
+    if mark_vae and pipeline_encoder:
+        raise click.UsageError("--mark-vae and --pipeline-encoder exclude each other")
     pipe = _load_pipe(model, device)
-    encoder = None if pipeline_encoder else detector_vae_for(model, device)
-    reliability = None if encoder is None or rank_weights else reliability_for(model)
+    if mark_vae:
+        encoder = mark_vae_for(model, device)
+        if encoder is None:
+            raise click.UsageError(f"{model} has no vae_mark folder (make one with "
+                                   "python -m trustgain.watermark.mark_vae)")
+        pipe.vae = encoder  # inversion sizes and scaling follow the VAE it was made with
+    else:
+        encoder = None if pipeline_encoder else detector_vae_for(model, device)
+    used = "mark" if mark_vae else "detector"
+    reliability = (None if encoder is None or rank_weights else reliability_for(model, used))
     results, failed = [], 0
     for src, _ in progress(files, desc="detect", disable=no_progress or len(files) < 2):
         try:
@@ -125,7 +139,7 @@ def detect_latent_cmd(inputs, model, steps, prompt, fpr, pipeline_encoder, rank_
         f"({r['mode']} mode)" + (f" payload {r['payload']}" if r["detected"] else "")
         for r in results)
     emit({"key_id": key.key_id, "fpr": fpr, "model": model,
-          "encoder": "pipeline" if encoder is None else "detector",
+          "encoder": "pipeline" if encoder is None else used,
           "weights": "rank" if reliability is None else "reliability", "files": results},
          as_json, human)
     if failed:

@@ -27,7 +27,8 @@ JUDGE_ID = "trustgain-digits-judge"
 _HERE = Path(__file__).resolve().parent
 
 __all__ = ["JUDGE_ID", "MINI_SD_ID", "classify_digits", "detector_vae_for", "judge_path",
-           "load_detector_vae", "load_judge", "load_mini_sd", "mini_sd_path", "reliability_for"]
+           "load_detector_vae", "load_judge", "load_mini_sd", "mark_vae_for", "mini_sd_path",
+           "reliability_for"]
 
 
 def _folder(name: str, what: str) -> Path:
@@ -102,18 +103,38 @@ def detector_vae_for(model: str | None, device: str = "cpu") -> Any:
     return AutoencoderKL.from_pretrained(folder).to(device).eval()
 
 
-def reliability_for(model: str | None) -> Any:
-    """The latent detector's per-element reliability for ``model`` (a
-    :class:`~trustgain.watermark.latent_reliability.Reliability`), fitted for its detector-side
-    encoder: ``vae_detector/reliability.json`` of trustgain-mini-sd (``None`` or its id) or of
-    a model folder, as ``python -m trustgain.watermark.reliability_fit`` writes it; ``None``
-    when the model has none."""
-    from trustgain.watermark.latent_reliability import Reliability
+def mark_vae_for(model: str | None, device: str = "cpu") -> Any:
+    """The mark VAE of ``model``: the ``vae_mark`` folder (a full ``AutoencoderKL``, as
+    ``python -m trustgain.watermark.mark_vae`` writes it) of trustgain-mini-sd (``None`` or its
+    id) or inside a model folder; ``None`` when it has none. Its decoder is for generating
+    latent-marked images (``pipe.vae = mark_vae_for(...)``), its encoder for detecting them."""
+    from diffusers import AutoencoderKL
 
     if model is None or model == MINI_SD_ID:
-        path = _folder(MINI_SD_ID, "vae_detector/reliability.json") / "vae_detector"
+        folder = _folder(MINI_SD_ID, "vae_mark/config.json") / "vae_mark"
     else:
-        path = Path(model) / "vae_detector"
+        folder = Path(model) / "vae_mark"
+        if not (folder / "config.json").is_file():
+            return None
+    return AutoencoderKL.from_pretrained(folder).to(device).eval()
+
+
+def reliability_for(model: str | None, vae: str = "detector") -> Any:
+    """The latent detector's per-element reliability for ``model`` (a
+    :class:`~trustgain.watermark.latent_reliability.Reliability`), fitted for the VAE that
+    detection encodes with: ``vae="detector"`` (``vae_detector/reliability.json``, as
+    ``python -m trustgain.watermark.reliability_fit`` writes it) or ``"mark"``
+    (``vae_mark/reliability.json``, images generated with the mark VAE), of trustgain-mini-sd
+    (``None`` or its id) or of a model folder; ``None`` when the model has none."""
+    from trustgain.watermark.latent_reliability import Reliability
+
+    if vae not in ("detector", "mark"):
+        raise ValueError(f"vae must be 'detector' or 'mark', not {vae!r}")
+    sub = f"vae_{vae}"
+    if model is None or model == MINI_SD_ID:
+        path = _folder(MINI_SD_ID, f"{sub}/reliability.json") / sub
+    else:
+        path = Path(model) / sub
     path = path / "reliability.json"
     return Reliability.load(path) if path.is_file() else None
 

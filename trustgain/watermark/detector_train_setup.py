@@ -84,6 +84,11 @@ def check_settings(settings: Settings) -> None:
         if not (math.isfinite(value) and value >= 0):
             raise DetectorTrainError(f"{flag(name)} must be a finite number >= 0, "
                                      f"not {value!r}")
+    from trustgain.watermark.reliability_fit import MIN_SAMPLES
+
+    if 0 < settings.reliability_samples < MIN_SAMPLES:
+        raise DetectorTrainError(f"--reliability-samples must be 0 (none) or at least "
+                                 f"{MIN_SAMPLES}")
     deadline = settings.deadline
     if deadline is not None and not (math.isfinite(deadline) and deadline > 0):
         raise DetectorTrainError("--deadline must be a positive number of seconds")

@@ -119,6 +119,10 @@ class Reliability:
             raise InputError(f"{path}: bad reliability values ({exc})") from None
 
 
+#: Fewest (true, inverted) rows :func:`fit` accepts.
+MIN_PAIRS = 50
+
+
 def fit(true: np.ndarray, inverted: np.ndarray, meta: dict | None = None) -> Reliability:
     """Fit from initial latents ``true`` and their inverted estimates ``inverted`` (rows
     aligned; several attacked copies of one sample may appear as several rows)."""
@@ -126,8 +130,9 @@ def fit(true: np.ndarray, inverted: np.ndarray, meta: dict | None = None) -> Rel
     b = np.asarray(inverted, dtype=np.float64).reshape(len(inverted), -1)
     if a.shape != b.shape:
         raise ValueError(f"{a.shape} true latents for {b.shape} inverted ones")
-    if len(a) < 50:
-        raise ValueError(f"{len(a)} pairs are too few to fit a reliability (at least 50)")
+    if len(a) < MIN_PAIRS:
+        raise ValueError(f"{len(a)} pairs are too few to fit a reliability "
+                         f"(at least {MIN_PAIRS})")
     if not (np.isfinite(a).all() and np.isfinite(b).all()):
         raise ValueError("latents hold NaN or infinite values")
     ac, bc = a - a.mean(0), b - b.mean(0)

@@ -23,11 +23,21 @@ import numpy as np
 import torch
 
 from trustgain.argtypes import COUNT, SEED, OneLineParser, device, run_command
-from trustgain.watermark.latent_reliability import Reliability, fit
+from trustgain.errors import InputError
+from trustgain.watermark.latent_reliability import MIN_PAIRS, Reliability, fit
 
 PROG = "python -m trustgain.watermark.reliability_fit"
 CONDITIONS = ("none", "jpeg50", "resize0.5_restored", "crop_centre_50", "blur1", "noise0.05")
 CROP_SCALE = 0.7071  # the detector's un-zoom for a centre crop to half the area
+#: Fewest samples a fit accepts (each gives one row per condition).
+MIN_SAMPLES = -(-MIN_PAIRS // len(CONDITIONS))
+
+
+def check_samples(samples: int, flag: str) -> None:
+    """Refuse, before any model loads, a sample count too small to fit (0 means none)."""
+    if 0 < samples < MIN_SAMPLES:
+        raise InputError(f"{flag} {samples} is too few to fit a reliability "
+                         f"(at least {MIN_SAMPLES}, or 0 for none)")
 
 
 def measure(pipe: object, prompts: Sequence[str], *, samples: int, steps: int,
@@ -113,6 +123,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         if Path(args.output).exists() and not args.force:
             raise OutputExistsError(Path(args.output))
+        check_samples(args.samples, "--samples")
         torch.set_num_threads(args.threads)
         prompts = load_prompts(args.model, args.prompts)
         pipe = load_pipeline(args.model, args.device, progress=False)
@@ -130,7 +141,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     return run_command(work, hint=lambda e: (e.hint or "").replace("overwrite=True", "--force"))
 
 
-__all__ = ["CONDITIONS", "Reliability", "build_parser", "fit_model", "main", "measure"]
+__all__ = ["CONDITIONS", "MIN_SAMPLES", "Reliability", "build_parser", "check_samples",
+           "fit_model", "main", "measure"]
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -1,0 +1,105 @@
+"""trustgain.watermark.mark_vae: the attack channel, a few training steps on the shipped model,
+the output folder and its checks, and the shipped vae_mark."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from diffusers import AutoencoderKL
+
+from trustgain.models import MINI_SD_ID, load_mini_sd, mark_vae_for, reliability_for
+from trustgain.watermark import mark_vae as mv
+from trustgain.watermark.detector_train_data import to_pixels
+
+
+@pytest.fixture(scope="module")
+def pipe(one_torch_thread):
+    return load_mini_sd()
+
+
+@pytest.fixture(scope="module")
+def trained(pipe, tmp_path_factory):
+    out = tmp_path_factory.mktemp("model") / "vae_mark"
+    report = mv.run(MINI_SD_ID, out, samples=12, minutes=5, steps=3, reliability_samples=9,
+                    progress=False, command="test")
+    return out, report
+
+
+@pytest.mark.parametrize("name", mv.CONDITIONS)
+def test_channel_is_the_real_attack_forward_and_differentiable(name):
+    rng = np.random.default_rng(0)
+    u8 = rng.integers(0, 256, (2, 32, 32, 3), dtype=np.uint8)
+    pixels = to_pixels(torch.from_numpy(u8)).requires_grad_(True)
+    out = mv.through_channel(pixels, name, np.random.default_rng(1))
+    real = mv.real_attack(u8, name, np.random.default_rng(1))
+    assert torch.allclose(out, real, atol=1e-6)
+    out.sum().backward()
+    assert pixels.grad is not None and pixels.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("name", ["blur1", "resize0.5_restored"])
+def test_stand_in_follows_the_real_attack(name):
+    # a smooth image, so the comparison is about the filter, not 8-bit noise
+    y, x = np.mgrid[0:32, 0:32]
+    u8 = np.stack([(127 + 100 * np.sin(x / 3 + c) * np.cos(y / 5)).astype(np.uint8)
+                   for c in range(3)], -1)[None]
+    real = mv.real_attack(u8, name, np.random.default_rng(0))
+    soft = mv.stand_in(to_pixels(torch.from_numpy(u8)), name)
+    assert float((soft - real).abs().mean()) < 0.02
+
+
+def test_run_writes_a_pair_that_differs_where_it_should(pipe, trained):
+    out, _ = trained
+    tuned = AutoencoderKL.from_pretrained(out).state_dict()
+    base = pipe.vae.state_dict()
+    assert tuned.keys() == base.keys()
+    for prefix in ("decoder.", "encoder."):
+        assert any(not torch.equal(tuned[n], base[n].float()) for n in base
+                   if n.startswith(prefix)), prefix
+    saved = json.loads((out / "training.json").read_text())
+    assert saved["training"]["steps"] == 3 and saved["command"] == "test"
+    held = saved["held_out"]
+    assert 10 < held["psnr_db"] < 100 and 0 <= held["judge_agreement"] <= 1
+    assert saved["reliability"]["samples"] == 9
+
+
+def test_pipeline_untouched(pipe, trained):
+    fresh = load_mini_sd()
+    for name, value in fresh.vae.state_dict().items():
+        assert torch.equal(pipe.vae.state_dict()[name], value), name
+
+
+def test_model_folder_finds_its_mark_vae_and_reliability(trained):
+    out, _ = trained
+    vae = mark_vae_for(str(out.parent))
+    assert isinstance(vae, AutoencoderKL) and not vae.training
+    rel = reliability_for(str(out.parent), "mark")
+    assert rel is not None and rel.meta["vae"] == "mark" and rel.size == 4 * 8 * 8
+    assert reliability_for(str(out.parent)) is None  # no vae_detector there
+    assert mark_vae_for(str(out.parent.parent)) is None
+    with pytest.raises(ValueError, match="vae must be"):
+        reliability_for(None, "other")
+
+
+def test_refuses_existing_output_and_bad_init_before_work(trained, tmp_path, capsys):
+    out, _ = trained
+    assert mv.main(["-o", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert "not empty" in err and "--overwrite" in err and len(err.strip().splitlines()) == 1
+    assert mv.main(["-o", str(tmp_path / "new"), "--init", str(tmp_path)]) == 1
+    assert "not a VAE folder" in capsys.readouterr().err
+    assert not (tmp_path / "new").exists()
+    assert mv.main(["-o", str(tmp_path / "new"), "--reliability-samples", "3"]) == 1
+    assert "at least 9" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exc:
+        mv.main(["-o", str(tmp_path / "x"), "--samples", "0"])
+    assert exc.value.code == 2
+
+
+def test_help_has_examples(capsys):
+    with pytest.raises(SystemExit):
+        mv.main(["--help"])
+    assert "--init vae_mark" in capsys.readouterr().out
