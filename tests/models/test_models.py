@@ -45,8 +45,10 @@ def test_shipped_folder_is_a_stock_sd_pipeline(pipe):
     assert pipe.unet.dtype == torch.float32 and pipe.vae.dtype == torch.float32
     files = [p for p in models.mini_sd_path().rglob("*") if p.is_file()]
     detector = [p for p in files if p.parent.name == "vae_detector"]
-    assert sum(p.stat().st_size for p in files if p not in detector) < 10_000_000
+    mark = [p for p in files if p.parent.name == "vae_mark"]
+    assert sum(p.stat().st_size for p in files if p not in detector + mark) < 10_000_000
     assert 0 < sum(p.stat().st_size for p in detector) < 1_000_000  # detection-only encoder
+    assert 0 < sum(p.stat().st_size for p in mark) < 2_500_000  # the mark VAE, float16
     assert all(p.suffix != ".bin" for p in files)
 
 

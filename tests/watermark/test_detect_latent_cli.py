@@ -69,3 +69,35 @@ def test_detect_latent_reads_the_record_and_falls_back_to_blind(tmp_path, capsys
     (tmp_path / "junk.png").write_bytes(b"not an image")
     code, res = run(str(tmp_path / "junk.png"), "--keyring", str(tmp_path / "ring.json"))
     assert code == 1 and "not an image" in res.out
+
+
+def test_mark_vae_and_pipeline_encoder_exclude_each_other(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("TRUSTGAIN_HOME", str(tmp_path / "home"))
+    _ring(3).save(tmp_path / "ring.json")
+    Image.new("RGB", (32, 32)).save(tmp_path / "a.png")
+    code = main(["watermark", "detect-latent", str(tmp_path / "a.png"), "--model",
+                 "trustgain-mini-sd", "--mark-vae", "--pipeline-encoder", "--keyring",
+                 str(tmp_path / "ring.json")])
+    assert code == 2 and "exclude each other" in capsys.readouterr().err
+
+
+def test_mark_vae_round_trip(tmp_path, capsys, monkeypatch):
+    """Generated with the mark VAE and read back with --mark-vae."""
+    monkeypatch.setenv("TRUSTGAIN_HOME", str(tmp_path / "home"))
+    monkeypatch.setattr("trustgain.pipeline.uuid.uuid4", lambda: uuid.UUID(int=RECORD_ID))
+    monkeypatch.setattr("trustgain.watermark.latent.random.SystemRandom",
+                        lambda: random.Random(NONCE_SEED))
+    ring = _ring(3)
+    ring.save(tmp_path / "ring.json")
+    art = wrap(load_mini_sd(mark_vae=True), [LatentMark()], keyring=ring)(
+        "a handwritten seven", seed=9, num_inference_steps=25, guidance_scale=4.0)
+    art.save(tmp_path / "marked.png")
+    code = main(["watermark", "detect-latent", str(tmp_path / "marked.png"), "--model",
+                 "trustgain-mini-sd", "--mark-vae", "--keyring", str(tmp_path / "ring.json"),
+                 "--no-progress", "--json"])
+    res = capsys.readouterr()
+    assert code == 0, res.err
+    doc = json.loads(res.out)
+    assert doc["encoder"] == "mark" and doc["weights"] == "reliability"
+    got = doc["files"][0]
+    assert got["mode"] == "record" and got["detected"] and got["p_value"] <= 1e-6

@@ -51,10 +51,14 @@ def judge_path() -> Path:
     return _folder(JUDGE_ID, "model.safetensors")
 
 
-def load_mini_sd(device: str = "cpu", **kwargs: Any) -> StableDiffusionPipeline:
+def load_mini_sd(device: str = "cpu", *, mark_vae: bool = False,
+                 **kwargs: Any) -> StableDiffusionPipeline:
     """``StableDiffusionPipeline.from_pretrained`` on the shipped folder, moved to ``device``.
 
-    ``kwargs`` go to ``from_pretrained`` (e.g. ``torch_dtype``); the progress bar is off.
+    ``mark_vae``: decode with the mark VAE (``vae_mark``, :func:`mark_vae_for`), whose images
+    keep the ``watermark.latent`` mark through attacks far better (detect them with
+    ``trustgain watermark detect-latent --mark-vae``). ``kwargs`` go to ``from_pretrained``
+    (e.g. ``torch_dtype``); the progress bar is off.
     """
     from diffusers import StableDiffusionPipeline
     from diffusers.utils import logging as dlogging
@@ -66,6 +70,8 @@ def load_mini_sd(device: str = "cpu", **kwargs: Any) -> StableDiffusionPipeline:
     finally:
         dlogging.set_verbosity(verbosity)
     pipe.set_progress_bar_config(disable=True)
+    if mark_vae:
+        pipe.vae = mark_vae_for(MINI_SD_ID).to(pipe.vae.dtype)
     return pipe.to(device)
 
 

@@ -13,7 +13,9 @@ the detector: decoder and encoder are fine-tuned together to minimise
     |E(attack(quantise(D(x0)))) - x0|^2 / var(x0)  +  fidelity * |D(x0) - D_0(x0)|^2
 
 over the sampler's x0 (``D_0``: the pipeline's decoder; pixels in [-1, 1]), one sixth of each
-batch under each condition the benchmark attacks with (:data:`CONDITIONS`). The forward pass
+batch under each condition the benchmark attacks with (:data:`CONDITIONS`), each condition's
+term weighted by its share of the moving-average error (the detector must pass all of them,
+so the worst-read condition gets the most weight). The forward pass
 uses the real attacks (PIL's JPEG, resize, blur, crop undone by
 :func:`~trustgain.watermark.latent_invert.unzoom`, noise) and the 8-bit rounding; gradients
 flow through differentiable stand-ins (identity for JPEG, noise and rounding, bicubic resize,
@@ -146,6 +148,7 @@ def train_mark_vae(pipe: Any, vae: Any, x0: torch.Tensor, reference: torch.Tenso
     opt = torch.optim.Adam(params, lr=lr)
     var = float(x0.var())
     per = max(1, batch // len(CONDITIONS))
+    running = np.ones(len(CONDITIONS))  # moving average of each condition's error
     vae.train()
     t0, step, history = time.perf_counter(), 0, []
     bar = tqdm(total=round(minutes * 60), desc="mark vae", unit="s", disable=not progress)
@@ -157,7 +160,11 @@ def train_mark_vae(pipe: Any, vae: Any, x0: torch.Tensor, reference: torch.Tenso
         for i, name in enumerate(CONDITIONS):
             part = slice(i * per, (i + 1) * per)
             read = encode_mean(vae, through_channel(decoded[part], name, rng))
-            rec = rec + F.mse_loss(read, target[part]) / var / len(CONDITIONS)
+            err = F.mse_loss(read, target[part]) / var
+            e = float(err.detach())
+            running[i] = 0.98 * running[i] + 0.02 * e if step else e
+            # the worse a condition reads, the more it weighs: every condition must pass
+            rec = rec + err * float(running[i] / running.sum())
         fid = F.mse_loss(decoded, reference[idx].to(decoded))
         loss = rec + fidelity * fid
         if not torch.isfinite(loss):
@@ -168,8 +175,9 @@ def train_mark_vae(pipe: Any, vae: Any, x0: torch.Tensor, reference: torch.Tenso
         step += 1
         if step % 50 == 0:
             entry = {"step": step, "seconds": round(time.perf_counter() - t0, 1),
-                     "relative_error": round(math.sqrt(float(rec)), 4),
-                     "psnr_db": round(10 * math.log10(4 / max(float(fid), 1e-12)), 2)}
+                     "relative_error": dict(zip(CONDITIONS, np.sqrt(running).round(4).tolist(),
+                                                strict=True)),
+                     "psnr_db": round(10 * math.log10(4 / max(float(fid.detach()), 1e-12)), 2)}
             history.append(entry)
             if log:
                 log(json.dumps(entry))
@@ -305,7 +313,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                      reliability_samples=args.reliability_samples, prompts_file=args.prompts,
                      device=args.device, overwrite=args.overwrite,
                      progress=not args.no_progress, seed=args.seed,
-                     command=shlex.join([PROG, *(sys.argv[1:] if argv is None else argv)]),
+                     command=f"{PROG} {shlex.join(sys.argv[1:] if argv is None else argv)}",
                      log=lambda line: print(line, file=sys.stderr))
         held = report["held_out"]
         print(f"wrote {args.output}: {report['training']['steps']} steps, held-out PSNR to "
