@@ -172,10 +172,7 @@ def inversion_rows(pipe, prompts, latents, steps) -> list[Row]:
     pixels = images_to_tensor(images, model_size(pipe))
     rows = [Row("inversion sign accuracy without the VAE", acc, "share", "", None,
                 f"{len(prompts)} marked samples' final latents, empty-prompt DDIM inversion")]
-    encoders = [("pipeline VAE", None)]
-    if ENCODER is not None:
-        encoders.append(("detector encoder", ENCODER))
-    for label, encoder in encoders:
+    for label, encoder in _encoders(pipe):
         encoded = encode(pipe, pixels, encoder)
         err = (encoded - clean).flatten(1).norm(dim=1) / clean.flatten(1).norm(dim=1)
         inv = ddim_invert(pipe, encoded, num_inference_steps=steps)
@@ -184,6 +181,15 @@ def inversion_rows(pipe, prompts, latents, steps) -> list[Row]:
                         "", "", None, f"|E(D(x0)) - x0| / |x0| through an 8-bit image; "
                         f"sign accuracy after inversion, no attack: {sign:.3f}"))
     return rows
+
+
+def _encoders(pipe) -> list[tuple[str, object]]:
+    """The encoders the inversion and caption rows compare: the pipeline's VAE and the detector
+    encoder, or only the mark VAE when the pipeline decodes with it (``--encoder mark``)."""
+    if ENCODER is not None and ENCODER is pipe.vae:
+        return [("mark VAE", None)]
+    return [("pipeline VAE", None)] + ([("detector encoder", ENCODER)] if ENCODER is not None
+                                      else [])
 
 
 def caption_rows(pipe, n: int, steps: int) -> list[Row]:
@@ -199,10 +205,7 @@ def caption_rows(pipe, n: int, steps: int) -> list[Row]:
     z = torch.randn((n, *latent_shape(pipe)), generator=torch.Generator().manual_seed(32))
     images = to_pil(generate(pipe, captions, seed=0, steps=steps, latents=z))
     rows = []
-    encoders = [("pipeline VAE", None)]
-    if ENCODER is not None:
-        encoders.append(("detector encoder", ENCODER))
-    for label, encoder in encoders:
+    for label, encoder in _encoders(pipe):
         inv = invert_images(pipe, images, num_inference_steps=steps, encoder=encoder)
         acc = float(((inv > 0) == (z > 0)).float().mean())
         rows.append(Row(f"sign accuracy, training-caption prompts ({label})", acc, "share", "",
