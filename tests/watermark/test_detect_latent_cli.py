@@ -24,16 +24,21 @@ def _ring(seed: int) -> KeyRing:
     return KeyRing(master_secret=bytes([seed]) * 32, signing_key=signing)
 
 
-def test_detect_latent_reads_the_record_and_falls_back_to_blind(tmp_path, capsys,
-                                                                  monkeypatch):
+def _fixed_draws(tmp_path, monkeypatch) -> KeyRing:
+    """A keyring saved as ring.json, and the record id and nonce counter (random per run)
+    fixed, so that the marked image, hence its p-value, is the same on every run."""
     monkeypatch.setenv("TRUSTGAIN_HOME", str(tmp_path / "home"))
-    # the record id and the nonce counter are random per run; fixed here so that the marked
-    # image, hence its p-value, is the same on every run
     monkeypatch.setattr("trustgain.pipeline.uuid.uuid4", lambda: uuid.UUID(int=RECORD_ID))
     monkeypatch.setattr("trustgain.watermark.latent.random.SystemRandom",
                         lambda: random.Random(NONCE_SEED))
     ring = _ring(3)
     ring.save(tmp_path / "ring.json")
+    return ring
+
+
+def test_detect_latent_reads_the_record_and_falls_back_to_blind(tmp_path, capsys,
+                                                                  monkeypatch):
+    ring = _fixed_draws(tmp_path, monkeypatch)
     _ring(4).save(tmp_path / "other.json")
     # the benchmark's prompt family and guidance: the detector encoder was tuned on them
     art = wrap(load_mini_sd(), [LatentMark()], keyring=ring)(
@@ -83,12 +88,7 @@ def test_mark_vae_and_pipeline_encoder_exclude_each_other(tmp_path, capsys, monk
 
 def test_mark_vae_round_trip(tmp_path, capsys, monkeypatch):
     """Generated with the mark VAE and read back with --mark-vae."""
-    monkeypatch.setenv("TRUSTGAIN_HOME", str(tmp_path / "home"))
-    monkeypatch.setattr("trustgain.pipeline.uuid.uuid4", lambda: uuid.UUID(int=RECORD_ID))
-    monkeypatch.setattr("trustgain.watermark.latent.random.SystemRandom",
-                        lambda: random.Random(NONCE_SEED))
-    ring = _ring(3)
-    ring.save(tmp_path / "ring.json")
+    ring = _fixed_draws(tmp_path, monkeypatch)
     art = wrap(load_mini_sd(mark_vae=True), [LatentMark()], keyring=ring)(
         "a handwritten seven", seed=9, num_inference_steps=25, guidance_scale=4.0)
     art.save(tmp_path / "marked.png")

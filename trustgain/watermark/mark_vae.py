@@ -133,7 +133,7 @@ def initial_vae(pipe: Any, model: str, init: str | None) -> Any:
     return vae
 
 
-def train_mark_vae(pipe: Any, vae: Any, x0: torch.Tensor, reference: torch.Tensor, *,
+def train_mark_vae(vae: Any, x0: torch.Tensor, reference: torch.Tensor, *,
                    minutes: float, steps: int | None = None, fidelity: float = 1.0,
                    lr: float = 3e-4, batch: int = 60, seed: int = 0, progress: bool = True,
                    log: Callable[[str], None] | None = None) -> dict[str, Any]:
@@ -234,7 +234,7 @@ def run(model: str, out: str | os.PathLike, *, samples: int = 6000, minutes: flo
     data = generate(pipe, prompts, samples, seed, settings, progress=progress)
     held = generate(pipe, prompts, min(500, samples), seed + 10**6, settings, desc="held-out",
                     progress=progress)
-    trained = train_mark_vae(pipe, vae, data.x0, to_pixels(torch.from_numpy(data.images)),
+    trained = train_mark_vae(vae, data.x0, to_pixels(torch.from_numpy(data.images)),
                              minutes=minutes, steps=steps, fidelity=fidelity, lr=lr, seed=seed,
                              progress=progress, log=log)
     report = {"command": command, "model": model, "init": init, "samples": samples,
