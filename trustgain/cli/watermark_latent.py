@@ -96,6 +96,8 @@ def detect_latent_cmd(inputs, model, steps, prompt, fpr, pipeline_encoder, mark_
       trustgain watermark detect-latent outputs/ --model ./my-sd --steps 30 --json
       trustgain watermark detect-latent marked.png --model trustgain-mini-sd --mark-vae
     """
+    if mark_vae and pipeline_encoder:
+        raise click.UsageError("--mark-vae and --pipeline-encoder exclude each other")
     from trustgain.cli.audit import _load_pipe
     from trustgain.models import detector_vae_for, mark_vae_for, reliability_for
     from trustgain.provenance.verify import default_trusted_keys
@@ -105,8 +107,6 @@ def detect_latent_cmd(inputs, model, steps, prompt, fpr, pipeline_encoder, mark_
     ring = load_keyring(keyring_path)
     key = latent_key(ring)
     trusted = [ring.public_key, *default_trusted_keys()]
-    if mark_vae and pipeline_encoder:
-        raise click.UsageError("--mark-vae and --pipeline-encoder exclude each other")
     pipe = _load_pipe(model, device)
     if mark_vae:
         encoder = mark_vae_for(model, device)
