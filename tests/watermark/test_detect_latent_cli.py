@@ -101,3 +101,36 @@ def test_mark_vae_round_trip(tmp_path, capsys, monkeypatch):
     assert doc["encoder"] == "mark" and doc["weights"] == "reliability"
     got = doc["files"][0]
     assert got["mode"] == "record" and got["detected"] and got["p_value"] <= 1e-6
+
+
+def _other_space_vae(folder):
+    """A tiny VAE with two latent channels: not the mini model's latent space."""
+    from diffusers import AutoencoderKL
+
+    AutoencoderKL(latent_channels=2, block_out_channels=(8,), norm_num_groups=4,
+                  sample_size=32).save_pretrained(folder)
+
+
+@pytest.mark.parametrize("command", [["watermark", "detect-latent", "a.png"],
+                                     ["generate", "a seven", "-o", "out.png"]])
+def test_mark_vae_missing_or_misfit_is_a_usage_error(command, tmp_path, capsys, monkeypatch):
+    import shutil
+
+    from trustgain.models import mini_sd_path
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("TRUSTGAIN_HOME", str(tmp_path / "home"))
+    Image.new("RGB", (32, 32)).save(tmp_path / "a.png")
+    model = tmp_path / "mini"
+    shutil.copytree(mini_sd_path(), model, ignore=shutil.ignore_patterns("vae_mark"))
+    # no vae_mark: refused before the (missing) keyring is read
+    code = main([*command, "--model", str(model), "--mark-vae", "--keyring",
+                 str(tmp_path / "absent.json")])
+    assert code == 2 and "has no vae_mark folder" in capsys.readouterr().err
+    _ring(3).save(tmp_path / "ring.json")
+    _other_space_vae(model / "vae_mark")
+    code = main([*command, "--model", str(model), "--mark-vae", "--keyring",
+                 str(tmp_path / "ring.json"), "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 2 and "does not fit its pipeline: latent_channels 2" in err, err
+    assert not (tmp_path / "out.png").exists()

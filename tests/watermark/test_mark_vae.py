@@ -92,11 +92,30 @@ def test_refuses_existing_output_and_bad_init_before_work(trained, tmp_path, cap
     assert mv.main(["-o", str(tmp_path / "new"), "--init", str(tmp_path)]) == 1
     assert "not a VAE folder" in capsys.readouterr().err
     assert not (tmp_path / "new").exists()
+    AutoencoderKL(latent_channels=2, block_out_channels=(8,), norm_num_groups=4,
+                  sample_size=32).save_pretrained(tmp_path / "other")
+    assert mv.main(["-o", str(tmp_path / "new"), "--init", str(tmp_path / "other")]) == 1
+    err = capsys.readouterr().err
+    assert "does not fit trustgain-mini-sd: latent_channels 2 where the pipeline's VAE has 4" \
+        in err, err
+    assert not (tmp_path / "new").exists()
     assert mv.main(["-o", str(tmp_path / "new"), "--reliability-samples", "3"]) == 1
     assert "at least 9" in capsys.readouterr().err
     with pytest.raises(SystemExit) as exc:
         mv.main(["-o", str(tmp_path / "x"), "--samples", "0"])
     assert exc.value.code == 2
+
+
+def test_latent_mismatch_names_what_differs(pipe):
+    assert mv.latent_mismatch(pipe.vae, pipe.vae) is None
+    fewer = AutoencoderKL(latent_channels=4, block_out_channels=(8, 8), norm_num_groups=4,
+                          down_block_types=("DownEncoderBlock2D",) * 2,
+                          up_block_types=("UpDecoderBlock2D",) * 2,
+                          scaling_factor=pipe.vae.config.scaling_factor)
+    assert "1 downsampling steps where the pipeline's VAE has 2" \
+        in mv.latent_mismatch(fewer, pipe.vae)
+    scaled = AutoencoderKL.from_config({**pipe.vae.config, "scaling_factor": 0.5})
+    assert "scaling_factor 0.5" in mv.latent_mismatch(scaled, pipe.vae)
 
 
 def test_help_has_examples(capsys):

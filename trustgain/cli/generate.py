@@ -152,6 +152,10 @@ def generate(
     stages = resolve_stages([*config.stages, *(build_stage(n) for n in stage_names)])
     if model is not None:
         check_model_source(model)  # a mistyped path, before asking for a passphrase
+    if mark_vae:
+        from trustgain.cli.watermark_latent import require_mark_vae, swap_mark_vae
+
+        require_mark_vae(model)
     keyring = load_keyring(keyring_path)  # before the slow model load: fail fast
     credentials = None
     if c2pa_cert is not None:
@@ -167,13 +171,7 @@ def generate(
     else:
         pipe = load_pipeline(model, device, quiet=no_progress)
     if mark_vae:
-        from trustgain.models import mark_vae_for
-
-        vae = mark_vae_for(model)
-        if vae is None:
-            raise click.UsageError(f"{model} has no vae_mark folder (make one with "
-                                   "python -m trustgain.watermark.mark_vae)")
-        pipe.vae = vae.to(pipe.vae.device, pipe.vae.dtype)
+        swap_mark_vae(pipe, model)
     from trustgain.generators.diffusers import DiffusersGenerator
 
     local = Path(model).expanduser().is_absolute() and Path(model).expanduser().exists()

@@ -33,6 +33,30 @@ from trustgain.watermark.images import open_image
 CROP_SCALE = 0.7071  # also try undoing a centre crop to half the area (as the benchmark does)
 
 
+def require_mark_vae(model: str | None) -> None:
+    """Usage error unless ``model`` has a mark VAE: a quick check before slow work."""
+    from trustgain.models import mark_vae_folder
+
+    if mark_vae_folder(model) is None:
+        raise click.UsageError(f"{model} has no vae_mark folder (make one with "
+                               "python -m trustgain.watermark.mark_vae)")
+
+
+def swap_mark_vae(pipe, model: str | None):
+    """Put ``model``'s mark VAE into ``pipe`` (its device and dtype) and return it; a usage error
+    when it has another latent space than the pipeline's own VAE."""
+    from trustgain.models import mark_vae_for
+    from trustgain.watermark.mark_vae import latent_mismatch
+
+    require_mark_vae(model)
+    vae = mark_vae_for(model)
+    problem = latent_mismatch(vae, pipe.vae)
+    if problem:
+        raise click.UsageError(f"the vae_mark of {model} does not fit its pipeline: {problem}")
+    pipe.vae = vae.to(pipe.vae.device, pipe.vae.dtype)
+    return pipe.vae
+
+
 def _record_params(path: Path, key_id: str, trusted: list) -> tuple[dict, int] | None:
     """(stage params, output index) from a record that verifies under a trusted key and was
     marked under ``key_id``; None otherwise (no record, re-encoded file, other key)."""
@@ -99,21 +123,19 @@ def detect_latent_cmd(inputs, model, steps, prompt, fpr, pipeline_encoder, mark_
     if mark_vae and pipeline_encoder:
         raise click.UsageError("--mark-vae and --pipeline-encoder exclude each other")
     from trustgain.cli.audit import _load_pipe
-    from trustgain.models import detector_vae_for, mark_vae_for, reliability_for
+    from trustgain.models import detector_vae_for, reliability_for
     from trustgain.provenance.verify import default_trusted_keys
     from trustgain.watermark.latent import latent_key
 
     files = collect_images(inputs, IMAGE_SUFFIXES)
+    if mark_vae:
+        require_mark_vae(model)  # before the keyring's passphrase and the slow model load
     ring = load_keyring(keyring_path)
     key = latent_key(ring)
     trusted = [ring.public_key, *default_trusted_keys()]
     pipe = _load_pipe(model, device)
     if mark_vae:
-        encoder = mark_vae_for(model, device)
-        if encoder is None:
-            raise click.UsageError(f"{model} has no vae_mark folder (make one with "
-                                   "python -m trustgain.watermark.mark_vae)")
-        pipe.vae = encoder  # inversion sizes and scaling follow the VAE it was made with
+        encoder = swap_mark_vae(pipe, model)  # inversion sizes and scaling follow it too
     else:
         encoder = None if pipeline_encoder else detector_vae_for(model, device)
     used = "mark" if mark_vae else "detector"

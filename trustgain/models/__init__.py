@@ -27,8 +27,8 @@ JUDGE_ID = "trustgain-digits-judge"
 _HERE = Path(__file__).resolve().parent
 
 __all__ = ["JUDGE_ID", "MINI_SD_ID", "classify_digits", "detector_vae_for", "judge_path",
-           "load_detector_vae", "load_judge", "load_mini_sd", "mark_vae_for", "mini_sd_path",
-           "reliability_for"]
+           "load_detector_vae", "load_judge", "load_mini_sd", "mark_vae_folder", "mark_vae_for",
+           "mini_sd_path", "reliability_for"]
 
 
 def _folder(name: str, what: str) -> Path:
@@ -114,15 +114,21 @@ def mark_vae_for(model: str | None, device: str = "cpu") -> Any:
     ``python -m trustgain.watermark.mark_vae`` writes it) of trustgain-mini-sd (``None`` or its
     id) or inside a model folder; ``None`` when it has none. Its decoder is for generating
     latent-marked images (``pipe.vae = mark_vae_for(...)``), its encoder for detecting them."""
+    folder = mark_vae_folder(model)
+    if folder is None:
+        return None
     from diffusers import AutoencoderKL
 
-    if model is None or model == MINI_SD_ID:
-        folder = _folder(MINI_SD_ID, "vae_mark/config.json") / "vae_mark"
-    else:
-        folder = Path(model) / "vae_mark"
-        if not (folder / "config.json").is_file():
-            return None
     return AutoencoderKL.from_pretrained(folder).to(device).eval()
+
+
+def mark_vae_folder(model: str | None) -> Path | None:
+    """Where :func:`mark_vae_for` loads ``model``'s mark VAE from, without loading it (a quick
+    check before a slow pipeline load); ``None`` when the model has none."""
+    if model is None or model == MINI_SD_ID:
+        return _folder(MINI_SD_ID, "vae_mark/config.json") / "vae_mark"
+    folder = Path(model).expanduser() / "vae_mark"
+    return folder if (folder / "config.json").is_file() else None
 
 
 def reliability_for(model: str | None, vae: str = "detector") -> Any:

@@ -113,6 +113,20 @@ def through_channel(pixels: torch.Tensor, name: str, rng: np.random.Generator) -
     return soft + (real_attack(u8.numpy(), name, rng).to(pixels) - soft).detach()
 
 
+def latent_mismatch(vae: Any, reference: Any) -> str | None:
+    """Why ``vae`` cannot stand in for the pipeline's ``reference`` VAE (a different latent
+    space: channels, scaling factor or downsampling), or ``None`` when it can."""
+    mine, theirs = vae.config, reference.config
+    for key in ("in_channels", "latent_channels", "scaling_factor"):
+        if getattr(mine, key, None) != getattr(theirs, key, None):
+            return f"{key} {getattr(mine, key, None)} where the pipeline's VAE has " \
+                   f"{getattr(theirs, key, None)}"
+    down = len(mine.block_out_channels), len(theirs.block_out_channels)
+    if down[0] != down[1]:
+        return f"{down[0] - 1} downsampling steps where the pipeline's VAE has {down[1] - 1}"
+    return None
+
+
 def initial_vae(pipe: Any, model: str, init: str | None) -> Any:
     """The starting pair: ``init`` (a ``vae_mark`` folder this tool wrote) or the pipeline's
     decoder with the model's detector encoder (its own where it has none)."""
@@ -123,7 +137,11 @@ def initial_vae(pipe: Any, model: str, init: str | None) -> Any:
     if init is not None:
         if not (Path(init) / "config.json").is_file():
             raise DetectorTrainError(f"--init {init} is not a VAE folder (no config.json)")
-        return AutoencoderKL.from_pretrained(init).to(pipe.vae.device)
+        vae = AutoencoderKL.from_pretrained(init).to(pipe.vae.device)
+        problem = latent_mismatch(vae, pipe.vae)
+        if problem:
+            raise DetectorTrainError(f"--init {init} does not fit {model}: {problem}")
+        return vae
     vae = copy.deepcopy(pipe.vae)
     detector = detector_vae_for(model, str(pipe.vae.device))
     if detector is not None:
@@ -325,8 +343,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     return run_command(work)
 
 
-__all__ = ["CONDITIONS", "initial_vae", "main", "real_attack", "run", "stand_in",
-           "through_channel", "train_mark_vae"]
+__all__ = ["CONDITIONS", "initial_vae", "latent_mismatch", "main", "real_attack", "run",
+           "stand_in", "through_channel", "train_mark_vae"]
 
 if __name__ == "__main__":
     sys.exit(main())
