@@ -132,6 +132,24 @@ def test_shipped_model_is_recorded_by_name_not_path():
     assert DiffusersGenerator(load_mini_sd()).model_id == MINI_SD_ID
 
 
+def test_config_digest_is_the_same_wherever_the_model_lives(tmp_path):
+    """Records of one model agree across machines: no install folder in the digest."""
+    import shutil
+
+    from diffusers import DiffusionPipeline
+
+    from trustgain.models import load_mini_sd, mini_sd_path
+
+    shutil.copytree(mini_sd_path(), tmp_path / "copy")
+    here = DiffusersGenerator(load_mini_sd())
+    there = DiffusersGenerator(DiffusionPipeline.from_pretrained(tmp_path / "copy"))
+    assert here.config_sha256() == there.config_sha256()
+    assert "vae" not in here.describe() and here.decoder() == "vae"
+    marked = DiffusersGenerator(load_mini_sd(mark_vae=True))
+    assert marked.describe()["vae"] == "vae_mark"
+    assert marked.config_sha256() == here.config_sha256()  # same architecture, other weights
+
+
 @pytest.mark.parametrize(("text", "out"), [
     ("nu\u034fde", "nude"),  # combining grapheme joiner
     ("a\ufe01b", "ab"),  # a variation selector outside any emoji

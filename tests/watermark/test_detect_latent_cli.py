@@ -101,6 +101,13 @@ def test_mark_vae_round_trip(tmp_path, capsys, monkeypatch):
     assert doc["encoder"] == "mark" and doc["weights"] == "reliability"
     got = doc["files"][0]
     assert got["mode"] == "record" and got["detected"] and got["p_value"] <= 1e-6
+    assert "its record says" not in res.err
+    code = main(["watermark", "detect-latent", str(tmp_path / "marked.png"), "--model",
+                 "trustgain-mini-sd", "--keyring", str(tmp_path / "ring.json"), "--no-progress",
+                 "--json"])
+    res = capsys.readouterr()
+    assert code == 0 and json.loads(res.out)["encoder"] == "detector"
+    assert "its record says it was drawn with the mark VAE; read it with --mark-vae" in res.err
 
 
 def _other_space_vae(folder):

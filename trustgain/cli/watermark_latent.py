@@ -57,9 +57,10 @@ def swap_mark_vae(pipe, model: str | None):
     return pipe.vae
 
 
-def _record_params(path: Path, key_id: str, trusted: list) -> tuple[dict, int] | None:
-    """(stage params, output index) from a record that verifies under a trusted key and was
-    marked under ``key_id``; None otherwise (no record, re-encoded file, other key)."""
+def _record_params(path: Path, key_id: str, trusted: list) -> tuple[dict, int, bool] | None:
+    """(stage params, output index, drawn with a mark VAE) from a record that verifies under a
+    trusted key and was marked under ``key_id``; None otherwise (no record, re-encoded file,
+    other key)."""
     from trustgain.provenance.verify import verify_file
     from trustgain.watermark.latent import STAGE
 
@@ -70,7 +71,8 @@ def _record_params(path: Path, key_id: str, trusted: list) -> tuple[dict, int] |
     stage = next((s for s in verified.record.get("stages", ()) if s.get("name") == STAGE), None)
     if stage is None or stage["params"].get("key_id") != key_id:
         return None
-    return stage["params"], verified.output_index
+    mark = verified.record.get("generator", {}).get("vae") == "vae_mark"
+    return stage["params"], verified.output_index, mark
 
 
 def _read_one(image, pipe, key, params, index, *, steps, fpr, encoder, prompt, reliability):
@@ -146,7 +148,11 @@ def detect_latent_cmd(inputs, model, steps, prompt, fpr, pipeline_encoder, mark_
             with open_image(src) as opened:
                 image = opened.convert("RGB")
             found = _record_params(src, key.key_id, trusted)
-            params, index = found if found else (None, 0)
+            params, index, drawn_with_mark = found if found else (None, 0, mark_vae)
+            if drawn_with_mark != mark_vae:
+                note(f"{src}: its record says it was drawn with the "
+                     f"{'mark VAE' if drawn_with_mark else 'pipeline VAE'}; read it "
+                     f"{'with' if drawn_with_mark else 'without'} --mark-vae")
             mode, r = _read_one(image, pipe, key, params, index, steps=steps, fpr=fpr,
                                 encoder=encoder, prompt=prompt, reliability=reliability)
         except (TrustgainError, ValueError) as exc:

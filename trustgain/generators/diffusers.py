@@ -73,16 +73,28 @@ class DiffusersGenerator:
         privacy = model_privacy(self.pipe)  # None unless made by `trustgain finetune`
         if privacy is not None:
             described["privacy"] = privacy
+        if self.decoder() == "vae_mark":
+            described["vae"] = "vae_mark"  # detection must read with its encoder (--mark-vae)
         return described
 
+    def decoder(self) -> str | None:
+        """The name of the folder the pipeline's VAE was loaded from (``"vae"``, or
+        ``"vae_mark"`` for a mark VAE from ``python -m trustgain.watermark.mark_vae``)."""
+        config = getattr(getattr(self.pipe, "vae", None), "config", None)
+        source = getattr(config, "_name_or_path", None) if config is not None else None
+        return Path(str(source)).name if source else None
+
     def config_sha256(self) -> str:
-        """Digest of the pipeline's and its components' configs (not of the weights)."""
+        """Digest of the pipeline's and its components' configs (not of the weights), the same
+        wherever the model is installed: the folders they were loaded from are left out."""
         configs: dict[str, Any] = {"pipeline": dict(getattr(self.pipe, "config", {}) or {})}
         for name, component in (getattr(self.pipe, "components", {}) or {}).items():
             config = getattr(component, "config", None)
             if config is not None:
                 configs[name] = config.to_dict() if hasattr(config, "to_dict") else dict(config)
-        configs["pipeline"].pop("_name_or_path", None)
+        for config in configs.values():
+            if isinstance(config, dict):
+                config.pop("_name_or_path", None)
         text = json.dumps(configs, sort_keys=True, default=str)
         return hashlib.sha256(text.encode()).hexdigest()
 
