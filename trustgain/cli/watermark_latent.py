@@ -49,12 +49,12 @@ def swap_mark_vae(pipe, model: str | None):
     from trustgain.watermark.mark_vae import latent_mismatch
 
     require_mark_vae(model)
-    vae = mark_vae_for(model)
+    vae = mark_vae_for(model, str(pipe.vae.device), pipe.vae.dtype)
     problem = latent_mismatch(vae, pipe.vae)
     if problem:
         raise click.UsageError(f"the vae_mark of {model} does not fit its pipeline: {problem}")
-    pipe.vae = vae.to(pipe.vae.device, pipe.vae.dtype)
-    return pipe.vae
+    pipe.vae = vae
+    return vae
 
 
 def _record_params(path: Path, key_id: str, trusted: list) -> tuple[dict, int, bool] | None:

@@ -71,7 +71,7 @@ def load_mini_sd(device: str = "cpu", *, mark_vae: bool = False,
         dlogging.set_verbosity(verbosity)
     pipe.set_progress_bar_config(disable=True)
     if mark_vae:
-        pipe.vae = mark_vae_for(MINI_SD_ID).to(pipe.vae.dtype)
+        pipe.vae = mark_vae_for(MINI_SD_ID, dtype=pipe.vae.dtype)
     return pipe.to(device)
 
 
@@ -109,17 +109,19 @@ def detector_vae_for(model: str | None, device: str = "cpu") -> Any:
     return AutoencoderKL.from_pretrained(folder).to(device).eval()
 
 
-def mark_vae_for(model: str | None, device: str = "cpu") -> Any:
+def mark_vae_for(model: str | None, device: str = "cpu", dtype: Any = None) -> Any:
     """The mark VAE of ``model``: the ``vae_mark`` folder (a full ``AutoencoderKL``, as
     ``python -m trustgain.watermark.mark_vae`` writes it) of trustgain-mini-sd (``None`` or its
     id) or inside a model folder; ``None`` when it has none. Its decoder is for generating
-    latent-marked images (``pipe.vae = mark_vae_for(...)``), its encoder for detecting them."""
+    latent-marked images (``pipe.vae = mark_vae_for(...)``), its encoder for detecting them.
+    ``dtype``: the torch dtype to load it in (default float32)."""
     folder = mark_vae_folder(model)
     if folder is None:
         return None
     from diffusers import AutoencoderKL
 
-    return AutoencoderKL.from_pretrained(folder).to(device).eval()
+    # loaded in the wanted dtype: a later .to(dtype) makes diffusers warn about fp32 modules
+    return AutoencoderKL.from_pretrained(folder, torch_dtype=dtype).to(device).eval()
 
 
 def mark_vae_folder(model: str | None) -> Path | None:
