@@ -24,7 +24,9 @@
    the model) to estimate the mark, then subtracting it from new marked images (removal) or
    imprinting it on clean ones (forgery), each removal beside a control that applies the same
    kind of change without any mark information; a single-image imprint; sign correlation
-   between two nonces of one key.
+   between two nonces of one key. ``--averaging`` (standalone entry point only) replicates the
+   pixel averaging: 5 estimates and 5 controls on 200 new images
+   (:mod:`~trustgain.bench.watermark_latent_averaging`).
 
 5. ``--ideas`` (standalone entry point only): what each known remedy does to the inverted
    latents' sign accuracy on a small set (``ideas_rows``): exact decoder inversion, fixed-point
@@ -52,7 +54,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 
 from ..keys import KeyRing
 from ..models import detector_vae_for, load_judge, load_mini_sd, mark_vae_for, reliability_for
@@ -76,6 +77,7 @@ from ..watermark.latent_invert import (
 from . import Row, format_table
 from . import watermark_latent_marks as marks
 from .models import GUIDANCE, STEPS, generate, latent_shape, prompts_for
+from .watermark_latent_averaging import averaging_rows, mean_pixels, shifted
 from .watermark_latent_ideas import decoder_invert, exact_tpr, ideas_rows
 from .watermark_latent_marks import (
     ATTACKS,
@@ -217,20 +219,12 @@ def security_rows(pipe, key, images, latents, inverted, nonces, payloads, clean_
                   prompts, steps) -> list[Row]:
     """Averaging (pixels and latents), imprint, and nonce-to-nonce correlation."""
     n_avg = 20
-    def mean_px(ims) -> np.ndarray:
-        return np.mean([np.asarray(im, dtype=np.float32) for im in ims], axis=0)
-
-    est_px = mean_px(images[:n_avg]) - mean_px(clean_images[:n_avg])
+    est_px = mean_pixels(images[:n_avg]) - mean_pixels(clean_images[:n_avg])
     targets = slice(n_avg, min(len(images), n_avg + 40))
     rows = []
-
-    def px(ims, sign):
-        return [Image.fromarray(np.clip(np.asarray(im, dtype=np.float32) + sign * est_px, 0,
-                                        255).round().astype(np.uint8)) for im in ims]
-
-    removed = _read(_invert(pipe, px(images[targets], -1), steps), key, nonces[targets],
-                    payloads[targets])
-    forged = _read(_invert(pipe, px(clean_images[targets], 1), steps), key)
+    removed = _read(_invert(pipe, shifted(images[targets], -est_px), steps), key,
+                    nonces[targets], payloads[targets])
+    forged = _read(_invert(pipe, shifted(clean_images[targets], est_px), steps), key)
     n_t = len(removed)
     before = _read(_subset(inverted, targets), key, nonces[targets], payloads[targets])
     inverted = inverted[0][1]  # scale 1: what an attacker with the model gets
@@ -240,9 +234,9 @@ def security_rows(pipe, key, images, latents, inverted, nonces, payloads, clean_
     # control: the same kind of difference of means, between two unmarked sets of the same
     # prompts, so it carries no mark: what the pixel perturbation alone removes
     other = to_pil(generate(pipe, prompts[:n_avg], seed=25, steps=steps))
-    est_px = mean_px(clean_images[:n_avg]) - mean_px(other)
-    rate, note = _removal(before, _read(_invert(pipe, px(images[targets], -1), steps), key,
-                                        nonces[targets], payloads[targets]))
+    est_px = mean_pixels(clean_images[:n_avg]) - mean_pixels(other)
+    rate, note = _removal(before, _read(_invert(pipe, shifted(images[targets], -est_px), steps),
+                                        key, nonces[targets], payloads[targets]))
     rows.append(Row("control: subtract (mean clean - mean other clean): removal", rate, "share",
                     "", None, f"the same perturbation without mark information; {note}"))
     rows.append(Row("averaging 20 (pixels): forgery rate", np.mean([r.detected for r in forged]),
@@ -297,7 +291,8 @@ class _Seq(list):
 
 def run(quick: bool = False, device: str = "cpu", *, model: str | None = None,
         refine: int | None = None, scales: tuple[float, ...] | None = None,
-        encoder: str = "detector", weights: str = "reliability") -> list[Row]:
+        encoder: str = "detector", weights: str = "reliability",
+        averaging: bool = False) -> list[Row]:
     """All figures of the area; ``quick`` shrinks every count to run in about a minute.
 
     ``model`` (a pipeline folder) replaces trustgain-mini-sd, for development only; ``refine``
@@ -305,7 +300,9 @@ def run(quick: bool = False, device: str = "cpu", *, model: str | None = None,
     ``"detector"`` (the model's ``vae_detector`` folder where it has one), ``"pipeline"``, or
     ``"mark"`` (the model's ``vae_mark``: it decodes every sample and encodes for detection);
     ``weights``: ``"reliability"`` (the per-element weights fitted for the detector encoder,
-    where the model ships them and that encoder is used) or ``"rank"`` (|z|-rank levels).
+    where the model ships them and that encoder is used) or ``"rank"`` (|z|-rank levels);
+    ``averaging``: only the replicated pixel-averaging rows
+    (:mod:`~trustgain.bench.watermark_latent_averaging`).
     """
     global REFINE, SCALES, ENCODER
     saved = (REFINE, SCALES, ENCODER, marks.RELIABILITY)
@@ -342,6 +339,16 @@ def run(quick: bool = False, device: str = "cpu", *, model: str | None = None,
         per_digit, n_keys = (3, 4) if quick else (10, 100)
         steps = 10 if quick else STEPS
         key = latent_key(KeyRing.generate())
+        if averaging:
+            def read(images, nonces, payloads):
+                return _read(_invert(pipe, images, steps), key, nonces, payloads)
+
+            n_est, n_new = (2, 40) if quick else (5, 200)
+            rows = averaging_rows(pipe, key, read, latent_shape(pipe), steps=steps,
+                                  estimates=n_est, targets=n_new)
+            return [Row("setup", n_est * 20 + n_new, "marked samples", "", None,
+                        f"averaging only: {n_est} estimates of 20, {n_new} new images; "
+                        f"{steps} steps, guidance {GUIDANCE}; encoder {encoder}"), *rows]
         prompts, digits = prompts_for(per_digit)
         prompts = _Seq(prompts)
         shape = latent_shape(pipe)
@@ -396,7 +403,8 @@ def main(argv: list[str] | None = None) -> int:
                     "reads, normality, judge gap and security rows.",
         epilog="examples:\n  python -m trustgain.bench.watermark_latent --quick\n"
                "  python -m trustgain.bench.watermark_latent --json out.json\n"
-               "  python -m trustgain.bench.watermark_latent --model DIR --encoder pipeline",
+               "  python -m trustgain.bench.watermark_latent --model DIR --encoder pipeline\n"
+               "  python -m trustgain.bench.watermark_latent --encoder mark --averaging",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true",
                    help="every count shrunk (about a minute on 2 cores); figures are rough")
@@ -414,6 +422,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="detector weights: the model's fitted per-element reliability "
                         "(vae_detector/reliability.json) or |z|-rank levels")
     p.add_argument("--ideas", action="store_true", help="only the remedies' sign accuracies")
+    p.add_argument("--averaging", action="store_true",
+                   help="only the pixel-averaging attack, replicated: 5 estimates and 5 controls "
+                        "on 200 new marked images (about 8 minutes)")
     p.add_argument("--threads", type=int, default=None, help="torch threads for --ideas (1)")
     args = p.parse_args(argv)
     t0 = time.time()
@@ -428,7 +439,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     rows = run(args.quick, args.device, model=args.model, refine=args.refine,
                scales=None if args.scales is None else tuple(args.scales), encoder=args.encoder,
-               weights=args.weights)
+               weights=args.weights, averaging=args.averaging)
     print(format_table(rows))
     print(f"\n{time.time() - t0:.0f} s, {os.cpu_count()} CPUs visible, device {args.device}")
     if args.json:
