@@ -31,21 +31,21 @@ def _rows(pipe, detect):
         return [SimpleNamespace(detected=detect(im, len(calls))) for im in images]
 
     rows = averaging_rows(pipe, latent_key(KeyRing.generate()), read, latent_shape(pipe), steps=2,
-                          estimates=2, targets=6, n_avg=3)
-    assert len(calls) == 1 + 2 * 2  # before, then each estimate's attack and control
+                          estimates=4, targets=6, n_avg=3)
+    assert len(calls) == 1 + 4 * 2  # before, then each estimate's attack and control
     return {r.metric.split(": ")[-1]: r for r in rows}
 
 
 def test_nothing_removed_passes(sd_pipe):
     rows = _rows(sd_pipe, lambda im, call: True)
     assert rows["removal, attack"].value == rows["removal, control"].value == 0
-    assert "per estimate [0, 0]" in rows["removal, attack"].note
+    assert "per estimate [0, 0, 0, 0]" in rows["removal, attack"].note
     assert rows["removal beyond the control"].ok is True
 
 
 def test_removal_only_by_the_estimates_fails(sd_pipe):
-    # reads 2 and 4 are the attacks (read 1 is before the change): detected everywhere else
-    rows = _rows(sd_pipe, lambda im, call: call not in (2, 4))
+    # reads 2, 4, 6, 8 are the attacks (read 1 is before the change): detected everywhere else
+    rows = _rows(sd_pipe, lambda im, call: call not in (2, 4, 6, 8))
     assert rows["removal, attack"].value == 1 and rows["removal, control"].value == 0
     beyond = rows["removal beyond the control"]
     assert beyond.value == 1 and beyond.ok is False and "p = " in beyond.note
