@@ -51,6 +51,23 @@ def test_stand_in_follows_the_real_attack(name):
     assert float((soft - real).abs().mean()) < 0.02
 
 
+def test_averaging_shift_is_a_difference_of_two_means():
+    rng = np.random.default_rng(0)
+    reference = torch.from_numpy(rng.uniform(-1, 1, (50, 3, 8, 8))).float()
+    shifts = mv.averaging_shifts(reference, 4, np.random.default_rng(3), scale=(1.0, 1.0))
+    assert shifts.shape == (4, 3, 8, 8)
+    # the same draws by hand: two sets of 20 per shift, mean minus mean
+    idx = np.random.default_rng(3).integers(0, 50, (4, 2, 20))
+    by_hand = reference[idx[:, 0]].mean(1) - reference[idx[:, 1]].mean(1)
+    assert torch.allclose(shifts, by_hand, atol=1e-6)
+    half = mv.averaging_shifts(reference, 4, np.random.default_rng(3), scale=(0.5, 0.5))
+    assert torch.allclose(half, by_hand / 2, atol=1e-6)
+    # no spread among the images, no shift
+    same = mv.averaging_shifts(reference[:1].expand(10, -1, -1, -1), 3, rng)
+    assert float(same.abs().max()) == 0
+    assert mv.SHIFT in mv.TRAINED and set(mv.CONDITIONS) < set(mv.TRAINED)
+
+
 def test_run_writes_a_pair_that_differs_where_it_should(pipe, trained):
     out, _ = trained
     tuned = AutoencoderKL.from_pretrained(out).state_dict()
