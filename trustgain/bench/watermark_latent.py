@@ -424,7 +424,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--ideas", action="store_true", help="only the remedies' sign accuracies")
     p.add_argument("--averaging", action="store_true",
                    help="only the pixel-averaging attack, replicated: 5 estimates and 5 controls "
-                        "on 200 new marked images (about 8 minutes)")
+                        "on 200 new marked images (4-7 minutes on 2 cores)")
     p.add_argument("--threads", type=int, default=None, help="torch threads for --ideas (1)")
     args = p.parse_args(argv)
     t0 = time.time()
