@@ -51,6 +51,47 @@ def test_stand_in_follows_the_real_attack(name):
     assert float((soft - real).abs().mean()) < 0.02
 
 
+def test_jpeg_stand_in_is_the_codec_not_the_identity():
+    rng = np.random.default_rng(0)
+    y, x = np.mgrid[0:32, 0:32]
+    smooth = np.stack([(127 + 90 * np.sin(x / 4 + c) * np.cos(y / 6)).astype(np.uint8)
+                       for c in range(3)], -1)[None]
+    u8 = np.clip(smooth + rng.normal(0, 12, smooth.shape), 0, 255).astype(np.uint8)
+    real = mv.real_attack(u8, "jpeg50", rng)
+    pixels = to_pixels(torch.from_numpy(u8)).requires_grad_(True)
+    soft = mv.stand_in(pixels, "jpeg50")
+    # close to PIL's JPEG 50, much closer than the input is
+    gap, before = (soft.detach() - real).abs().mean(), (pixels.detach() - real).abs().mean()
+    assert float(gap) < 0.5 * float(before)
+    # the gradient of a checkerboard (what JPEG 50 drops) is damped, that of a flat change kept
+    # at about the identity's unit gain
+    checker = torch.from_numpy((-1.0) ** (x + y)).float().expand(1, 3, 32, 32)
+    flat = torch.ones(1, 3, 32, 32)
+    damp = [float(torch.autograd.grad((soft * d).sum(), pixels, retain_graph=True)[0].mul(d)
+                  .sum()) / float(d.pow(2).sum()) for d in (checker, flat)]
+    assert damp[0] < 0.2 and 0.7 < damp[1] < 1.5
+
+
+def test_warmup_ramps_the_learning_rate():
+    vae = AutoencoderKL(block_out_channels=(8,), layers_per_block=1, norm_num_groups=4,
+                        latent_channels=4, sample_size=8)
+    x0 = torch.randn(16, 4, 8, 8) * 0.1
+    reference = torch.zeros(16, 3, 8, 8)
+    seen = []
+    step = torch.optim.Adam.step
+
+    def spy(self, *a, **k):
+        seen.append(self.param_groups[0]["lr"])
+        return step(self, *a, **k)
+
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(torch.optim.Adam, "step", spy)
+        log = mv.train_mark_vae(vae, x0, reference, minutes=5, steps=6, lr=1e-3, batch=7,
+                                warmup=4, progress=False)
+    assert log["warmup"] == 4 and log["steps"] == 6
+    assert seen == pytest.approx([2.5e-4, 5e-4, 7.5e-4, 1e-3, 1e-3, 1e-3])
+
+
 def test_averaging_shift_is_a_difference_of_two_means():
     rng = np.random.default_rng(0)
     reference = torch.from_numpy(rng.uniform(-1, 1, (50, 3, 8, 8))).float()
