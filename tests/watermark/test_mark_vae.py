@@ -72,6 +72,14 @@ def test_jpeg_stand_in_is_the_codec_not_the_identity():
     assert damp[0] < 0.2 and 0.7 < damp[1] < 1.5
 
 
+def test_jpeg_stand_in_without_kornia_says_what_to_install(monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "kornia.enhance", None)  # import fails
+    with pytest.raises(mv.DetectorTrainError, match=r"needs kornia: pip install"):
+        mv.stand_in(torch.zeros(1, 3, 8, 8), "jpeg50")
+
+
 def test_warmup_ramps_the_learning_rate():
     vae = AutoencoderKL(block_out_channels=(8,), layers_per_block=1, norm_num_groups=4,
                         latent_channels=4, sample_size=8)

@@ -115,7 +115,11 @@ def differentiable_jpeg(pixels: torch.Tensor, quality: int) -> torch.Tensor:
     the JPEG condition is not down-weighted against the others. Against PIL's JPEG 50 on 32x32
     photo patches the codec reads 39.7 dB from PIL's output, where both lie 27.4 dB from the
     input."""
-    from kornia.enhance import jpeg_codec_differentiable
+    try:
+        from kornia.enhance import jpeg_codec_differentiable
+    except ImportError as exc:
+        raise DetectorTrainError("training through JPEG needs kornia: pip install "
+                                 "'trustgain[train]'") from exc
 
     unit = ((pixels + 1) / 2).clamp(0, 1)
     q = torch.full((pixels.shape[0],), float(quality), device=pixels.device, dtype=pixels.dtype)
