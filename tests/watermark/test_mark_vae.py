@@ -100,6 +100,22 @@ def test_warmup_ramps_the_learning_rate():
     assert seen == pytest.approx([2.5e-4, 5e-4, 7.5e-4, 1e-3, 1e-3, 1e-3])
 
 
+def test_focus_changes_the_step_and_is_logged():
+    def one_step(focus):
+        torch.manual_seed(0)
+        vae = AutoencoderKL(block_out_channels=(8,), layers_per_block=1, norm_num_groups=4,
+                            latent_channels=4, sample_size=8)
+        x0 = torch.randn(16, 4, 8, 8) * torch.linspace(0.01, 1, 16).view(-1, 1, 1, 1)
+        log = mv.train_mark_vae(vae, x0, torch.zeros(16, 3, 8, 8), minutes=5, steps=1,
+                                batch=14, focus=focus, progress=False)
+        return log, torch.cat([p.detach().flatten() for p in vae.parameters()])
+
+    (plain_log, plain), (hard_log, hard) = one_step(0.0), one_step(2.0)
+    _, again = one_step(0.0)
+    assert plain_log["focus"] == 0.0 and hard_log["focus"] == 2.0
+    assert torch.equal(plain, again) and not torch.equal(plain, hard)
+
+
 def test_averaging_shift_is_a_difference_of_two_means():
     rng = np.random.default_rng(0)
     reference = torch.from_numpy(rng.uniform(-1, 1, (50, 3, 8, 8))).float()
