@@ -98,6 +98,7 @@ from .watermark_latent_marks import (
     to_pil,
     wilson,
 )
+from .watermark_latent_tpr import tpr_rows
 
 __all__ = [
     "ATTACKS", "ENCODER", "FPR", "JUDGE_PER_DIGIT", "NONCE_SPACE", "PAYLOAD_BITS", "REFINE",
@@ -292,7 +293,7 @@ class _Seq(list):
 def run(quick: bool = False, device: str = "cpu", *, model: str | None = None,
         refine: int | None = None, scales: tuple[float, ...] | None = None,
         encoder: str = "detector", weights: str = "reliability",
-        averaging: bool = False) -> list[Row]:
+        averaging: bool = False, tpr: int = 0) -> list[Row]:
     """All figures of the area; ``quick`` shrinks every count to run in about a minute.
 
     ``model`` (a pipeline folder) replaces trustgain-mini-sd, for development only; ``refine``
@@ -302,7 +303,9 @@ def run(quick: bool = False, device: str = "cpu", *, model: str | None = None,
     ``weights``: ``"reliability"`` (the per-element weights fitted for the detector encoder,
     where the model ships them and that encoder is used) or ``"rank"`` (|z|-rank levels);
     ``averaging``: only the replicated pixel-averaging rows
-    (:mod:`~trustgain.bench.watermark_latent_averaging`).
+    (:mod:`~trustgain.bench.watermark_latent_averaging`); ``tpr`` > 0: only the six
+    record-mode TPR rows, on that many fresh samples
+    (:mod:`~trustgain.bench.watermark_latent_tpr`).
     """
     global REFINE, SCALES, ENCODER
     saved = (REFINE, SCALES, ENCODER, marks.RELIABILITY)
@@ -349,6 +352,13 @@ def run(quick: bool = False, device: str = "cpu", *, model: str | None = None,
             return [Row("setup", n_est * 20 + n_new, "marked samples", "", None,
                         f"averaging only: {n_est} estimates of 20, {n_new} new images; "
                         f"{steps} steps, guidance {GUIDANCE}; encoder {encoder}"), *rows]
+        if tpr:
+            rows = tpr_rows(pipe, key, lambda images: _invert(pipe, images, steps),
+                            lambda cands, nonces, payloads: _read(cands, key, nonces, payloads),
+                            latent_shape(pipe), steps=steps, n=tpr)
+            return [Row("setup", -(-tpr // 10) * 10, "marked samples", "", None,
+                        f"TPR rows only: fresh samples, {steps} steps, guidance {GUIDANCE}; "
+                        f"encoder {encoder}, {used_weights} weights"), *rows]
         prompts, digits = prompts_for(per_digit)
         prompts = _Seq(prompts)
         shape = latent_shape(pipe)
@@ -404,7 +414,8 @@ def main(argv: list[str] | None = None) -> int:
         epilog="examples:\n  python -m trustgain.bench.watermark_latent --quick\n"
                "  python -m trustgain.bench.watermark_latent --json out.json\n"
                "  python -m trustgain.bench.watermark_latent --model DIR --encoder pipeline\n"
-               "  python -m trustgain.bench.watermark_latent --encoder mark --averaging",
+               "  python -m trustgain.bench.watermark_latent --encoder mark --averaging\n"
+               "  python -m trustgain.bench.watermark_latent --encoder mark --tpr 500",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true",
                    help="every count shrunk (about a minute on 2 cores); figures are rough")
@@ -425,8 +436,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--averaging", action="store_true",
                    help="only the pixel-averaging attack, replicated: 5 estimates and 5 controls "
                         "on 200 new marked images (4-7 minutes on 2 cores)")
+    p.add_argument("--tpr", type=int, default=0, metavar="N",
+                   help="only the six record-mode TPR rows, on N fresh marked samples (tighter "
+                        "intervals than the full run's 100; about 2 s a sample on 2 cores)")
     p.add_argument("--threads", type=int, default=None, help="torch threads for --ideas (1)")
     args = p.parse_args(argv)
+    if args.tpr < 0:
+        p.error(f"--tpr takes a number of samples, got {args.tpr}")
+    if args.tpr and (args.averaging or args.ideas):
+        p.error("--tpr, --averaging and --ideas are separate runs: give one")
     t0 = time.time()
     if args.ideas:
         torch.set_num_threads(args.threads or 1)
@@ -439,7 +457,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     rows = run(args.quick, args.device, model=args.model, refine=args.refine,
                scales=None if args.scales is None else tuple(args.scales), encoder=args.encoder,
-               weights=args.weights, averaging=args.averaging)
+               weights=args.weights, averaging=args.averaging, tpr=args.tpr)
     print(format_table(rows))
     print(f"\n{time.time() - t0:.0f} s, {os.cpu_count()} CPUs visible, device {args.device}")
     if args.json:

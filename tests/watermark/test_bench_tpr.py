@@ -1,0 +1,43 @@
+"""trustgain.bench.watermark_latent_tpr: the larger TPR rows' chunking and arithmetic, on the
+tiny pipeline with stand-in detectors."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import torch
+
+from trustgain.bench import watermark_latent_tpr as tpr
+from trustgain.bench.models import latent_shape
+from trustgain.bench.watermark_latent_marks import ATTACKS
+from trustgain.keys import KeyRing
+from trustgain.watermark.latent import latent_key
+
+
+def test_rows_count_every_sample_once_and_name_the_misses(sd_pipe, monkeypatch):
+    monkeypatch.setattr(tpr, "CHUNK", 10)
+    shape = latent_shape(sd_pipe)
+    reads = []
+
+    def invert(images):
+        return [(1.0, torch.zeros(len(images), *shape), None)]
+
+    def read(cands, nonces, payloads):
+        assert len(cands[0][1]) == len(nonces) == len(payloads)
+        reads.append(len(nonces))
+        # the first attack of the first chunk misses its first image, nothing else is missed
+        return [SimpleNamespace(detected=not (len(reads) == 1 and i == 0))
+                for i in range(len(nonces))]
+
+    rows = tpr.tpr_rows(sd_pipe, latent_key(KeyRing.generate()), invert, read, shape, steps=2,
+                        n=25)
+    assert reads == [10] * 3 * len(ATTACKS)  # 25 rounded up to 30: three chunks per attack
+    by = {r.metric.rsplit(", ", 1)[-1]: r for r in rows}
+    assert list(by) == list(ATTACKS)
+    first, rest = by[ATTACKS[0]], [by[a] for a in ATTACKS[1:]]
+    assert abs(first.value - 29 / 30) < 1e-12 and first.ok is False
+    assert "n=30" in first.note and "misses by digit: " in first.note
+    assert "none" not in first.note.split("misses by digit: ")[1]
+    assert all(r.value == 1 and r.ok is True and "misses by digit: none" in r.note for r in rest)
+    # zero latents read every element as negative: about half the signs agree
+    assert "mean 0." in first.note
