@@ -54,6 +54,7 @@ def tpr_rows(pipe, key, invert: Callable, read: Callable, shape: tuple[int, ...]
         misses = ", ".join(f"{d}: {c}" for d, c in sorted(missed.items())) or "none"
         rows += _tpr_rows(
             f"TPR@1e-6 record mode, {name}", readings[name],
-            f"sign acc per image (scale-1 read) mean {acc.mean():.3f}, 5th pct {np.percentile(acc, 5):.3f}, "
-            f"min {acc.min():.3f}; misses by digit: {misses}", True)
+            f"sign acc per image (scale-1 read) mean {acc.mean():.3f}, "
+            f"5th pct {np.percentile(acc, 5):.3f}, min {acc.min():.3f}; "
+            f"misses by digit: {misses}", True)
     return rows
