@@ -8,7 +8,7 @@ from types import SimpleNamespace
 import torch
 
 from trustgain.bench import watermark_latent_tpr as tpr
-from trustgain.bench.models import latent_shape
+from trustgain.bench.models import latent_shape, prompts_for
 from trustgain.bench.watermark_latent_marks import ATTACKS
 from trustgain.keys import KeyRing
 from trustgain.watermark.latent import latent_key
@@ -17,9 +17,10 @@ from trustgain.watermark.latent import latent_key
 def test_rows_count_every_sample_once_and_name_the_misses(sd_pipe, monkeypatch):
     monkeypatch.setattr(tpr, "CHUNK", 10)
     shape = latent_shape(sd_pipe)
-    reads = []
+    reads, prompted = [], []
 
-    def invert(images):
+    def invert(images, prompt=""):
+        prompted.append(prompt)
         return [(1.0, torch.zeros(len(images), *shape), None)]
 
     def read(cands, nonces, payloads):
@@ -31,13 +32,21 @@ def test_rows_count_every_sample_once_and_name_the_misses(sd_pipe, monkeypatch):
 
     rows = tpr.tpr_rows(sd_pipe, latent_key(KeyRing.generate()), invert, read, shape, steps=2,
                         n=25)
-    assert reads == [10] * 3 * len(ATTACKS)  # 25 rounded up to 30: three chunks per attack
-    by = {r.metric.rsplit(", ", 1)[-1]: r for r in rows}
-    assert list(by) == list(ATTACKS)
-    first, rest = by[ATTACKS[0]], [by[a] for a in ATTACKS[1:]]
+    # 25 rounded up to 30: three chunks, each read per attack without and with the prompts
+    assert reads == [10] * 3 * len(ATTACKS) * 2
+    assert prompted[0::2] == [""] * 3 * len(ATTACKS)
+    family = set(prompts_for(3)[0])
+    assert all(len(p) == 10 and set(p) <= family for p in prompted[1::2])
+    by = {r.metric.removeprefix("TPR@1e-6 "): r for r in rows}
+    assert len(by) == 2 * len(ATTACKS)
+    first = by[f"record mode, {ATTACKS[0]}"]
+    rest = [by[f"{m}, {a}"] for m in ("record mode", "record mode + prompt") for a in ATTACKS
+            if (m, a) != ("record mode", ATTACKS[0])]
     assert abs(first.value - 29 / 30) < 1e-12 and first.ok is False
     assert "n=30" in first.note and "misses by digit: " in first.note
     assert "none" not in first.note.split("misses by digit: ")[1]
-    assert all(r.value == 1 and r.ok is True and "misses by digit: none" in r.note for r in rest)
+    assert all(r.value == 1 and "misses by digit: none" in r.note for r in rest)
+    # the target is the default detector's; the prompted read is reported beside it
+    assert {by[f"record mode + prompt, {a}"].ok for a in ATTACKS} == {None}
     # zero latents read every element as negative: about half the signs agree
     assert "mean 0." in first.note

@@ -68,6 +68,15 @@ def test_detect_latent_reads_the_record_and_falls_back_to_blind(tmp_path, capsys
     ranked = json.loads(res.out)
     assert code == 0 and ranked["weights"] == "rank"
     assert ranked["files"][0]["p_value"] != files["marked.png"]["p_value"]
+    # the prompt known: inverted under it at the record's guidance (4), or at a given one
+    code, res = run(str(out / "marked.png"), "--keyring", str(tmp_path / "ring.json"),
+                    "--prompt", "a handwritten seven")
+    prompted = json.loads(res.out)["files"][0]
+    assert code == 0 and prompted["detected"]
+    code, res = run(str(out / "marked.png"), "--keyring", str(tmp_path / "ring.json"),
+                    "--prompt", "a handwritten seven", "--guidance", "1")
+    unguided = json.loads(res.out)["files"][0]
+    assert code == 0 and unguided["p_value"] != prompted["p_value"]
     code, res = run(str(out / "marked.png"), "--keyring", str(tmp_path / "other.json"))
     wrong = json.loads(res.out)["files"][0]
     assert code == 0 and wrong["mode"] == "blind" and not wrong["detected"]
@@ -84,6 +93,14 @@ def test_mark_vae_and_pipeline_encoder_exclude_each_other(tmp_path, capsys, monk
                  "trustgain-mini-sd", "--mark-vae", "--pipeline-encoder", "--keyring",
                  str(tmp_path / "ring.json")])
     assert code == 2 and "exclude each other" in capsys.readouterr().err
+
+
+def test_guidance_needs_a_prompt(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("TRUSTGAIN_HOME", str(tmp_path / "home"))
+    Image.new("RGB", (32, 32)).save(tmp_path / "a.png")
+    code = main(["watermark", "detect-latent", str(tmp_path / "a.png"), "--model",
+                 "trustgain-mini-sd", "--guidance", "4"])
+    assert code == 2 and "--guidance needs --prompt" in capsys.readouterr().err
 
 
 def test_mark_vae_round_trip(tmp_path, capsys, monkeypatch):

@@ -120,8 +120,10 @@ JUDGE_PER_DIGIT = 100
 
 
 def _invert(pipe, images, steps: int, prompt="") -> list[Candidate]:
+    """The detector's candidates; under a generation ``prompt`` at the sampler's guidance."""
     return invert_candidates(pipe, images, num_inference_steps=steps, scales=SCALES,
-                             refine=REFINE, encoder=ENCODER, prompt=prompt)
+                             refine=REFINE, encoder=ENCODER, prompt=prompt,
+                             guidance_scale=GUIDANCE if prompt else 1.0)
 
 
 def detection(pipe, key, images, latents, nonces, payloads, steps, prompts,
@@ -156,7 +158,8 @@ def detection(pipe, key, images, latents, nonces, payloads, steps, prompts,
         sign_p = float(((inv_p[0][1] > 0) == (latents > 0)).float().mean())
         rows += _tpr_rows(f"TPR@1e-6 record mode + prompt, {name}",
                           _read(inv_p, key, nonces, payloads),
-                          f"inverted under the generation prompt; sign acc {sign_p:.3f}", False)
+                          f"inverted under the generation prompt, guidance {GUIDANCE}; "
+                          f"sign acc {sign_p:.3f}", False)
     return rows, inverted_by_attack
 
 
@@ -353,7 +356,8 @@ def run(quick: bool = False, device: str = "cpu", *, model: str | None = None,
                         f"averaging only: {n_est} estimates of 20, {n_new} new images; "
                         f"{steps} steps, guidance {GUIDANCE}; encoder {encoder}"), *rows]
         if tpr:
-            rows = tpr_rows(pipe, key, lambda images: _invert(pipe, images, steps),
+            rows = tpr_rows(pipe, key,
+                            lambda images, prompt="": _invert(pipe, images, steps, prompt),
                             lambda cands, nonces, payloads: _read(cands, key, nonces, payloads),
                             latent_shape(pipe), steps=steps, n=tpr)
             return [Row("setup", -(-tpr // 10) * 10, "marked samples", "", None,

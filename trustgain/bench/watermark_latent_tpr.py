@@ -5,7 +5,9 @@ and the Wilson interval around 0.98 spans 0.93-0.99: two candidate models cannot
 there. This reads ``n`` fresh samples (the same prompt family, other seeds, so no image of the
 full run recurs), in chunks of 100 with a progress bar, and reports per attack the record-mode
 TPR at FPR 1e-6 with its interval, the per-image sign accuracy (mean, 5th percentile,
-minimum) and the digits of the misses: detection fails in the tail, not at the mean.
+minimum) and the digits of the misses: detection fails in the tail, not at the mean. Each row
+comes twice: read as the detector does by default (empty prompt), and with the generation
+prompt known to the verifier (inverted under it at the sampler's guidance).
 """
 
 from __future__ import annotations
@@ -27,34 +29,37 @@ CHUNK = 100
 
 def tpr_rows(pipe, key, invert: Callable, read: Callable, shape: tuple[int, ...], *,
              steps: int, n: int) -> list[Row]:
-    """``invert(images)`` gives the detector's candidates, ``read(candidates, nonces,
-    payloads)`` its record-mode readings; ``n`` is rounded up to whole digits (10 prompts)."""
+    """``invert(images, prompt="")`` gives the detector's candidates (``prompt``: one per
+    image), ``read(candidates, nonces, payloads)`` its record-mode readings; ``n`` is rounded
+    up to whole digits (10 prompts)."""
     prompts, digits = prompts_for(-(-n // 10))
     order = np.random.default_rng(21).permutation(len(prompts))  # chunks mix the digits
     prompts, digits = [prompts[i] for i in order], [digits[i] for i in order]
     latents, nonces, payloads = _marked_set(key, len(prompts), np.random.default_rng(22), shape)
-    readings = {a: [] for a in ATTACKS}
-    accuracy = {a: [] for a in ATTACKS}
+    modes = ("record mode", "record mode + prompt")
+    readings = {(m, a): [] for m in modes for a in ATTACKS}
+    accuracy = {(m, a): [] for m in modes for a in ATTACKS}
     rng = np.random.default_rng(23)
     for i in tqdm(range(0, len(prompts), CHUNK), desc="tpr chunks", unit="chunk"):
         s = slice(i, i + CHUNK)
         images = to_pil(generate(pipe, prompts[s], seed=60 + i, steps=steps,
                                  latents=latents[s]))
         for name in ATTACKS:
-            cands = invert([SUITE[name](im, rng) for im in images])
-            truth = latents[s] > 0
-            agree = (cands[0][1] > 0) == truth  # scale 1.0: the uncropped candidate
-            accuracy[name] += agree.flatten(1).float().mean(1).tolist()
-            readings[name] += read(cands, nonces[s], payloads[s])
+            attacked = [SUITE[name](im, rng) for im in images]
+            for mode, prompt in zip(modes, ("", prompts[s]), strict=True):
+                cands = invert(attacked, prompt)
+                agree = (cands[0][1] > 0) == (latents[s] > 0)  # scale 1: the uncropped read
+                accuracy[mode, name] += agree.flatten(1).float().mean(1).tolist()
+                readings[mode, name] += read(cands, nonces[s], payloads[s])
     rows = []
-    for name in ATTACKS:
-        acc = np.array(accuracy[name])
-        missed = Counter(d for d, r in zip(digits, readings[name], strict=True)
+    for mode, name in readings:
+        acc = np.array(accuracy[mode, name])
+        missed = Counter(d for d, r in zip(digits, readings[mode, name], strict=True)
                          if not r.detected)
         misses = ", ".join(f"{d}: {c}" for d, c in sorted(missed.items())) or "none"
         rows += _tpr_rows(
-            f"TPR@1e-6 record mode, {name}", readings[name],
+            f"TPR@1e-6 {mode}, {name}", readings[mode, name],
             f"sign acc per image (scale-1 read) mean {acc.mean():.3f}, "
             f"5th pct {np.percentile(acc, 5):.3f}, min {acc.min():.3f}; "
-            f"misses by digit: {misses}", True)
+            f"misses by digit: {misses}", mode == modes[0])
     return rows

@@ -75,11 +75,22 @@ def _record_params(path: Path, key_id: str, trusted: list) -> tuple[dict, int, b
     return stage["params"], verified.output_index, mark
 
 
-def _read_one(image, pipe, key, params, index, *, steps, fpr, encoder, prompt, reliability):
+def _guidance(given: float | None, params: dict | None, prompt: str) -> float:
+    """The inversion's guidance: 1 without a prompt (the empty prompt's guided noise is its
+    unguided one), else ``given``, else the record's (the generation's), else 1."""
+    if not prompt:
+        return 1.0
+    if given is not None:
+        return given
+    return float((params or {}).get("guidance_scale") or 1.0)
+
+
+def _read_one(image, pipe, key, params, index, *, steps, fpr, encoder, prompt, reliability,
+              guidance=None):
     from trustgain.watermark.latent_invert import detect_latent
 
     common = {"fpr": fpr, "encoder": encoder, "prompt": prompt, "scales": (1.0, CROP_SCALE),
-              "reliability": reliability}
+              "reliability": reliability, "guidance_scale": _guidance(guidance, params, prompt)}
     if params is None:
         return "blind", detect_latent([image], pipe, key, num_inference_steps=steps, **common)[0]
     run_steps = params.get("num_inference_steps") or steps
@@ -96,6 +107,9 @@ def _read_one(image, pipe, key, params, index, *, steps, fpr, encoder, prompt, r
 @click.option("--steps", type=click.IntRange(1, 1000), default=25, show_default=True,
               help="Inversion steps when the record does not give the generation's.")
 @click.option("--prompt", default="", help="The generation prompt, if known: a stronger test.")
+@click.option("--guidance", type=click.FloatRange(0, 100), default=None,
+              help="With --prompt: the generation's classifier-free guidance scale, inverted "
+              "with it (default: the record's where it has one, else 1, unguided).")
 @click.option("--fpr", type=click.FloatRange(1e-12, 0.5), default=1e-6, show_default=True,
               help="Detected when the (exact) p-value is at most this.")
 @click.option("--pipeline-encoder", is_flag=True,
@@ -110,7 +124,7 @@ def _read_one(image, pipe, key, params, index, *, steps, fpr, encoder, prompt, r
 @keyring_option
 @json_option
 @progress_option
-def detect_latent_cmd(inputs, model, steps, prompt, fpr, pipeline_encoder, mark_vae,
+def detect_latent_cmd(inputs, model, steps, prompt, guidance, fpr, pipeline_encoder, mark_vae,
                       rank_weights, device, keyring_path, as_json, no_progress):
     """Look for your key's in-generation (latent) mark; p-value and payload per file.
 
@@ -121,7 +135,11 @@ def detect_latent_cmd(inputs, model, steps, prompt, fpr, pipeline_encoder, mark_
       trustgain watermark detect-latent out.png --model trustgain-mini-sd
       trustgain watermark detect-latent outputs/ --model ./my-sd --steps 30 --json
       trustgain watermark detect-latent marked.png --model trustgain-mini-sd --mark-vae
+      trustgain watermark detect-latent marked.png --model trustgain-mini-sd --mark-vae \\
+          --prompt "a handwritten seven" --guidance 4
     """
+    if guidance is not None and not prompt:
+        raise click.UsageError("--guidance needs --prompt (the empty prompt is read unguided)")
     if mark_vae and pipeline_encoder:
         raise click.UsageError("--mark-vae and --pipeline-encoder exclude each other")
     from trustgain.cli.audit import _load_pipe
@@ -154,7 +172,8 @@ def detect_latent_cmd(inputs, model, steps, prompt, fpr, pipeline_encoder, mark_
                      f"{'mark VAE' if drawn_with_mark else 'pipeline VAE'}; read it "
                      f"{'with' if drawn_with_mark else 'without'} --mark-vae")
             mode, r = _read_one(image, pipe, key, params, index, steps=steps, fpr=fpr,
-                                encoder=encoder, prompt=prompt, reliability=reliability)
+                                encoder=encoder, prompt=prompt, reliability=reliability,
+                                guidance=guidance)
         except (TrustgainError, ValueError) as exc:
             failed += 1
             results.append({"file": str(src), "status": "error", "reason": str(exc)})

@@ -382,5 +382,7 @@ class LatentMark:
             "sampler": SAMPLER,
             # detection inverts over the same number of steps (None: the pipeline's default)
             "num_inference_steps": item.request.num_inference_steps,
+            # a verifier who knows the prompt inverts under it with the same guidance
+            "guidance_scale": item.request.guidance_scale,
         }
         return StageResult(item.replace(latents=latents), params)

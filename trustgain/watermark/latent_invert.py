@@ -109,10 +109,12 @@ def invert_images(
     refine: int = 0,
     encoder: object | None = None,
     prompt: str | Sequence[str] = "",
+    guidance_scale: float = 1.0,
 ) -> torch.Tensor:
     """Initial-noise estimates for ``images`` (resized to the model's size first), encoded
     with ``encoder`` (see :func:`encode`) or the pipeline's VAE, inverted conditioned on
-    ``prompt`` (one for all or one per image; see :func:`ddim_invert`)."""
+    ``prompt`` (one for all or one per image) with ``guidance_scale`` (see
+    :func:`ddim_invert`)."""
     if not isinstance(prompt, str) and len(prompt) != len(images):
         raise ValueError(f"{len(prompt)} prompts for {len(images)} images")
     size = model_size(pipe)
@@ -122,7 +124,7 @@ def invert_images(
         part = prompt if isinstance(prompt, str) else list(prompt[start : start + batch_size])
         out.append(ddim_invert(
             pipe, encode(pipe, pixels, encoder), num_inference_steps=num_inference_steps,
-            refine=refine, prompt=part,
+            refine=refine, prompt=part, guidance_scale=guidance_scale,
         ))
     return torch.cat(out)
 
@@ -166,6 +168,7 @@ def invert_candidates(
     encoder: object | None = None,
     prompt: str | Sequence[str] = "",
     masked: bool = False,
+    guidance_scale: float = 1.0,
 ) -> list[Candidate]:
     """Inverted latents of ``images`` as given (scale 1) and after :func:`unzoom` to each other
     scale, each with a mask of the elements to read: None (all) unless ``masked``, then for an
@@ -189,7 +192,7 @@ def invert_candidates(
             mask = aligned_mask(pairs[0][1], factor, shape) if masked else None
         inverted = invert_images(
             pipe, todo, num_inference_steps=num_inference_steps, batch_size=batch_size,
-            refine=refine, encoder=encoder, prompt=prompt,
+            refine=refine, encoder=encoder, prompt=prompt, guidance_scale=guidance_scale,
         )
         out.append((scale, inverted, mask))
     return out
@@ -251,6 +254,7 @@ def detect_latent(
     encoder: object | None = None,
     prompt: str | Sequence[str] = "",
     reliability: Reliability | None = None,
+    guidance_scale: float = 1.0,
 ) -> list[LatentReading]:
     """Detect the latent mark in ``images`` generated (or not) by ``pipe``.
 
@@ -263,6 +267,11 @@ def detect_latent(
     ``encoder``: a detector-side VAE to encode with (see :func:`encode`). ``prompt``: the
     generation prompt(s), where the verifier knows them (records keep only a digest of the
     request): inverting under the prompt recovers more signs; a wrong prompt only costs power.
+    ``guidance_scale``: the generation's classifier-free guidance, used with a ``prompt`` (the
+    inversion then undoes the sampler's own steps: on trustgain-mini-sd with its mark VAE,
+    JPEG 50 sign accuracy 0.663 with the empty prompt, 0.672 with the prompt unguided, 0.688
+    with the prompt at the sampler's guidance 4; 100 held-out samples). It costs two UNet
+    calls per step instead of one, and has no effect without a prompt.
     ``reliability``: per-element weights fitted for this model and encoder
     (:mod:`trustgain.watermark.latent_reliability`; for trustgain-mini-sd with its detector
     encoder :func:`trustgain.models.load_reliability`) instead of the ``levels`` |z|-ranks.
@@ -284,6 +293,7 @@ def detect_latent(
     candidates = invert_candidates(
         pipe, images, num_inference_steps=num_inference_steps, scales=scales,
         batch_size=batch_size, refine=refine, encoder=encoder, prompt=prompt,
+        guidance_scale=guidance_scale,
     )
     return read_candidates(
         candidates, key, payload_bits=payload_bits, nonces=nonces, nonce_space=nonce_space,
@@ -304,9 +314,12 @@ def detect_with_record(
     encoder: object | None = None,
     prompt: str = "",
     reliability: Reliability | None = None,
+    guidance_scale: float | None = None,
 ) -> list[LatentReading]:
     """Detect with the nonces and payload of a provenance record (``images[i]`` is output i);
-    ``encoder``, ``prompt`` and ``reliability`` as in :func:`detect_latent`."""
+    ``encoder``, ``prompt`` and ``reliability`` as in :func:`detect_latent`.
+    ``guidance_scale`` (used with a ``prompt``): None takes the record's (the generation's,
+    where the run set one), else 1 (unguided)."""
     stage = next((s for s in record.get("stages", ()) if s.get("name") == STAGE), None)
     if stage is None:
         raise ValueError(f"the record has no '{STAGE}' stage")
@@ -317,8 +330,13 @@ def detect_with_record(
     if steps is None:
         raise ValueError("the record does not say how many steps generated it; pass them")
     nonces = [bytes.fromhex(n) for n in params["nonces"]][: len(images)]
+    if not prompt:  # the empty prompt's guided noise is its unguided one, at twice the cost
+        guidance_scale = 1.0
+    elif guidance_scale is None:
+        guidance_scale = params.get("guidance_scale") or 1.0
     return detect_latent(
         images, pipe, key, num_inference_steps=int(steps), payload_bits=params["payload_bits"],
         nonces=nonces, expected_payloads=[params["payload"]] * len(nonces), fpr=fpr,
         refine=refine, scales=scales, encoder=encoder, prompt=prompt, reliability=reliability,
+        guidance_scale=float(guidance_scale),
     )
