@@ -17,13 +17,14 @@ from trustgain.watermark.latent import latent_key
 def test_rows_count_every_sample_once_and_name_the_misses(sd_pipe, monkeypatch):
     monkeypatch.setattr(tpr, "CHUNK", 10)
     shape = latent_shape(sd_pipe)
-    reads, prompted = [], []
+    reads, prompted_by_invert = [], []
 
     def invert(images, prompt=""):
-        prompted.append(prompt)
+        prompted_by_invert.append(prompt)
         return [(1.0, torch.zeros(len(images), *shape), None)]
 
-    def read(cands, nonces, payloads):
+    def read(cands, nonces, payloads, prompted):
+        assert prompted == bool(prompted_by_invert[-1])
         assert len(cands[0][1]) == len(nonces) == len(payloads)
         reads.append(len(nonces))
         # the first attack of the first chunk misses its first image, nothing else is missed
@@ -34,9 +35,9 @@ def test_rows_count_every_sample_once_and_name_the_misses(sd_pipe, monkeypatch):
                         n=25)
     # 25 rounded up to 30: three chunks, each read per attack without and with the prompts
     assert reads == [10] * 3 * len(ATTACKS) * 2
-    assert prompted[0::2] == [""] * 3 * len(ATTACKS)
+    assert prompted_by_invert[0::2] == [""] * 3 * len(ATTACKS)
     family = set(prompts_for(3)[0])
-    assert all(len(p) == 10 and set(p) <= family for p in prompted[1::2])
+    assert all(len(p) == 10 and set(p) <= family for p in prompted_by_invert[1::2])
     by = {r.metric.removeprefix("TPR@1e-6 "): r for r in rows}
     assert len(by) == 2 * len(ATTACKS)
     first = by[f"record mode, {ATTACKS[0]}"]

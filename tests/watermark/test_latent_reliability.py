@@ -167,3 +167,40 @@ def test_measure_pairs_every_condition_with_its_true_latent(sd_pipe):
     assert np.isfinite(inverted).all()
     # rows of one batch: the same true latents once per condition
     assert np.array_equal(true[:2], true[2:4])
+
+
+def test_prompted_measure_inverts_under_each_samples_prompt(sd_pipe, monkeypatch):
+    from trustgain.watermark import latent_invert
+    from trustgain.watermark.reliability_fit import CONDITIONS, measure
+
+    seen, invert = [], latent_invert.invert_images
+
+    def spy(*args, **kwargs):
+        seen.append((kwargs.get("prompt", ""), kwargs.get("guidance_scale", 1.0)))
+        return invert(*args, **kwargs)
+
+    monkeypatch.setattr(latent_invert, "invert_images", spy)
+    kw = {"samples": 3, "steps": 2, "guidance": 3.0, "encoder": None, "batch": 2,
+          "progress": False}
+    _, plain = measure(sd_pipe, ["a", "b"], **kw)
+    assert seen == [("", 1.0)] * 2 * len(CONDITIONS)
+    seen.clear()
+    _, prompted = measure(sd_pipe, ["a", "b"], prompted=True, **kw)
+    assert seen == [(["a", "b"], 3.0)] * len(CONDITIONS) + [(["a"], 3.0)] * len(CONDITIONS)
+    assert not np.allclose(plain, prompted)
+
+
+def test_prompted_reliability_falls_back_to_the_plain_fit(tmp_path):
+    from trustgain.models import reliability_for
+
+    rng = np.random.default_rng(0)
+    folder = tmp_path / "vae_mark"
+    folder.mkdir()
+    plain = Reliability(rng.uniform(0, 0.5, 256), rng.uniform(0.5, 1, 256), {"k": "plain"})
+    plain.save(folder / "reliability.json")
+    assert reliability_for(str(tmp_path), "mark", prompted=True).meta["k"] == "plain"
+    Reliability(plain.rho, plain.scale, {"k": "prompted"}).save(
+        folder / "reliability_prompted.json")
+    assert reliability_for(str(tmp_path), "mark", prompted=True).meta["k"] == "prompted"
+    assert reliability_for(str(tmp_path), "mark").meta["k"] == "plain"
+    assert reliability_for(str(tmp_path), "detector", prompted=True) is None

@@ -157,7 +157,7 @@ def detection(pipe, key, images, latents, nonces, payloads, steps, prompts,
         inv_p = _invert(pipe, attacked, steps, prompt=list(prompts))
         sign_p = float(((inv_p[0][1] > 0) == (latents > 0)).float().mean())
         rows += _tpr_rows(f"TPR@1e-6 record mode + prompt, {name}",
-                          _read(inv_p, key, nonces, payloads),
+                          _read(inv_p, key, nonces, payloads, prompted=True),
                           f"inverted under the generation prompt, guidance {GUIDANCE}; "
                           f"sign acc {sign_p:.3f}", False)
     return rows, inverted_by_attack
@@ -311,7 +311,7 @@ def run(quick: bool = False, device: str = "cpu", *, model: str | None = None,
     (:mod:`~trustgain.bench.watermark_latent_tpr`).
     """
     global REFINE, SCALES, ENCODER
-    saved = (REFINE, SCALES, ENCODER, marks.RELIABILITY)
+    saved = (REFINE, SCALES, ENCODER, marks.RELIABILITY, marks.PROMPTED_RELIABILITY)
     REFINE = REFINE if refine is None else refine
     SCALES = SCALES if scales is None else scales
     threads = torch.get_num_threads()
@@ -333,9 +333,14 @@ def run(quick: bool = False, device: str = "cpu", *, model: str | None = None,
         else:
             ENCODER = detector_vae_for(model, device) if encoder == "detector" else None
         if weights == "reliability" and ENCODER is not None:
-            marks.RELIABILITY = reliability_for(model, "mark" if encoder == "mark"
-                                                else "detector")
+            kind = "mark" if encoder == "mark" else "detector"
+            marks.RELIABILITY = reliability_for(model, kind)
+            marks.PROMPTED_RELIABILITY = reliability_for(model, kind, prompted=True)
         used_weights = "|z|-rank" if marks.RELIABILITY is None else "reliability"
+        if marks.PROMPTED_RELIABILITY is not None and (
+                marks.PROMPTED_RELIABILITY is not marks.RELIABILITY):
+            used_weights += " (+ prompt: " + marks.PROMPTED_RELIABILITY.meta.get(
+                "inversion", "its own fit") + ")"
         try:
             judge = load_judge(device)
         except FileNotFoundError:
@@ -358,7 +363,8 @@ def run(quick: bool = False, device: str = "cpu", *, model: str | None = None,
         if tpr:
             rows = tpr_rows(pipe, key,
                             lambda images, prompt="": _invert(pipe, images, steps, prompt),
-                            lambda cands, nonces, payloads: _read(cands, key, nonces, payloads),
+                            lambda cands, nonces, payloads, prompted=False: _read(
+                                cands, key, nonces, payloads, prompted=prompted),
                             latent_shape(pipe), steps=steps, n=tpr)
             return [Row("setup", -(-tpr // 10) * 10, "marked samples", "", None,
                         f"TPR rows only: fresh samples, {steps} steps, guidance {GUIDANCE}; "
@@ -401,7 +407,7 @@ def run(quick: bool = False, device: str = "cpu", *, model: str | None = None,
         used = ("pipeline VAE" if ENCODER is None else "mark VAE (vae_mark)" if encoder == "mark"
                 else "detector encoder (vae_detector)")
         torch.set_num_threads(threads)
-        REFINE, SCALES, ENCODER, marks.RELIABILITY = saved
+        REFINE, SCALES, ENCODER, marks.RELIABILITY, marks.PROMPTED_RELIABILITY = saved
     note = (f"{len(prompts)} samples, {steps} steps, guidance {GUIDANCE}; detector: "
             f"{refine if refine is not None else REFINE} refinements, scales "
             f"{scales if scales is not None else SCALES}, {used}, {used_weights} weights"

@@ -37,6 +37,9 @@ ATTACKS = ("none", "jpeg50", "resize0.5_restored", "crop_centre_50", "blur1", "n
 #: The detector's per-element reliability weights (``Reliability``), or None for |z|-rank
 #: levels; set by :func:`trustgain.bench.watermark_latent.run`.
 RELIABILITY = None
+#: The weights for reads inverted under the generation prompt (the model's
+#: ``reliability_prompted.json`` where it ships one, else :data:`RELIABILITY`); set by ``run``.
+PROMPTED_RELIABILITY = None
 
 
 def wilson(k: int, n: int) -> tuple[float, float]:
@@ -71,11 +74,13 @@ def _removal(before: list[LatentReading], after: list[LatentReading]) -> tuple[f
 
 
 def _read(cands: list[Candidate], key, nonces=None, payloads=None, levels: int | None = None,
-          ) -> list[LatentReading]:
+          prompted: bool = False) -> list[LatentReading]:
     """Record mode with ``nonces`` and ``payloads``, blind mode without. Weights: ``levels``
-    |z|-rank levels where given, else the detector's: :data:`RELIABILITY` where the run set
+    |z|-rank levels where given, else the detector's: :data:`RELIABILITY` (for candidates
+    inverted under the prompt, ``prompted``: :data:`PROMPTED_RELIABILITY`) where the run set
     one, else :data:`LEVELS` ranks."""
-    reliability = RELIABILITY if levels is None else None
+    chosen = PROMPTED_RELIABILITY if prompted else RELIABILITY
+    reliability = chosen if levels is None else None
     return read_candidates(cands, key, payload_bits=PAYLOAD_BITS, nonces=nonces,
                            nonce_space=NONCE_SPACE, expected_payloads=payloads, fpr=FPR,
                            levels=LEVELS if levels is None else levels, reliability=reliability)
@@ -145,7 +150,7 @@ def prompt_null_rows(clean_inv, n_keys: int) -> list[Row]:
         key = latent_key(KeyRing.generate())
         _, nonces, payloads = _marked_set(key, len(clean_inv[0][1]), rng,
                                        tuple(clean_inv[0][1].shape[1:]))
-        p += [r.p_value for r in _read(clean_inv, key, nonces, payloads)]
+        p += [r.p_value for r in _read(clean_inv, key, nonces, payloads, prompted=True)]
     p = np.array(p)
     fp = int((p <= FPR).sum())
     return [Row("false positives at 1e-6, record mode + prompt, clean inversions", fp,

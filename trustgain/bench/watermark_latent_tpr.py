@@ -30,8 +30,9 @@ CHUNK = 100
 def tpr_rows(pipe, key, invert: Callable, read: Callable, shape: tuple[int, ...], *,
              steps: int, n: int) -> list[Row]:
     """``invert(images, prompt="")`` gives the detector's candidates (``prompt``: one per
-    image), ``read(candidates, nonces, payloads)`` its record-mode readings; ``n`` is rounded
-    up to whole digits (10 prompts)."""
+    image), ``read(candidates, nonces, payloads, prompted)`` its record-mode readings (with the
+    weights for inversions under the prompt where ``prompted``); ``n`` is rounded up to whole
+    digits (10 prompts)."""
     prompts, digits = prompts_for(-(-n // 10))
     order = np.random.default_rng(21).permutation(len(prompts))  # chunks mix the digits
     prompts, digits = [prompts[i] for i in order], [digits[i] for i in order]
@@ -50,7 +51,7 @@ def tpr_rows(pipe, key, invert: Callable, read: Callable, shape: tuple[int, ...]
                 cands = invert(attacked, prompt)
                 agree = (cands[0][1] > 0) == (latents[s] > 0)  # scale 1: the uncropped read
                 accuracy[mode, name] += agree.flatten(1).float().mean(1).tolist()
-                readings[mode, name] += read(cands, nonces[s], payloads[s])
+                readings[mode, name] += read(cands, nonces[s], payloads[s], bool(prompt))
     rows = []
     for mode, name in readings:
         acc = np.array(accuracy[mode, name])

@@ -159,7 +159,9 @@ def detect_latent_cmd(inputs, model, steps, prompt, guidance, fpr, pipeline_enco
     else:
         encoder = None if pipeline_encoder else detector_vae_for(model, device)
     used = "mark" if mark_vae else "detector"
-    reliability = (None if encoder is None or rank_weights else reliability_for(model, used))
+    # inversions under the prompt read with the fit for them where the model ships one
+    reliability = (None if encoder is None or rank_weights
+                   else reliability_for(model, used, prompted=bool(prompt)))
     results, failed = [], 0
     for src, _ in progress(files, desc="detect", disable=no_progress or len(files) < 2):
         try:

@@ -133,13 +133,16 @@ def mark_vae_folder(model: str | None) -> Path | None:
     return folder if (folder / "config.json").is_file() else None
 
 
-def reliability_for(model: str | None, vae: str = "detector") -> Any:
+def reliability_for(model: str | None, vae: str = "detector", *, prompted: bool = False) -> Any:
     """The latent detector's per-element reliability for ``model`` (a
     :class:`~trustgain.watermark.latent_reliability.Reliability`), fitted for the VAE that
     detection encodes with: ``vae="detector"`` (``vae_detector/reliability.json``, as
     ``python -m trustgain.watermark.reliability_fit`` writes it) or ``"mark"``
     (``vae_mark/reliability.json``, images generated with the mark VAE), of trustgain-mini-sd
-    (``None`` or its id) or of a model folder; ``None`` when the model has none."""
+    (``None`` or its id) or of a model folder; ``None`` when the model has none.
+    ``prompted``: the fit for inversions under the generation prompt and guidance
+    (``reliability_prompted.json``, ``reliability_fit --prompted``), falling back to the
+    plain one where the model has no such file."""
     from trustgain.watermark.latent_reliability import Reliability
 
     if vae not in ("detector", "mark"):
@@ -149,6 +152,8 @@ def reliability_for(model: str | None, vae: str = "detector") -> Any:
         path = _folder(MINI_SD_ID, f"{sub}/reliability.json") / sub
     else:
         path = Path(model) / sub
+    if prompted and (path / "reliability_prompted.json").is_file():
+        return Reliability.load(path / "reliability_prompted.json")
     path = path / "reliability.json"
     return Reliability.load(path) if path.is_file() else None
 

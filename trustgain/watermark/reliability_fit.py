@@ -7,8 +7,10 @@ is a marked latent for some key, so no key is needed), cycling through the promp
 is read back under every condition of :data:`CONDITIONS` (no attack and the benchmark's five:
 JPEG 50, resize 0.5, centre crop to half the area (un-zoomed, as the detector does), blur 1,
 noise 0.05), encoded with the detector-side encoder where the model has one and DDIM-inverted
-(empty prompt, no guidance, ``--steps``); :func:`trustgain.watermark.latent_reliability.fit`
-pools all conditions, because the detector does not know which attack it meets.
+(empty prompt, no guidance, ``--steps``; with ``--prompted``, under each sample's prompt at the
+generation guidance, as a verifier who knows the prompt inverts: its elements read otherwise);
+:func:`trustgain.watermark.latent_reliability.fit` pools all conditions, because the detector
+does not know which attack it meets.
 About 0.4 s per sample on 2 CPU cores for trustgain-mini-sd (2,000 samples: 14 minutes).
 """
 
@@ -42,9 +44,10 @@ def check_samples(samples: int, flag: str) -> None:
 
 def measure(pipe: object, prompts: Sequence[str], *, samples: int, steps: int,
             guidance: float, encoder: object | None, seed: int = 11, batch: int = 50,
-            progress: bool = True) -> tuple[np.ndarray, np.ndarray]:
+            progress: bool = True, prompted: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """``(true, inverted)``: ``samples`` initial latents repeated once per condition, and
-    their inverted estimates, as rows of flattened latents."""
+    their inverted estimates, as rows of flattened latents; ``prompted``: inverted under
+    each sample's prompt at ``guidance`` (else the empty prompt, unguided)."""
     from tqdm import tqdm
 
     from trustgain.watermark.attacks import SUITE
@@ -67,31 +70,35 @@ def measure(pipe: object, prompts: Sequence[str], *, samples: int, steps: int,
             images = [SUITE[name](im, rng) for im in out.images]
             if name.startswith("crop_centre"):
                 images = [unzoom(im, CROP_SCALE, size)[0] for im in images]
+            under = {"prompt": chosen, "guidance_scale": guidance} if prompted else {}
             inverted.append(invert_images(pipe, images, num_inference_steps=steps,
-                                          encoder=encoder).reshape(n, -1).numpy())
+                                          encoder=encoder, **under).reshape(n, -1).numpy())
             true.append(z.reshape(n, -1).numpy())
     return np.concatenate(true), np.concatenate(inverted)
 
 
 def fit_model(pipe: object, prompts: Sequence[str], *, model: str, samples: int, steps: int,
               guidance: float, encoder: object | None, seed: int = 11,
-              progress: bool = True) -> Reliability:
+              progress: bool = True, prompted: bool = False) -> Reliability:
     """:func:`measure`, then :func:`~trustgain.watermark.latent_reliability.fit`, with the
     settings recorded in the result's ``meta``."""
     true, inverted = measure(pipe, prompts, samples=samples, steps=steps, guidance=guidance,
-                             encoder=encoder, seed=seed, progress=progress)
+                             encoder=encoder, seed=seed, progress=progress, prompted=prompted)
     return fit(true, inverted, {
         "model": model, "encoder": "pipeline" if encoder is None else "detector",
         "steps": steps, "guidance": guidance, "samples": samples,
         "conditions": list(CONDITIONS), "seed": seed, "prompts": len(prompts),
+        "inversion": "prompt, generation guidance" if prompted else "empty prompt, unguided",
     })
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = OneLineParser(
         prog=PROG, description=__doc__.split("\n\n")[0],
-        epilog="example (the shipped digits model, the shipped file's settings):\n"
-               f"  {PROG} --model trustgain-mini-sd -o reliability.json --samples 2000",
+        epilog="examples (the shipped digits model, the shipped files' settings):\n"
+               f"  {PROG} --model trustgain-mini-sd -o reliability.json --samples 2000\n"
+               f"  {PROG} --model trustgain-mini-sd --mark-vae --prompted --samples 1000 \\\n"
+               "      -o reliability_prompted.json",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="trustgain-mini-sd",
                    help="trustgain-mini-sd or a diffusers folder (default: %(default)s)")
@@ -103,6 +110,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prompts", help="prompts file, one a line (required for other models)")
     p.add_argument("--pipeline-encoder", action="store_true",
                    help="encode with the pipeline's VAE even where a detector encoder ships")
+    p.add_argument("--mark-vae", action="store_true",
+                   help="generate with the model's mark VAE (vae_mark) and encode with it")
+    p.add_argument("--prompted", action="store_true",
+                   help="invert under each sample's prompt at --guidance, as a verifier who "
+                        "knows the prompt does (detect-latent --prompt reads with this fit "
+                        "where the VAE's folder holds it as reliability_prompted.json)")
     p.add_argument("--seed", type=SEED, default=11, help="latent and attack seed (%(default)s)")
     p.add_argument("--threads", type=COUNT, default=2, help="torch CPU threads (%(default)s)")
     p.add_argument("--device", type=device, default="cpu", help="torch device (%(default)s)")
@@ -118,20 +131,31 @@ def main(argv: Sequence[str] | None = None) -> int:
         from pathlib import Path
 
         from trustgain.errors import OutputExistsError
-        from trustgain.models import detector_vae_for
+        from trustgain.models import detector_vae_for, mark_vae_for
         from trustgain.watermark.detector_train_setup import load_pipeline, load_prompts
 
         if Path(args.output).exists() and not args.force:
             raise OutputExistsError(Path(args.output))
         check_samples(args.samples, "--samples")
+        if args.mark_vae and args.pipeline_encoder:
+            raise InputError("--mark-vae and --pipeline-encoder exclude each other")
         torch.set_num_threads(args.threads)
         prompts = load_prompts(args.model, args.prompts)
         pipe = load_pipeline(args.model, args.device, progress=False)
-        encoder = None if args.pipeline_encoder else detector_vae_for(args.model, args.device)
+        if args.mark_vae:
+            encoder = mark_vae_for(args.model, args.device)
+            if encoder is None:
+                raise InputError(f"{args.model} has no vae_mark folder")
+            pipe.vae = encoder  # generated with the mark decoder, read with its encoder
+        else:
+            encoder = (None if args.pipeline_encoder
+                       else detector_vae_for(args.model, args.device))
         t0 = time.perf_counter()
         rel = fit_model(pipe, prompts, model=args.model, samples=args.samples,
                         steps=args.steps, guidance=args.guidance, encoder=encoder,
-                        seed=args.seed, progress=not args.no_progress)
+                        seed=args.seed, progress=not args.no_progress, prompted=args.prompted)
+        if args.mark_vae:
+            rel.meta["vae"] = "mark"
         rel.save(args.output, overwrite=args.force)
         r = rel.rho
         print(f"wrote {args.output}: {rel.size} elements, rho median {np.median(r):.3f} "
