@@ -204,3 +204,16 @@ def test_prompted_reliability_falls_back_to_the_plain_fit(tmp_path):
     assert reliability_for(str(tmp_path), "mark", prompted=True).meta["k"] == "prompted"
     assert reliability_for(str(tmp_path), "mark").meta["k"] == "plain"
     assert reliability_for(str(tmp_path), "detector", prompted=True) is None
+
+
+def test_shipped_mark_vae_has_a_fit_for_reads_under_the_prompt():
+    from trustgain.models import reliability_for
+
+    plain = reliability_for(None, "mark")
+    prompted = reliability_for(None, "mark", prompted=True)
+    assert plain.meta["vae"] == prompted.meta["vae"] == "mark"
+    assert "inversion" not in plain.meta and prompted.meta["inversion"].startswith("prompt")
+    assert prompted.size == plain.size == 4 * 8 * 8 and prompted.meta["samples"] >= 1000
+    # the sampler's own prompt and guidance undo more of it: every element reads better on
+    # the whole, so the median correlation rises
+    assert float(np.median(prompted.rho)) > float(np.median(plain.rho)) + 0.03

@@ -12,7 +12,11 @@
    also reported beside), and the plain binomial) and ``blind`` (metadata stripped: 256 counter
    nonces tried, payload unknown: weighted fold statistic, Sidak-corrected). Also sign accuracy
    of the inverted latents, payload bit accuracy and exact payload recovery (blind mode), and
-   the model-free mechanics: TPR against an imposed sign accuracy.
+   the model-free mechanics: TPR against an imposed sign accuracy. "+ prompt" rows: the
+   verifier knows the generation prompt and inverts under it at the sampler's guidance, read
+   with the fit for such reads where the model ships one (``reliability_prompted.json``).
+   ``--tpr N`` (standalone entry point only): the record-mode rows, both ways, on N fresh
+   samples (:mod:`~trustgain.bench.watermark_latent_tpr`).
 2. Null: clean (unmarked) samples, inverted, times independent keys (and their random
    nonce/payload in record mode): at least 10,000 clean-inversion x key reads, count at 1e-6 and
    observed rates at 1e-3 / 1e-2 against the analytic ones; wrong keys on marked samples.
