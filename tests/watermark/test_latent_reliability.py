@@ -155,6 +155,12 @@ def test_fit_command_checks_before_loading_a_model(tmp_path, capsys):
     # too few to fit: refused before minutes of sampling, not after
     assert main(["-o", str(tmp_path / "new.json"), "--samples", "8"]) == 1
     assert "at least 9" in capsys.readouterr().err
+    # a model without a mark VAE, or two encoders at once: refused before the model loads
+    assert main(["-o", str(tmp_path / "new.json"), "--model", str(tmp_path), "--mark-vae"]) == 1
+    assert "has no vae_mark folder" in capsys.readouterr().err
+    assert main(["-o", str(tmp_path / "new.json"), "--mark-vae", "--pipeline-encoder"]) == 1
+    assert "exclude each other" in capsys.readouterr().err
+    assert not (tmp_path / "new.json").exists()
 
 
 def test_measure_pairs_every_condition_with_its_true_latent(sd_pipe):

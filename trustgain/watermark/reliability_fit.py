@@ -131,7 +131,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         from pathlib import Path
 
         from trustgain.errors import OutputExistsError
-        from trustgain.models import detector_vae_for, mark_vae_for
+        from trustgain.models import detector_vae_for, mark_vae_folder, mark_vae_for
         from trustgain.watermark.detector_train_setup import load_pipeline, load_prompts
 
         if Path(args.output).exists() and not args.force:
@@ -139,13 +139,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         check_samples(args.samples, "--samples")
         if args.mark_vae and args.pipeline_encoder:
             raise InputError("--mark-vae and --pipeline-encoder exclude each other")
+        if args.mark_vae and mark_vae_folder(args.model) is None:  # before the slow load
+            raise InputError(f"{args.model} has no vae_mark folder (make one with "
+                             "python -m trustgain.watermark.mark_vae)")
         torch.set_num_threads(args.threads)
         prompts = load_prompts(args.model, args.prompts)
         pipe = load_pipeline(args.model, args.device, progress=False)
         if args.mark_vae:
             encoder = mark_vae_for(args.model, args.device)
-            if encoder is None:
-                raise InputError(f"{args.model} has no vae_mark folder")
             pipe.vae = encoder  # generated with the mark decoder, read with its encoder
         else:
             encoder = (None if args.pipeline_encoder
