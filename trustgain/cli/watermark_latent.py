@@ -75,22 +75,13 @@ def _record_params(path: Path, key_id: str, trusted: list) -> tuple[dict, int, b
     return stage["params"], verified.output_index, mark
 
 
-def _guidance(given: float | None, params: dict | None, prompt: str) -> float:
-    """The inversion's guidance: 1 without a prompt (the empty prompt's guided noise is its
-    unguided one), else ``given``, else the record's (the generation's), else 1."""
-    if not prompt:
-        return 1.0
-    if given is not None:
-        return given
-    return float((params or {}).get("guidance_scale") or 1.0)
-
-
 def _read_one(image, pipe, key, params, index, *, steps, fpr, encoder, prompt, reliability,
               guidance=None):
-    from trustgain.watermark.latent_invert import detect_latent
+    from trustgain.watermark.latent_invert import detect_latent, inversion_guidance
 
     common = {"fpr": fpr, "encoder": encoder, "prompt": prompt, "scales": (1.0, CROP_SCALE),
-              "reliability": reliability, "guidance_scale": _guidance(guidance, params, prompt)}
+              "reliability": reliability,
+              "guidance_scale": inversion_guidance(prompt, guidance, params)}
     if params is None:
         return "blind", detect_latent([image], pipe, key, num_inference_steps=steps, **common)[0]
     run_steps = params.get("num_inference_steps") or steps

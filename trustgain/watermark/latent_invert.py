@@ -301,6 +301,18 @@ def detect_latent(
     )
 
 
+def inversion_guidance(prompt: str, given: float | None, params: Mapping[str, Any] | None,
+                       ) -> float:
+    """The guidance to invert with: 1 without a prompt (the empty prompt's guided noise is its
+    unguided one, at twice the cost), else ``given``, else the generation's as the stage
+    recorded it in ``params``, else 1 (records from before it was kept)."""
+    if not prompt:
+        return 1.0
+    if given is not None:
+        return float(given)
+    return float((params or {}).get("guidance_scale") or 1.0)
+
+
 def detect_with_record(
     images: Sequence[Image.Image],
     pipe: object,
@@ -330,13 +342,9 @@ def detect_with_record(
     if steps is None:
         raise ValueError("the record does not say how many steps generated it; pass them")
     nonces = [bytes.fromhex(n) for n in params["nonces"]][: len(images)]
-    if not prompt:  # the empty prompt's guided noise is its unguided one, at twice the cost
-        guidance_scale = 1.0
-    elif guidance_scale is None:
-        guidance_scale = params.get("guidance_scale") or 1.0
     return detect_latent(
         images, pipe, key, num_inference_steps=int(steps), payload_bits=params["payload_bits"],
         nonces=nonces, expected_payloads=[params["payload"]] * len(nonces), fpr=fpr,
         refine=refine, scales=scales, encoder=encoder, prompt=prompt, reliability=reliability,
-        guidance_scale=float(guidance_scale),
+        guidance_scale=inversion_guidance(prompt, guidance_scale, params),
     )
