@@ -51,3 +51,29 @@ def test_rows_count_every_sample_once_and_name_the_misses(sd_pipe, monkeypatch):
     assert {by[f"record mode + prompt, {a}"].ok for a in ATTACKS} == {None}
     # zero latents read every element as negative: about half the signs agree
     assert "mean 0." in first.note
+
+
+def test_a_guess_adds_a_third_read_under_the_guessed_prompts(sd_pipe, monkeypatch):
+    monkeypatch.setattr(tpr, "CHUNK", 10)
+    shape = latent_shape(sd_pipe)
+    told, guessed_from = [], []
+
+    def invert(images, prompt=""):
+        told.append(prompt)
+        return [(1.0, torch.zeros(len(images), *shape), None)]
+
+    def read(cands, nonces, payloads, prompted):
+        assert prompted == bool(told[-1])
+        return [SimpleNamespace(detected=True) for _ in nonces]
+
+    def guess(images):
+        guessed_from.append(len(images))
+        return ["a guess"] * len(images)
+
+    rows = tpr.tpr_rows(sd_pipe, latent_key(KeyRing.generate()), invert, read, shape, steps=2,
+                        n=10, guess=guess)
+    assert guessed_from == [10] * len(ATTACKS)  # once per attack, from the attacked images
+    assert told[2::3] == [["a guess"] * 10] * len(ATTACKS)
+    names = [r.metric for r in rows]
+    assert len(names) == 3 * len(ATTACKS)
+    assert sum("+ guessed prompt" in m for m in names) == len(ATTACKS)

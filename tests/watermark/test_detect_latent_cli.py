@@ -77,6 +77,12 @@ def test_detect_latent_reads_the_record_and_falls_back_to_blind(tmp_path, capsys
                     "--prompt", "a handwritten seven", "--guidance", "1")
     unguided = json.loads(res.out)["files"][0]
     assert code == 0 and unguided["p_value"] != prompted["p_value"]
+    # the prompt guessed from the image (the judge names the digit): the same prompt here
+    code, res = run(str(out / "marked.png"), "--keyring", str(tmp_path / "ring.json"),
+                    "--guess-prompt")
+    guessed = json.loads(res.out)
+    assert code == 0 and guessed["prompt"] == "guessed"
+    assert guessed["files"][0]["p_value"] == prompted["p_value"]
     code, res = run(str(out / "marked.png"), "--keyring", str(tmp_path / "other.json"))
     wrong = json.loads(res.out)["files"][0]
     assert code == 0 and wrong["mode"] == "blind" and not wrong["detected"]
@@ -95,12 +101,17 @@ def test_mark_vae_and_pipeline_encoder_exclude_each_other(tmp_path, capsys, monk
     assert code == 2 and "exclude each other" in capsys.readouterr().err
 
 
-def test_guidance_needs_a_prompt(tmp_path, capsys, monkeypatch):
+@pytest.mark.parametrize(("args", "message"), [
+    (["--guidance", "4"], "--guidance needs --prompt"),
+    (["--prompt", "a 7", "--guess-prompt"], "exclude each other"),
+    (["--guess-prompt", "--model", "./other-sd"], "trustgain-mini-sd only"),
+])
+def test_prompt_options_are_checked_first(args, message, tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("TRUSTGAIN_HOME", str(tmp_path / "home"))
     Image.new("RGB", (32, 32)).save(tmp_path / "a.png")
     code = main(["watermark", "detect-latent", str(tmp_path / "a.png"), "--model",
-                 "trustgain-mini-sd", "--guidance", "4"])
-    assert code == 2 and "--guidance needs --prompt" in capsys.readouterr().err
+                 "trustgain-mini-sd", *args])
+    assert code == 2 and message in capsys.readouterr().err
 
 
 def test_mark_vae_round_trip(tmp_path, capsys, monkeypatch):

@@ -341,3 +341,36 @@ def test_inversion_takes_the_generation_prompt(sd_pipe):
     assert prompted.shape == plain.shape and not torch.allclose(plain, prompted)
     with pytest.raises(ValueError, match="1 prompts for 2 images"):
         invert_images(sd_pipe, images, num_inference_steps=3, prompt=["a cat"])
+
+
+def test_detect_latent_inverts_under_a_guessed_prompt(sd_pipe, monkeypatch):
+    from PIL import Image
+
+    from trustgain.watermark import latent_invert
+
+    ring = _ring(8)
+    art = wrap(sd_pipe, [LatentMark()], keyring=ring)(
+        "", seed=2, num_inference_steps=3, height=16, width=16, num_images_per_prompt=2)
+    used, invert = [], latent_invert.ddim_invert
+
+    def spy(*args, **kwargs):
+        used.append(kwargs["prompt"])
+        return invert(*args, **kwargs)
+
+    def guess(images):
+        assert all(isinstance(im, Image.Image) for im in images)  # the images as given
+        return [f"guess {i}" for i in range(len(images))]
+
+    monkeypatch.setattr(latent_invert, "ddim_invert", spy)
+    readings = latent_invert.detect_with_record(art.images, sd_pipe, latent_key(ring),
+                                                art.record.record, prompt=guess)
+    assert used == [["guess 0", "guess 1"]] and len(readings) == 2
+
+
+def test_digit_prompts_are_guessed_by_the_judge():
+    from trustgain.models import guess_digit_prompts, load_mini_sd
+
+    pipe = load_mini_sd()
+    images = pipe(["a handwritten three", "a handwritten eight"], num_inference_steps=25,
+                  guidance_scale=4.0, generator=torch.Generator().manual_seed(0)).images
+    assert guess_digit_prompts(images) == ["a handwritten three", "a handwritten eight"]

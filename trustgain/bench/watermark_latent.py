@@ -15,8 +15,9 @@
    the model-free mechanics: TPR against an imposed sign accuracy. "+ prompt" rows: the
    verifier knows the generation prompt and inverts under it at the sampler's guidance, read
    with the fit for such reads where the model ships one (``reliability_prompted.json``).
-   ``--tpr N`` (standalone entry point only): the record-mode rows, both ways, on N fresh
-   samples (:mod:`~trustgain.bench.watermark_latent_tpr`).
+   ``--tpr N`` (standalone entry point only): the record-mode rows, both ways and (where the
+   judge is there) a third, under a prompt the judge guesses from each image, on N fresh
+   samples, with the guessed read's null (:mod:`~trustgain.bench.watermark_latent_tpr`).
 2. Null: clean (unmarked) samples, inverted, times independent keys (and their random
    nonce/payload in record mode): at least 10,000 clean-inversion x key reads, count at 1e-6 and
    observed rates at 1e-3 / 1e-2 against the analytic ones; wrong keys on marked samples.
@@ -54,13 +55,21 @@ import json
 import os
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from ..keys import KeyRing
-from ..models import detector_vae_for, load_judge, load_mini_sd, mark_vae_for, reliability_for
+from ..models import (
+    detector_vae_for,
+    guess_digit_prompts,
+    load_judge,
+    load_mini_sd,
+    mark_vae_for,
+    reliability_for,
+)
 from ..watermark.attacks import SUITE
 from ..watermark.latent import (
     LEVELS,
@@ -365,11 +374,17 @@ def run(quick: bool = False, device: str = "cpu", *, model: str | None = None,
                         f"averaging only: {n_est} estimates of 20, {n_new} new images; "
                         f"{steps} steps, guidance {GUIDANCE}; encoder {encoder}"), *rows]
         if tpr:
+            # a guess of the prompt from the image: the digits judge names the digit
+            guess = None if judge is None else partial(guess_digit_prompts, judge=judge)
             rows = tpr_rows(pipe, key,
                             lambda images, prompt="": _invert(pipe, images, steps, prompt),
                             lambda cands, nonces, payloads, prompted=False: _read(
                                 cands, key, nonces, payloads, prompted=prompted),
-                            latent_shape(pipe), steps=steps, n=tpr)
+                            latent_shape(pipe), steps=steps, n=tpr, guess=guess)
+            if guess is not None:  # the guessed read's null: clean images, guessed prompts
+                clean = to_pil(generate(pipe, prompts_for(per_digit)[0], seed=61, steps=steps))
+                rows += prompt_null_rows(_invert(pipe, clean, steps, prompt=guess(clean)),
+                                         n_keys, "record mode + guessed prompt")
             return [Row("setup", -(-tpr // 10) * 10, "marked samples", "", None,
                         f"TPR rows only: fresh samples, {steps} steps, guidance {GUIDANCE}; "
                         f"encoder {encoder}, {used_weights} weights"), *rows]

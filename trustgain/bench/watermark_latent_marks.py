@@ -142,8 +142,9 @@ def null_rows(clean_inv, marked_inv, n_keys: int) -> list[Row]:
     return rows
 
 
-def prompt_null_rows(clean_inv, n_keys: int) -> list[Row]:
-    """Record-mode false positives on clean images inverted under their own prompts."""
+def prompt_null_rows(clean_inv, n_keys: int, mode: str = "record mode + prompt") -> list[Row]:
+    """Record-mode false positives on clean images inverted under their own prompts (or under
+    prompts guessed from them: ``mode`` names the row)."""
     rng = np.random.default_rng(12)
     p = []
     for _ in range(n_keys):
@@ -153,7 +154,7 @@ def prompt_null_rows(clean_inv, n_keys: int) -> list[Row]:
         p += [r.p_value for r in _read(clean_inv, key, nonces, payloads, prompted=True)]
     p = np.array(p)
     fp = int((p <= FPR).sum())
-    return [Row("false positives at 1e-6, record mode + prompt, clean inversions", fp,
+    return [Row(f"false positives at 1e-6, {mode}, clean inversions", fp,
                 f"of {len(p)}", "0", fp == 0,
                 f"{len(clean_inv[0][1])} x {n_keys} keys; rate at p<=1e-3: "
                 f"{(p <= 1e-3).mean():.2e}, p<=1e-2: {(p <= 1e-2).mean():.2e}; "

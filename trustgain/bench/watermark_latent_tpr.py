@@ -7,7 +7,8 @@ full run recurs), in chunks of 100 with a progress bar, and reports per attack t
 TPR at FPR 1e-6 with its interval, the per-image sign accuracy (mean, 5th percentile,
 minimum) and the digits of the misses: detection fails in the tail, not at the mean. Each row
 comes twice: read as the detector does by default (empty prompt), and with the generation
-prompt known to the verifier (inverted under it at the sampler's guidance).
+prompt known to the verifier (inverted under it at the sampler's guidance); with a ``guess``,
+a third time, under a prompt guessed from each attacked image.
 """
 
 from __future__ import annotations
@@ -28,16 +29,17 @@ CHUNK = 100
 
 
 def tpr_rows(pipe, key, invert: Callable, read: Callable, shape: tuple[int, ...], *,
-             steps: int, n: int) -> list[Row]:
+             steps: int, n: int, guess: Callable | None = None) -> list[Row]:
     """``invert(images, prompt="")`` gives the detector's candidates (``prompt``: one per
     image), ``read(candidates, nonces, payloads, prompted)`` its record-mode readings (with the
     weights for inversions under the prompt where ``prompted``); ``n`` is rounded up to whole
-    digits (10 prompts)."""
+    digits (10 prompts); ``guess(images)``: a prompt per image, from the image alone."""
     prompts, digits = prompts_for(-(-n // 10))
     order = np.random.default_rng(21).permutation(len(prompts))  # chunks mix the digits
     prompts, digits = [prompts[i] for i in order], [digits[i] for i in order]
     latents, nonces, payloads = _marked_set(key, len(prompts), np.random.default_rng(22), shape)
-    modes = ("record mode", "record mode + prompt")
+    modes = ("record mode", "record mode + prompt") + (
+        ("record mode + guessed prompt",) if guess is not None else ())
     readings = {(m, a): [] for m in modes for a in ATTACKS}
     accuracy = {(m, a): [] for m in modes for a in ATTACKS}
     rng = np.random.default_rng(23)
@@ -47,7 +49,8 @@ def tpr_rows(pipe, key, invert: Callable, read: Callable, shape: tuple[int, ...]
                                  latents=latents[s]))
         for name in ATTACKS:
             attacked = [SUITE[name](im, rng) for im in images]
-            for mode, prompt in zip(modes, ("", prompts[s]), strict=True):
+            told = ("", prompts[s], *([list(guess(attacked))] if guess is not None else []))
+            for mode, prompt in zip(modes, told, strict=True):
                 cands = invert(attacked, prompt)
                 agree = (cands[0][1] > 0) == (latents[s] > 0)  # scale 1: the uncropped read
                 accuracy[mode, name] += agree.flatten(1).float().mean(1).tolist()

@@ -98,9 +98,12 @@ def _read_one(image, pipe, key, params, index, *, steps, fpr, encoder, prompt, r
 @click.option("--steps", type=click.IntRange(1, 1000), default=25, show_default=True,
               help="Inversion steps when the record does not give the generation's.")
 @click.option("--prompt", default="", help="The generation prompt, if known: a stronger test.")
+@click.option("--guess-prompt", is_flag=True,
+              help="Without the prompt: guess it from each image (trustgain-mini-sd: its judge "
+              "names the digit) and invert under the guess; nearly as strong as --prompt.")
 @click.option("--guidance", type=click.FloatRange(0, 100), default=None,
-              help="With --prompt: the generation's classifier-free guidance scale, inverted "
-              "with it (default: the record's where it has one, else 1, unguided).")
+              help="With --prompt or --guess-prompt: the generation's classifier-free guidance "
+              "scale, inverted with it (default: the record's where it has one, else 1).")
 @click.option("--fpr", type=click.FloatRange(1e-12, 0.5), default=1e-6, show_default=True,
               help="Detected when the (exact) p-value is at most this.")
 @click.option("--pipeline-encoder", is_flag=True,
@@ -115,7 +118,8 @@ def _read_one(image, pipe, key, params, index, *, steps, fpr, encoder, prompt, r
 @keyring_option
 @json_option
 @progress_option
-def detect_latent_cmd(inputs, model, steps, prompt, guidance, fpr, pipeline_encoder, mark_vae,
+def detect_latent_cmd(inputs, model, steps, prompt, guess_prompt, guidance, fpr,
+                      pipeline_encoder, mark_vae,
                       rank_weights, device, keyring_path, as_json, no_progress):
     """Look for your key's in-generation (latent) mark; p-value and payload per file.
 
@@ -128,9 +132,17 @@ def detect_latent_cmd(inputs, model, steps, prompt, guidance, fpr, pipeline_enco
       trustgain watermark detect-latent marked.png --model trustgain-mini-sd --mark-vae
       trustgain watermark detect-latent marked.png --model trustgain-mini-sd --mark-vae \\
           --prompt "a handwritten seven" --guidance 4
+      trustgain watermark detect-latent marked.png --model trustgain-mini-sd --mark-vae \\
+          --guess-prompt
     """
-    if guidance is not None and not prompt:
-        raise click.UsageError("--guidance needs --prompt (the empty prompt is read unguided)")
+    if prompt and guess_prompt:
+        raise click.UsageError("--prompt and --guess-prompt exclude each other")
+    if guidance is not None and not (prompt or guess_prompt):
+        raise click.UsageError("--guidance needs --prompt or --guess-prompt (the empty prompt "
+                               "is read unguided)")
+    if guess_prompt and model not in ("trustgain-mini-sd", None):
+        raise click.UsageError(f"--guess-prompt knows how to guess for trustgain-mini-sd only, "
+                               f"not {model} (give --prompt)")
     if mark_vae and pipeline_encoder:
         raise click.UsageError("--mark-vae and --pipeline-encoder exclude each other")
     from trustgain.cli.audit import _load_pipe
@@ -150,6 +162,12 @@ def detect_latent_cmd(inputs, model, steps, prompt, guidance, fpr, pipeline_enco
     else:
         encoder = None if pipeline_encoder else detector_vae_for(model, device)
     used = "mark" if mark_vae else "detector"
+    if guess_prompt:
+        from functools import partial
+
+        from trustgain.models import guess_digit_prompts, load_judge
+
+        prompt = partial(guess_digit_prompts, judge=load_judge(device))
     # inversions under the prompt read with the fit for them where the model ships one
     reliability = (None if encoder is None or rank_weights
                    else reliability_for(model, used, prompted=bool(prompt)))
@@ -179,6 +197,7 @@ def detect_latent_cmd(inputs, model, steps, prompt, guidance, fpr, pipeline_enco
         f"({r['mode']} mode)" + (f" payload {r['payload']}" if r["detected"] else "")
         for r in results)
     emit({"key_id": key.key_id, "fpr": fpr, "model": model,
+          "prompt": "guessed" if guess_prompt else "given" if prompt else "none",
           "encoder": "pipeline" if encoder is None else used,
           "weights": "rank" if reliability is None else "reliability", "files": results},
          as_json, human)

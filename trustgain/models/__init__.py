@@ -26,9 +26,9 @@ MINI_SD_ID = "trustgain-mini-sd"
 JUDGE_ID = "trustgain-digits-judge"
 _HERE = Path(__file__).resolve().parent
 
-__all__ = ["JUDGE_ID", "MINI_SD_ID", "classify_digits", "detector_vae_for", "judge_path",
-           "load_detector_vae", "load_judge", "load_mini_sd", "mark_vae_folder", "mark_vae_for",
-           "mini_sd_path", "reliability_for"]
+__all__ = ["JUDGE_ID", "MINI_SD_ID", "classify_digits", "detector_vae_for",
+           "guess_digit_prompts", "judge_path", "load_detector_vae", "load_judge", "load_mini_sd",
+           "mark_vae_folder", "mark_vae_for", "mini_sd_path", "reliability_for"]
 
 
 def _folder(name: str, what: str) -> Path:
@@ -163,6 +163,16 @@ def load_judge(device: str = "cpu") -> DigitsJudge:
     from .judge import DigitsJudge
 
     return DigitsJudge.from_pretrained(judge_path(), device=device)
+
+
+def guess_digit_prompts(images: Any, judge: DigitsJudge | None = None) -> list[str]:
+    """A prompt for each image, guessed from the image: ``"a handwritten seven"`` for the digit
+    the judge names. For latent-mark detection without the generation prompt
+    (``detect_latent(prompt=guess_digit_prompts)``, ``detect-latent --guess-prompt``)."""
+    from .data import WORDS
+
+    digits, _ = classify_digits(images, judge)
+    return [f"a handwritten {WORDS[int(d)]}" for d in digits]
 
 
 def classify_digits(images: Any, judge: DigitsJudge | None = None,

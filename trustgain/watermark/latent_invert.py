@@ -10,7 +10,7 @@ Pix2Pix-Zero) that also need a caption model.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -252,7 +252,7 @@ def detect_latent(
     scales: Sequence[float] = (1.0,),
     levels: int = LEVELS,
     encoder: object | None = None,
-    prompt: str | Sequence[str] = "",
+    prompt: str | Sequence[str] | Callable[[list[Image.Image]], Sequence[str]] = "",
     reliability: Reliability | None = None,
     guidance_scale: float = 1.0,
 ) -> list[LatentReading]:
@@ -267,6 +267,10 @@ def detect_latent(
     ``encoder``: a detector-side VAE to encode with (see :func:`encode`). ``prompt``: the
     generation prompt(s), where the verifier knows them (records keep only a digest of the
     request): inverting under the prompt recovers more signs; a wrong prompt only costs power.
+    Or a function that guesses each image's prompt from the image itself (a captioner; for
+    trustgain-mini-sd :func:`trustgain.models.guess_digit_prompts`, its judge naming the
+    digit): under JPEG 50 the guess recovered 0.687 of the signs against 0.689 with the true
+    prompt and 0.666 with the empty one (100 samples, mark VAE, guidance 4).
     ``guidance_scale``: the generation's classifier-free guidance, used with a ``prompt`` (the
     inversion then undoes the sampler's own steps: on trustgain-mini-sd with its mark VAE,
     JPEG 50 sign accuracy 0.663 with the empty prompt, 0.672 with the prompt unguided, 0.688
@@ -276,7 +280,7 @@ def detect_latent(
     (:mod:`trustgain.watermark.latent_reliability`; for trustgain-mini-sd with its detector
     encoder :func:`trustgain.models.load_reliability`) instead of the ``levels`` |z|-ranks.
     The null stays exact whatever the encoder, prompt and weights, because the keystream is
-    independent of the image and of all three.
+    independent of the image and of all three (a guessed prompt depends on the image alone).
     """
     from trustgain.watermark.latent import _check_key, hex_to_bits
 
@@ -290,6 +294,8 @@ def detect_latent(
     for text in expected_payloads or ():
         if text is not None:
             hex_to_bits(text, payload_bits)
+    if callable(prompt):
+        prompt = list(prompt(images))
     candidates = invert_candidates(
         pipe, images, num_inference_steps=num_inference_steps, scales=scales,
         batch_size=batch_size, refine=refine, encoder=encoder, prompt=prompt,
@@ -301,7 +307,7 @@ def detect_latent(
     )
 
 
-def inversion_guidance(prompt: str, given: float | None, params: Mapping[str, Any] | None,
+def inversion_guidance(prompt: object, given: float | None, params: Mapping[str, Any] | None,
                        ) -> float:
     """The guidance to invert with: 1 without a prompt (the empty prompt's guided noise is its
     unguided one, at twice the cost), else ``given``, else the generation's as the stage
@@ -324,7 +330,7 @@ def detect_with_record(
     refine: int = 0,
     scales: Sequence[float] = (1.0,),
     encoder: object | None = None,
-    prompt: str = "",
+    prompt: str | Callable[[list[Image.Image]], Sequence[str]] = "",
     reliability: Reliability | None = None,
     guidance_scale: float | None = None,
 ) -> list[LatentReading]:
