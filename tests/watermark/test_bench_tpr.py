@@ -14,14 +14,21 @@ from trustgain.keys import KeyRing
 from trustgain.watermark.latent import latent_key
 
 
+def _stand_in_inverter(shape, told: list):
+    """Zero latents for every image; each call's prompt appended to ``told``."""
+
+    def invert(images, prompt=""):
+        told.append(prompt)
+        return [(1.0, torch.zeros(len(images), *shape), None)]
+
+    return invert
+
+
 def test_rows_count_every_sample_once_and_name_the_misses(sd_pipe, monkeypatch):
     monkeypatch.setattr(tpr, "CHUNK", 10)
     shape = latent_shape(sd_pipe)
     reads, prompted_by_invert = [], []
-
-    def invert(images, prompt=""):
-        prompted_by_invert.append(prompt)
-        return [(1.0, torch.zeros(len(images), *shape), None)]
+    invert = _stand_in_inverter(shape, prompted_by_invert)
 
     def read(cands, nonces, payloads, prompted):
         assert prompted == bool(prompted_by_invert[-1])
@@ -57,10 +64,7 @@ def test_a_guess_adds_a_third_read_under_the_guessed_prompts(sd_pipe, monkeypatc
     monkeypatch.setattr(tpr, "CHUNK", 10)
     shape = latent_shape(sd_pipe)
     told, guessed_from = [], []
-
-    def invert(images, prompt=""):
-        told.append(prompt)
-        return [(1.0, torch.zeros(len(images), *shape), None)]
+    invert = _stand_in_inverter(shape, told)
 
     def read(cands, nonces, payloads, prompted):
         assert prompted == bool(told[-1])
