@@ -292,20 +292,22 @@ def test_detect_with_record_inverts_under_the_prompt_at_the_records_guidance(sd_
         "a cat", seed=2, num_inference_steps=3, height=16, width=16, guidance_scale=3.0)
     record = art.record.record
     assert record["stages"][0]["params"]["guidance_scale"] == 3.0
-    used, invert = [], latent_invert.ddim_invert
+    used, inverted, invert = [], [], latent_invert.ddim_invert
 
     def spy(*args, **kwargs):
         used.append((kwargs["prompt"], kwargs["guidance_scale"]))
-        return invert(*args, **kwargs)
+        inverted.append(invert(*args, **kwargs))
+        return inverted[-1]
 
     monkeypatch.setattr(latent_invert, "ddim_invert", spy)
     key = latent_key(ring)
-    guided = latent_invert.detect_with_record(art.images, sd_pipe, key, record, prompt="a cat")
+    latent_invert.detect_with_record(art.images, sd_pipe, key, record, prompt="a cat")
     latent_invert.detect_with_record(art.images, sd_pipe, key, record, prompt="a cat",
                                      guidance_scale=1.0)
-    plain = latent_invert.detect_with_record(art.images, sd_pipe, key, record)
+    latent_invert.detect_with_record(art.images, sd_pipe, key, record)
     assert used == [("a cat", 3.0), ("a cat", 1.0), ("", 1.0)]
-    assert guided[0].p_value != plain[0].p_value  # the guided inversion reads other signs
+    # the guidance changes the inversion (the p-values may tie: the statistic is discrete)
+    assert not torch.allclose(inverted[0], inverted[1])
     old = json.loads(json.dumps(record))  # a record from before guidance was kept
     del old["stages"][0]["params"]["guidance_scale"]
     latent_invert.detect_with_record(art.images, sd_pipe, key, old, prompt="a cat")
