@@ -140,7 +140,9 @@ def detect_latent_cmd(inputs, model, steps, prompt, guess_prompt, guidance, fpr,
     if guidance is not None and not (prompt or guess_prompt):
         raise click.UsageError("--guidance needs --prompt or --guess-prompt (the empty prompt "
                                "is read unguided)")
-    if guess_prompt and model not in ("trustgain-mini-sd", None):
+    from trustgain.models import MINI_SD_ID
+
+    if guess_prompt and model not in (MINI_SD_ID, None):
         raise click.UsageError(f"--guess-prompt knows how to guess for trustgain-mini-sd only, "
                                f"not {model} (give --prompt)")
     if mark_vae and pipeline_encoder:
