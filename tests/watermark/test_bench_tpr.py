@@ -11,7 +11,7 @@ from trustgain.bench import watermark_latent_tpr as tpr
 from trustgain.bench.models import latent_shape, prompts_for
 from trustgain.bench.watermark_latent_marks import ATTACKS
 from trustgain.keys import KeyRing
-from trustgain.watermark.latent import latent_key
+from trustgain.watermark.latent import LatentReading, latent_key
 
 
 def _stand_in_inverter(shape, told: list):
@@ -60,7 +60,12 @@ def test_rows_count_every_sample_once_and_name_the_misses(sd_pipe, monkeypatch):
     assert "mean 0." in first.note
 
 
-def test_a_guess_adds_a_third_read_under_the_guessed_prompts(sd_pipe, monkeypatch):
+def _reading(p: float) -> LatentReading:
+    return LatentReading(detected=p <= 1e-6, p_value=p, payload="", matches=0, n=1,
+                         statistic="matches", nonce_index=0, tries=1)
+
+
+def test_a_guess_adds_a_third_read_and_the_better_of_two(sd_pipe, monkeypatch):
     monkeypatch.setattr(tpr, "CHUNK", 10)
     shape = latent_shape(sd_pipe)
     told, guessed_from = [], []
@@ -68,7 +73,10 @@ def test_a_guess_adds_a_third_read_under_the_guessed_prompts(sd_pipe, monkeypatc
 
     def read(cands, nonces, payloads, prompted):
         assert prompted == bool(told[-1])
-        return [SimpleNamespace(detected=True) for _ in nonces]
+        # the empty read finds images 0-4 (p 4e-7), the guessed one 5-8 (p 1e-7); none finds 9
+        if prompted:
+            return [_reading(1e-7 if 5 <= i < 9 else 1.0) for i in range(len(nonces))]
+        return [_reading(4e-7 if i < 5 else 1.0) for i in range(len(nonces))]
 
     def guess(images):
         guessed_from.append(len(images))
@@ -77,7 +85,13 @@ def test_a_guess_adds_a_third_read_under_the_guessed_prompts(sd_pipe, monkeypatc
     rows = tpr.tpr_rows(sd_pipe, latent_key(KeyRing.generate()), invert, read, shape, steps=2,
                         n=10, guess=guess)
     assert guessed_from == [10] * len(ATTACKS)  # once per attack, from the attacked images
-    assert told[2::3] == [["a guess"] * 10] * len(ATTACKS)
-    names = [r.metric for r in rows]
-    assert len(names) == 3 * len(ATTACKS)
-    assert sum("+ guessed prompt" in m for m in names) == len(ATTACKS)
+    assert told[2::3] == [["a guess"] * 10] * len(ATTACKS)  # three inversions, not four
+    by = {r.metric.removeprefix("TPR@1e-6 "): r for r in rows}
+    assert len(by) == 4 * len(ATTACKS)
+    for a in ATTACKS:
+        assert by[f"record mode, {a}"].value == 0.5
+        assert by[f"record mode + guessed prompt, {a}"].value == 0.4
+        # the better read at twice its p-value: 8e-7 and 2e-7 both detected at 1e-6
+        search = by[f"{tpr.SEARCH}, {a}"]
+        assert search.value == 0.9 and search.ok is False and "n=10" in search.note
+        assert by[f"record mode + guessed prompt, {a}"].ok is None

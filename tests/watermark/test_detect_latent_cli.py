@@ -77,12 +77,17 @@ def test_detect_latent_reads_the_record_and_falls_back_to_blind(tmp_path, capsys
                     "--prompt", "a handwritten seven", "--guidance", "1")
     unguided = json.loads(res.out)["files"][0]
     assert code == 0 and unguided["p_value"] != prompted["p_value"]
-    # the prompt guessed from the image (the judge names the digit): the same prompt here
+    # the prompt guessed from the image (the judge names the digit: the same prompt here),
+    # read both ways: the better of the empty-prompt and the prompted read, p doubled
     code, res = run(str(out / "marked.png"), "--keyring", str(tmp_path / "ring.json"),
                     "--guess-prompt")
     guessed = json.loads(res.out)
     assert code == 0 and guessed["prompt"] == "guessed"
-    assert guessed["files"][0]["p_value"] == prompted["p_value"]
+    empty_p = files["marked.png"]["p_value"]
+    assert empty_p != prompted["p_value"]
+    assert guessed["files"][0]["p_value"] == 2 * min(empty_p, prompted["p_value"])
+    assert guessed["files"][0]["prompted"] == (prompted["p_value"] < empty_p)
+    assert files["marked.png"]["prompted"] is False and prompted["prompted"] is True
     code, res = run(str(out / "marked.png"), "--keyring", str(tmp_path / "other.json"))
     wrong = json.loads(res.out)["files"][0]
     assert code == 0 and wrong["mode"] == "blind" and not wrong["detected"]

@@ -12,6 +12,7 @@ from scipy import stats
 from trustgain import KeyRing, wrap
 from trustgain.watermark.latent import (
     LatentMark,
+    LatentReading,
     bits_to_hex,
     counter_nonce,
     keystream,
@@ -367,6 +368,66 @@ def test_detect_latent_inverts_under_a_guessed_prompt(sd_pipe, monkeypatch):
     readings = latent_invert.detect_with_record(art.images, sd_pipe, latent_key(ring),
                                                 art.record.record, prompt=guess)
     assert used == [["guess 0", "guess 1"]] and len(readings) == 2
+
+
+def test_also_unprompted_reads_both_ways_and_keeps_the_better_at_twice_p(sd_pipe,
+                                                                         monkeypatch):
+    from trustgain.watermark import latent_invert
+
+    ring = _ring(9)
+    art = wrap(sd_pipe, [LatentMark()], keyring=ring)(
+        "a cat", seed=4, num_inference_steps=3, height=16, width=16, num_images_per_prompt=3,
+        guidance_scale=3.0)
+    key, record = latent_key(ring), art.record.record
+    weights_used, read = [], latent_invert.read_candidates
+
+    def spy(*args, **kwargs):
+        weights_used.append(kwargs["reliability"])
+        return read(*args, **kwargs)
+
+    monkeypatch.setattr(latent_invert, "read_candidates", spy)
+    plain, prompted = object(), object()  # stand-ins: only passed through to the spy...
+    monkeypatch.setattr(latent_invert, "read_latent_mark",  # ...and read with ranks
+                        _rank_reader(latent_invert.read_latent_mark))
+    empty = latent_invert.detect_with_record(art.images, sd_pipe, key, record)
+    under = latent_invert.detect_with_record(art.images, sd_pipe, key, record, prompt="a cat")
+    both = latent_invert.detect_with_record(
+        art.images, sd_pipe, key, record, prompt="a cat", also_unprompted=True,
+        reliability=plain, prompted_reliability=prompted)
+    assert weights_used == [None, None, plain, prompted]
+    assert len({r.p_value for r in [*empty, *under]}) > 3  # the reads differ
+    for e, u, b in zip(empty, under, both, strict=True):
+        assert b.p_value == min(1.0, 2 * min(e.p_value, u.p_value))
+        assert b.prompted == (u.p_value < e.p_value) and not e.prompted and u.prompted
+        assert b.detected == (b.p_value <= 1e-6)
+    # without a prompt there is one way to read, and nothing is doubled
+    alone = latent_invert.detect_with_record(art.images, sd_pipe, key, record,
+                                             also_unprompted=True)
+    assert [r.p_value for r in alone] == [r.p_value for r in empty]
+
+
+def _rank_reader(read):
+    """``read_latent_mark`` with |z|-rank weights whatever reliability it is given."""
+
+    def reader(*args, **kwargs):
+        return read(*args, **{**kwargs, "reliability": None})
+
+    return reader
+
+
+def test_best_of_multiplies_by_the_number_of_reads():
+    from trustgain.watermark.latent_invert import best_of
+
+    def reading(p):
+        return LatentReading(detected=p <= 1e-6, p_value=p, payload="", matches=0, n=1,
+                             statistic="matches", nonce_index=0, tries=1)
+
+    out = best_of([[reading(4e-7), reading(0.9)], [reading(3e-7), reading(0.6)],
+                   [reading(1e-3), reading(0.5)]], 1e-6)
+    assert [r.p_value for r in out] == [pytest.approx(9e-7), 1.0]
+    assert [r.detected for r in out] == [True, False]
+    with pytest.raises(ValueError, match="no candidates"):
+        best_of([], 1e-6)
 
 
 def test_digit_prompts_are_guessed_by_the_judge():

@@ -111,7 +111,7 @@ from .watermark_latent_marks import (
     to_pil,
     wilson,
 )
-from .watermark_latent_tpr import tpr_rows
+from .watermark_latent_tpr import SEARCH, tpr_rows
 
 __all__ = [
     "ATTACKS", "ENCODER", "FPR", "JUDGE_PER_DIGIT", "NONCE_SPACE", "PAYLOAD_BITS", "REFINE",
@@ -383,8 +383,10 @@ def run(quick: bool = False, device: str = "cpu", *, model: str | None = None,
                             latent_shape(pipe), steps=steps, n=tpr, guess=guess)
             if guess is not None:  # the guessed read's null: clean images, guessed prompts
                 clean = to_pil(generate(pipe, prompts_for(per_digit)[0], seed=61, steps=steps))
-                rows += prompt_null_rows(_invert(pipe, clean, steps, prompt=guess(clean)),
-                                         n_keys, "record mode + guessed prompt")
+                guessed = _invert(pipe, clean, steps, prompt=guess(clean))
+                rows += prompt_null_rows(guessed, n_keys, "record mode + guessed prompt")
+                rows += prompt_null_rows(guessed, n_keys, SEARCH,
+                                         unprompted_inv=_invert(pipe, clean, steps))
             return [Row("setup", -(-tpr // 10) * 10, "marked samples", "", None,
                         f"TPR rows only: fresh samples, {steps} steps, guidance {GUIDANCE}; "
                         f"encoder {encoder}, {used_weights} weights"), *rows]

@@ -27,7 +27,7 @@ from ..watermark.latent import (
     marked_latents,
     payload_from_record_id,
 )
-from ..watermark.latent_invert import Candidate, read_candidates
+from ..watermark.latent_invert import Candidate, best_of, read_candidates
 from . import Row
 
 FPR = 1e-6
@@ -142,16 +142,22 @@ def null_rows(clean_inv, marked_inv, n_keys: int) -> list[Row]:
     return rows
 
 
-def prompt_null_rows(clean_inv, n_keys: int, mode: str = "record mode + prompt") -> list[Row]:
+def prompt_null_rows(clean_inv, n_keys: int, mode: str = "record mode + prompt",
+                     unprompted_inv=None) -> list[Row]:
     """Record-mode false positives on clean images inverted under their own prompts (or under
-    prompts guessed from them: ``mode`` names the row)."""
+    prompts guessed from them: ``mode`` names the row); with ``unprompted_inv`` (the same
+    images inverted under the empty prompt) each image is read both ways and the better read
+    kept at twice its p-value, as ``detect_latent(also_unprompted=True)`` does."""
     rng = np.random.default_rng(12)
     p = []
     for _ in range(n_keys):
         key = latent_key(KeyRing.generate())
         _, nonces, payloads = _marked_set(key, len(clean_inv[0][1]), rng,
                                        tuple(clean_inv[0][1].shape[1:]))
-        p += [r.p_value for r in _read(clean_inv, key, nonces, payloads, prompted=True)]
+        reads = _read(clean_inv, key, nonces, payloads, prompted=True)
+        if unprompted_inv is not None:
+            reads = best_of([_read(unprompted_inv, key, nonces, payloads), reads], FPR)
+        p += [r.p_value for r in reads]
     p = np.array(p)
     fp = int((p <= FPR).sum())
     return [Row(f"false positives at 1e-6, {mode}, clean inversions", fp,

@@ -237,6 +237,7 @@ class LatentReading:
     levels: int = 1
     bit_accuracy: float | None = None  # decoded payload vs the expected one, when known
     scale: float = 1.0  # the un-zoom that won, when the detector searched crops
+    prompted: bool = False  # it won inverted under a prompt (given or guessed), not the empty one
 
 
 def read_latent_mark(

@@ -210,10 +210,10 @@ def read_candidates(
     levels: int = LEVELS,
     reliability: Reliability | None = None,
 ) -> list[LatentReading]:
-    """Read every candidate; per image keep the best, its p-value times ``len(candidates)``
-    (Bonferroni: the candidates share the image, so they are not independent).
-    ``levels`` and ``reliability``: the weights, see :func:`read_latent_mark`."""
-    best: list[LatentReading] | None = None
+    """Read every candidate and keep, per image, the best (see :func:`best_of`: the candidates
+    share the image, so they are not independent, and the p-value is multiplied by their
+    number). ``levels`` and ``reliability``: the weights, see :func:`read_latent_mark`."""
+    reads = []
     for scale, inverted, mask in candidates:
         readings = []
         for i in range(inverted.shape[0]):
@@ -223,13 +223,20 @@ def read_candidates(
                 expected_payload=None if expected_payloads is None else expected_payloads[i],
                 mask=mask, levels=levels, reliability=reliability,
             )
-        readings = [dataclasses.replace(r, scale=scale) for r in readings]
-        best = readings if best is None else [
-            b if b.p_value <= r.p_value else r for b, r in zip(best, readings, strict=True)
-        ]
-    if best is None:
+        reads.append([dataclasses.replace(r, scale=scale) for r in readings])
+    return best_of(reads, fpr)
+
+
+def best_of(reads: Sequence[Sequence[LatentReading]], fpr: float) -> list[LatentReading]:
+    """Per image, the reading with the smallest p-value among ``len(reads)`` readings of it
+    (``reads[j][i]``: read ``j`` of image ``i``), its p-value multiplied by ``len(reads)``
+    (Bonferroni; the reads share the image, so they are not independent and nothing sharper
+    holds in general). Each read's p-value may already be corrected for its own candidates:
+    the corrections multiply, and the result stays a valid p-value under the null."""
+    if not reads:
         raise ValueError("no candidates to read")
-    k = len(candidates)
+    k = len(reads)
+    best = [min(group, key=lambda r: r.p_value) for group in zip(*reads, strict=True)]
     return [
         dataclasses.replace(r, p_value=min(1.0, k * r.p_value), detected=k * r.p_value <= fpr)
         for r in best
@@ -255,6 +262,8 @@ def detect_latent(
     prompt: str | Sequence[str] | Callable[[list[Image.Image]], Sequence[str]] = "",
     reliability: Reliability | None = None,
     guidance_scale: float = 1.0,
+    also_unprompted: bool = False,
+    prompted_reliability: Reliability | None = None,
 ) -> list[LatentReading]:
     """Detect the latent mark in ``images`` generated (or not) by ``pipe``.
 
@@ -279,6 +288,14 @@ def detect_latent(
     ``reliability``: per-element weights fitted for this model and encoder
     (:mod:`trustgain.watermark.latent_reliability`; for trustgain-mini-sd with its detector
     encoder :func:`trustgain.models.load_reliability`) instead of the ``levels`` |z|-ranks.
+    ``also_unprompted`` (with a ``prompt``): invert both ways, under the empty prompt (read
+    with ``reliability``) and under the prompt (read with ``prompted_reliability``, default
+    ``reliability``), and keep the better read at twice its p-value (:func:`best_of`). Meant
+    for a guessed prompt: when the guess is wrong the empty read still stands. On 1,000
+    trustgain-mini-sd samples with the mark VAE (record mode, scales 1 and 0.7071), TPR at
+    1e-6 under JPEG 50 was 0.964 with the empty prompt alone, 0.981 with the judge's guess
+    alone, 0.982 both ways (0.989 with the true prompt); under noise 0.05, 0.982, 0.967 (the
+    judge misnames 6.9% of noisy digits), 0.995 both ways (0.997 with the true prompt).
     The null stays exact whatever the encoder, prompt and weights, because the keystream is
     independent of the image and of all three (a guessed prompt depends on the image alone).
     """
@@ -296,15 +313,24 @@ def detect_latent(
             hex_to_bits(text, payload_bits)
     if callable(prompt):
         prompt = list(prompt(images))
-    candidates = invert_candidates(
-        pipe, images, num_inference_steps=num_inference_steps, scales=scales,
-        batch_size=batch_size, refine=refine, encoder=encoder, prompt=prompt,
-        guidance_scale=guidance_scale,
-    )
-    return read_candidates(
-        candidates, key, payload_bits=payload_bits, nonces=nonces, nonce_space=nonce_space,
-        expected_payloads=expected_payloads, fpr=fpr, levels=levels, reliability=reliability,
-    )
+    prompted = bool(prompt) if isinstance(prompt, str) else any(prompt)
+    ways = [("", 1.0, False)] if also_unprompted and prompted else []
+    ways.append((prompt, guidance_scale, prompted))
+    reads = []
+    for told, guidance, under_prompt in ways:
+        candidates = invert_candidates(
+            pipe, images, num_inference_steps=num_inference_steps, scales=scales,
+            batch_size=batch_size, refine=refine, encoder=encoder, prompt=told,
+            guidance_scale=guidance,
+        )
+        weights = prompted_reliability if under_prompt and prompted_reliability else reliability
+        readings = read_candidates(
+            candidates, key, payload_bits=payload_bits, nonces=nonces,
+            nonce_space=nonce_space, expected_payloads=expected_payloads, fpr=fpr,
+            levels=levels, reliability=weights,
+        )
+        reads.append([dataclasses.replace(r, prompted=under_prompt) for r in readings])
+    return reads[0] if len(reads) == 1 else best_of(reads, fpr)
 
 
 def inversion_guidance(prompt: object, given: float | None, params: Mapping[str, Any] | None,
@@ -333,9 +359,12 @@ def detect_with_record(
     prompt: str | Callable[[list[Image.Image]], Sequence[str]] = "",
     reliability: Reliability | None = None,
     guidance_scale: float | None = None,
+    also_unprompted: bool = False,
+    prompted_reliability: Reliability | None = None,
 ) -> list[LatentReading]:
     """Detect with the nonces and payload of a provenance record (``images[i]`` is output i);
-    ``encoder``, ``prompt`` and ``reliability`` as in :func:`detect_latent`.
+    ``encoder``, ``prompt``, ``reliability``, ``also_unprompted`` and ``prompted_reliability``
+    as in :func:`detect_latent`.
     ``guidance_scale`` (used with a ``prompt``): None takes the record's (the generation's,
     where the run set one), else 1 (unguided)."""
     stage = next((s for s in record.get("stages", ()) if s.get("name") == STAGE), None)
@@ -353,4 +382,5 @@ def detect_with_record(
         nonces=nonces, expected_payloads=[params["payload"]] * len(nonces), fpr=fpr,
         refine=refine, scales=scales, encoder=encoder, prompt=prompt, reliability=reliability,
         guidance_scale=inversion_guidance(prompt, guidance_scale, params),
+        also_unprompted=also_unprompted, prompted_reliability=prompted_reliability,
     )
