@@ -217,7 +217,7 @@ def test_shipped_mark_vae_has_a_fit_for_reads_under_the_prompt():
 
     plain = reliability_for(None, "mark")
     prompted = reliability_for(None, "mark", prompted=True)
-    assert plain.meta["vae"] == prompted.meta["vae"] == "mark"
+    assert plain.meta["encoder"] == prompted.meta["encoder"] == "mark"
     assert "inversion" not in plain.meta and prompted.meta["inversion"].startswith("prompt")
     assert prompted.size == plain.size == 4 * 8 * 8 and prompted.meta["samples"] >= 1000
     # the sampler's own prompt and guidance undo more of it: every element reads better on

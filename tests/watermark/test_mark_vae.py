@@ -159,7 +159,7 @@ def test_model_folder_finds_its_mark_vae_and_reliability(trained):
     vae = mark_vae_for(str(out.parent))
     assert isinstance(vae, AutoencoderKL) and not vae.training
     rel = reliability_for(str(out.parent), "mark")
-    assert rel is not None and rel.meta["vae"] == "mark" and rel.size == 4 * 8 * 8
+    assert rel is not None and rel.meta["encoder"] == "mark" and rel.size == 4 * 8 * 8
     assert reliability_for(str(out.parent)) is None  # no vae_detector there
     assert mark_vae_for(str(out.parent.parent)) is None
     with pytest.raises(ValueError, match="vae must be"):
@@ -200,6 +200,23 @@ def test_latent_mismatch_names_what_differs(pipe):
     assert "scaling_factor 0.5" in mv.latent_mismatch(scaled, pipe.vae)
 
 
+def test_reliability_fit_refuses_a_mark_vae_of_another_latent_space(pipe, tmp_path, capsys):
+    from trustgain.watermark.reliability_fit import main
+
+    model = tmp_path / "model"
+    pipe.save_pretrained(model)
+    AutoencoderKL.from_config({**pipe.vae.config, "scaling_factor": 0.5}).save_pretrained(
+        model / "vae_mark")
+    (tmp_path / "prompts.txt").write_text("a handwritten seven\n")
+    out = tmp_path / "rel.json"
+    capsys.readouterr()  # the saves' progress bars
+    assert main(["-o", str(out), "--model", str(model), "--mark-vae", "--samples", "9",
+                 "--prompts", str(tmp_path / "prompts.txt"), "--no-progress"]) == 1
+    err = capsys.readouterr().err
+    assert "does not fit its pipeline: scaling_factor 0.5" in err and len(err.splitlines()) == 1
+    assert not out.exists()
+
+
 def test_help_has_examples(capsys):
     with pytest.raises(SystemExit):
         mv.main(["--help"])
@@ -217,7 +234,7 @@ def test_shipped_mark_vae_keeps_more_of_the_latent_than_the_detector_path():
     pipe = load_mini_sd()
     mark = mark_vae_for(None)
     rel = reliability_for(None, "mark")
-    assert rel is not None and rel.meta["vae"] == "mark" and rel.meta["samples"] >= 1000
+    assert rel is not None and rel.meta["encoder"] == "mark" and rel.meta["samples"] >= 1000
     z = torch.randn((12, 4, 8, 8), generator=torch.Generator().manual_seed(3))
     from trustgain.bench.models import prompts_for
 

@@ -342,7 +342,8 @@ def run(quick: bool = False, device: str = "cpu", *, model: str | None = None,
         if encoder == "mark":  # generate with the mark decoder, read with its encoder
             pipe.vae = ENCODER = mark_vae_for(model, device)
             if ENCODER is None:
-                raise FileNotFoundError(f"{model} has no vae_mark folder")
+                raise FileNotFoundError(f"{model} has no vae_mark folder (make one with "
+                                        "python -m trustgain.watermark.mark_vae)")
         else:
             ENCODER = detector_vae_for(model, device) if encoder == "detector" else None
         if weights == "reliability" and ENCODER is not None:

@@ -333,10 +333,9 @@ def run(model: str, out: str | os.PathLike, *, samples: int = 6000, minutes: flo
         try:
             rel = fit_model(pipe, prompts, model=model, samples=reliability_samples,
                             steps=settings.steps, guidance=settings.guidance, encoder=vae,
-                            seed=seed + 2 * 10**6, progress=progress)
+                            seed=seed + 2 * 10**6, progress=progress, encoder_name="mark")
         finally:
             pipe.vae = decoder
-        rel.meta["vae"] = "mark"
         rel.save(out / "reliability.json", overwrite=True)
         report["reliability"] = {"samples": reliability_samples,
                                  "rho_median": round(float(np.median(rel.rho)), 4)}

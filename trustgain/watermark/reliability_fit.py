@@ -79,13 +79,16 @@ def measure(pipe: object, prompts: Sequence[str], *, samples: int, steps: int,
 
 def fit_model(pipe: object, prompts: Sequence[str], *, model: str, samples: int, steps: int,
               guidance: float, encoder: object | None, seed: int = 11,
-              progress: bool = True, prompted: bool = False) -> Reliability:
+              progress: bool = True, prompted: bool = False,
+              encoder_name: str | None = None) -> Reliability:
     """:func:`measure`, then :func:`~trustgain.watermark.latent_reliability.fit`, with the
-    settings recorded in the result's ``meta``."""
+    settings recorded in the result's ``meta``; its ``"encoder"`` is ``encoder_name`` where
+    given (``"mark"`` for the mark VAE), else ``"pipeline"`` or ``"detector"``."""
     true, inverted = measure(pipe, prompts, samples=samples, steps=steps, guidance=guidance,
                              encoder=encoder, seed=seed, progress=progress, prompted=prompted)
     return fit(true, inverted, {
-        "model": model, "encoder": "pipeline" if encoder is None else "detector",
+        "model": model,
+        "encoder": encoder_name or ("pipeline" if encoder is None else "detector"),
         "steps": steps, "guidance": guidance, "samples": samples,
         "conditions": list(CONDITIONS), "seed": seed, "prompts": len(prompts),
         "inversion": "prompt, generation guidance" if prompted else "empty prompt, unguided",
@@ -146,7 +149,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         prompts = load_prompts(args.model, args.prompts)
         pipe = load_pipeline(args.model, args.device, progress=False)
         if args.mark_vae:
+            from trustgain.watermark.mark_vae import latent_mismatch
+
             encoder = mark_vae_for(args.model, args.device)
+            problem = latent_mismatch(encoder, pipe.vae)
+            if problem:
+                raise InputError(f"the vae_mark of {args.model} does not fit its pipeline: "
+                                 f"{problem}")
             pipe.vae = encoder  # generated with the mark decoder, read with its encoder
         else:
             encoder = (None if args.pipeline_encoder
@@ -154,9 +163,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         t0 = time.perf_counter()
         rel = fit_model(pipe, prompts, model=args.model, samples=args.samples,
                         steps=args.steps, guidance=args.guidance, encoder=encoder,
-                        seed=args.seed, progress=not args.no_progress, prompted=args.prompted)
-        if args.mark_vae:
-            rel.meta["vae"] = "mark"
+                        seed=args.seed, progress=not args.no_progress, prompted=args.prompted,
+                        encoder_name="mark" if args.mark_vae else None)
         rel.save(args.output, overwrite=args.force)
         r = rel.rho
         print(f"wrote {args.output}: {rel.size} elements, rho median {np.median(r):.3f} "
