@@ -88,6 +88,25 @@ def test_detect_latent_reads_the_record_and_falls_back_to_blind(tmp_path, capsys
     assert guessed["files"][0]["p_value"] == 2 * min(empty_p, prompted["p_value"])
     assert guessed["files"][0]["prompted"] == (prompted["p_value"] < empty_p)
     assert files["marked.png"]["prompted"] is False and prompted["prompted"] is True
+    # the stripped copy read against the record given by hand: record mode again
+    sidecar = out / "marked.png.trustgain.json"
+    code, res = run(str(tmp_path / "stripped.png"), "--keyring", str(tmp_path / "ring.json"),
+                    "--record", str(sidecar))
+    given = json.loads(res.out)["files"][0]
+    assert code == 0 and given["mode"] == "record"
+    assert given["p_value"] == files["marked.png"]["p_value"]  # the same pixels
+    # a record that does not verify, is not there, or marks under another key: refused
+    doc = json.loads(sidecar.read_text())
+    doc["record"]["stages"][0]["params"]["payload"] = "f" * 16  # the true one is 0 * 16
+    (tmp_path / "tampered.json").write_text(json.dumps(doc))
+    for record, why in ((tmp_path / "tampered.json", "signature"),
+                        (tmp_path / "missing.json", "No such file"),
+                        (sidecar, "not trusted")):  # another keyring: not its signer
+        keyring = tmp_path / ("other.json" if record == sidecar else "ring.json")
+        code = main(["watermark", "detect-latent", str(tmp_path / "stripped.png"), "--model",
+                     "trustgain-mini-sd", "--keyring", str(keyring), "--record", str(record)])
+        err = capsys.readouterr().err
+        assert code == 2 and why in err and "--record" in err
     code, res = run(str(out / "marked.png"), "--keyring", str(tmp_path / "other.json"))
     wrong = json.loads(res.out)["files"][0]
     assert code == 0 and wrong["mode"] == "blind" and not wrong["detected"]
