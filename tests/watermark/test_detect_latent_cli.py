@@ -193,3 +193,14 @@ def test_mark_vae_missing_or_misfit_is_a_usage_error(command, tmp_path, capsys, 
     err = capsys.readouterr().err
     assert code == 2 and "does not fit its pipeline: latent_channels 2" in err, err
     assert not (tmp_path / "out.png").exists()
+
+
+def test_a_record_without_the_latent_stage_or_under_another_key_gives_no_params():
+    from trustgain.cli.watermark_latent import _latent_params
+
+    stage = {"name": "watermark.latent", "params": {"key_id": "k1", "payload": "00"}}
+    assert _latent_params({"stages": [stage]}, "k1") == (stage["params"], "")
+    params, why = _latent_params({"stages": [stage]}, "k2")
+    assert params is None and why == "marked under k1, not under this keyring's k2"
+    params, why = _latent_params({"stages": [{"name": "watermark.pixel", "params": {}}]}, "k1")
+    assert params is None and "no 'watermark.latent' stage" in why

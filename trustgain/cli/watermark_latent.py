@@ -57,22 +57,38 @@ def swap_mark_vae(pipe, model: str | None):
     return vae
 
 
+def _latent_params(record: dict, key_id: str) -> tuple[dict | None, str]:
+    """The latent stage's params of a verified ``record`` and ``""``, or None and why not (no
+    such stage, or marked under another key than ``key_id``)."""
+    from trustgain.watermark.latent import STAGE
+
+    stage = next((s for s in record.get("stages", ()) if s.get("name") == STAGE), None)
+    if stage is None:
+        return None, f"the record has no '{STAGE}' stage"
+    if stage["params"].get("key_id") != key_id:
+        return None, (f"marked under {stage['params'].get('key_id')}, not under this "
+                      f"keyring's {key_id}")
+    return stage["params"], ""
+
+
+def _drawn_with_mark(record: dict) -> bool:
+    return record.get("generator", {}).get("vae") == "vae_mark"
+
+
 def _record_params(path: Path, key_id: str, trusted: list) -> tuple[dict, int, bool] | None:
     """(stage params, output index, drawn with a mark VAE) from a record that verifies under a
     trusted key and was marked under ``key_id``; None otherwise (no record, re-encoded file,
     other key)."""
     from trustgain.provenance.verify import verify_file
-    from trustgain.watermark.latent import STAGE
 
     try:
         verified = verify_file(path, trusted=trusted)
     except TrustgainError:
         return None
-    stage = next((s for s in verified.record.get("stages", ()) if s.get("name") == STAGE), None)
-    if stage is None or stage["params"].get("key_id") != key_id:
+    params, _ = _latent_params(verified.record, key_id)
+    if params is None:
         return None
-    mark = verified.record.get("generator", {}).get("vae") == "vae_mark"
-    return stage["params"], verified.output_index, mark
+    return params, verified.output_index, _drawn_with_mark(verified.record)
 
 
 def _given_record(path: str, key_id: str, trusted: list) -> tuple[dict, int | None, bool]:
@@ -81,7 +97,6 @@ def _given_record(path: str, key_id: str, trusted: list) -> tuple[dict, int | No
     under a trusted key and its mark must be under ``key_id``; a one-line usage error if not."""
     from trustgain.provenance.record import MAX_RECORD_BYTES, SignedRecord
     from trustgain.provenance.verify import verify_signature
-    from trustgain.watermark.latent import STAGE
 
     try:
         with open(path, "rb") as fh:
@@ -92,14 +107,10 @@ def _given_record(path: str, key_id: str, trusted: list) -> tuple[dict, int | No
         raise click.UsageError(f"--record {path}: {exc.strerror}") from None
     except TrustgainError as exc:
         raise click.UsageError(f"--record {path}: {exc}") from None
-    record = signed.record
-    stage = next((s for s in record.get("stages", ()) if s.get("name") == STAGE), None)
-    if stage is None:
-        raise click.UsageError(f"--record {path}: the record has no '{STAGE}' stage")
-    if stage["params"].get("key_id") != key_id:
-        raise click.UsageError(f"--record {path}: marked under {stage['params'].get('key_id')}, "
-                               f"not under this keyring's {key_id}")
-    return stage["params"], index, record.get("generator", {}).get("vae") == "vae_mark"
+    params, why = _latent_params(signed.record, key_id)
+    if params is None:
+        raise click.UsageError(f"--record {path}: {why}")
+    return params, index, _drawn_with_mark(signed.record)
 
 
 def _read_one(image, pipe, key, params, index, *, steps, fpr, encoder, prompt, reliability,
