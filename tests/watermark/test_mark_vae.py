@@ -24,7 +24,7 @@ def pipe(one_torch_thread):
 def trained(pipe, tmp_path_factory):
     out = tmp_path_factory.mktemp("model") / "vae_mark"
     report = mv.run(MINI_SD_ID, out, samples=12, minutes=5, steps=3, reliability_samples=9,
-                    progress=False, command="test")
+                    e2e_minutes=5, e2e_steps=2, progress=False, command="test")
     return out, report
 
 
@@ -143,6 +143,8 @@ def test_run_writes_a_pair_that_differs_where_it_should(pipe, trained):
                    if n.startswith(prefix)), prefix
     saved = json.loads((out / "training.json").read_text())
     assert saved["training"]["steps"] == 3 and saved["command"] == "test"
+    e2e = saved["training"]["end_to_end"]
+    assert e2e["steps"] == 2 and e2e["conditions"] == list(mv.CONDITIONS)
     held = saved["held_out"]
     assert 10 < held["psnr_db"] < 100 and 0 <= held["judge_agreement"] <= 1
     assert saved["reliability"]["samples"] == 9
@@ -251,3 +253,54 @@ def test_shipped_mark_vae_keeps_more_of_the_latent_than_the_detector_path():
     plain = signs(pipe.vae, load_detector_vae())
     marked = signs(mark, mark)
     assert marked > plain + 0.02, (plain, marked)
+
+
+def _tiny_vae():
+    torch.manual_seed(0)
+    return AutoencoderKL(block_out_channels=(8,), layers_per_block=1, norm_num_groups=4,
+                         latent_channels=4, sample_size=8)
+
+
+def test_end_to_end_phase_moves_the_encoder_only_and_lowers_the_z_error():
+    from trustgain.watermark.mark_vae_e2e import train_encoder_e2e
+
+    vae = _tiny_vae()
+    rng = torch.Generator().manual_seed(1)
+    x0 = torch.randn(32, 4, 8, 8, generator=rng)
+    z = x0.flip(1) * 1.5  # a fixed map from x0 to z: the inverter's "exact" inverse
+    seen = torch.tanh(x0[:, :3])  # the images carry three of the four channels
+    views = {"none": seen, "jpeg50": seen + 0.05 * torch.randn(seen.shape, generator=rng)}
+
+    def inverter(latents):
+        return latents.flip(1) * 1.5
+
+    before = {k: v.clone() for k, v in vae.state_dict().items()}
+
+    @torch.no_grad()
+    def z_error():
+        return sum(float(((inverter(vae.encode(v).latent_dist.mean * vae.config.scaling_factor)
+                           - z) ** 2).mean()) for v in views.values())
+
+    start = z_error()
+    log = train_encoder_e2e(vae, views, x0, z, inverter, minutes=5, steps=40, lr=3e-3,
+                            batch=16, progress=False)
+    assert log["steps"] == 40 and log["batch"] == 16 and log["conditions"] == list(views)
+    assert len(log["history"]) == 2 and set(log["history"][-1]["z_error"]) == set(views)
+    assert z_error() < 0.9 * start
+    after = vae.state_dict()
+    for name, value in before.items():
+        if not name.startswith(("encoder.", "quant_conv.")):
+            assert torch.equal(after[name], value), name
+    assert any(not torch.equal(after[n], before[n]) for n in before if n.startswith("encoder."))
+    assert all(p.requires_grad for p in vae.parameters()) and not vae.training
+
+
+def test_end_to_end_phase_stops_on_divergence():
+    from trustgain.watermark.mark_vae_e2e import train_encoder_e2e
+
+    vae = _tiny_vae()
+    x0 = torch.randn(8, 4, 8, 8)
+    with pytest.raises(mv.DetectorTrainError, match="diverged at step 0"):
+        train_encoder_e2e(vae, {"none": torch.zeros(8, 3, 8, 8)}, x0, x0,
+                          lambda latents: latents * float("nan"), minutes=5, steps=3,
+                          progress=False)

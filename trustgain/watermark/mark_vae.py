@@ -293,14 +293,17 @@ def fidelity_report(vae: Any, x0: torch.Tensor, reference: np.ndarray, *, digits
 
 def run(model: str, out: str | os.PathLike, *, samples: int = 6000, minutes: float = 30.0,
         steps: int | None = None, fidelity: float = 1.0, lr: float = 3e-4, init: str | None = None,
-        warmup: int | None = None, focus: float = 0.0,
+        warmup: int | None = None, focus: float = 0.0, e2e_minutes: float = 0.0,
+        e2e_steps: int | None = None, e2e_lr: float | None = None,
         reliability_samples: int = 1000, prompts_file: str | None = None, device: str = "cpu",
         overwrite: bool = False, progress: bool = True, seed: int = 1,
         command: str | None = None, log: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Draw ``samples`` of ``model``, train its mark VAE, write ``out`` (the ``AutoencoderKL``,
     ``training.json`` and, unless ``reliability_samples`` is 0, the detector's
     ``reliability.json`` fitted with this pair); returns the report. ``warmup``: learning-rate
-    warm-up steps, by default :data:`WARMUP` when continuing from ``init`` and none otherwise."""
+    warm-up steps, by default :data:`WARMUP` when continuing from ``init`` and none otherwise.
+    ``e2e_minutes`` (or ``e2e_steps``) > 0: then fine-tune the encoder alone end to end through
+    the DDIM inversion (:mod:`trustgain.watermark.mark_vae_e2e`) at ``e2e_lr``."""
     from trustgain.fileio import write_atomic
     from trustgain.models import MINI_SD_ID
     from trustgain.watermark.detector_train_output import check_output, save_output
@@ -323,6 +326,13 @@ def run(model: str, out: str | os.PathLike, *, samples: int = 6000, minutes: flo
                              warmup=(WARMUP if init else 0) if warmup is None else warmup,
                              focus=focus,
                              progress=progress, log=log)
+    if e2e_minutes > 0 and e2e_steps != 0:
+        from trustgain.watermark.mark_vae_e2e import E2E_LR, run_e2e
+
+        trained["end_to_end"] = run_e2e(
+            pipe, vae, data.x0, data.z, minutes=e2e_minutes, steps=e2e_steps,
+            lr=E2E_LR if e2e_lr is None else e2e_lr, inversion_steps=settings.steps,
+            seed=seed, progress=progress, log=log)
     report = {"command": command, "model": model, "init": init, "samples": samples,
               "training": trained, "held_out": fidelity_report(vae, held.x0, held.images,
                                                  digits=model == MINI_SD_ID)}
@@ -365,6 +375,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         epilog="examples:\n"
                f"  {PROG} --model trustgain-mini-sd -o vae_mark --minutes 30\n"
                f"  {PROG} --model trustgain-mini-sd -o vae_mark2 --init vae_mark --minutes 10\n"
+               f"  {PROG} -o vae_mark3 --init vae_mark --minutes 0 --e2e-minutes 25\n"
                "then generate with pipe.vae = AutoencoderKL.from_pretrained('vae_mark') and\n"
                "detect with: trustgain watermark detect-latent IMAGES --model M --mark-vae",
         formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -384,6 +395,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                    help="weigh each sample by (its error / the batch mean) ** FOCUS (%(default)s)")
     p.add_argument("--warmup", type=CAP, default=None,
                    help=f"learning-rate warm-up steps (default: {WARMUP} with --init, else 0)")
+    p.add_argument("--e2e-minutes", type=NON_NEGATIVE, default=0.0,
+                   help="then tune the encoder alone end to end through the inversion for "
+                        "this long (%(default)s)")
+    p.add_argument("--e2e-steps", type=COUNT, default=None,
+                   help="stop the end-to-end phase after this many steps")
+    p.add_argument("--e2e-lr", type=RATE, default=None,
+                   help="its learning rate (default: 3e-05)")
     p.add_argument("--reliability-samples", type=CAP, default=1000,
                    help="samples for the detector's reliability.json; 0: none (%(default)s)")
     p.add_argument("--prompts", help="prompts file, one a line (required for other models)")
@@ -399,7 +417,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         report = run(args.model, args.output, samples=args.samples, minutes=args.minutes,
                      steps=args.steps,
                      fidelity=args.fidelity, lr=args.lr, init=args.init, warmup=args.warmup,
-                     focus=args.focus,
+                     focus=args.focus, e2e_minutes=args.e2e_minutes,
+                     e2e_steps=args.e2e_steps, e2e_lr=args.e2e_lr,
                      reliability_samples=args.reliability_samples, prompts_file=args.prompts,
                      device=args.device, overwrite=args.overwrite,
                      progress=not args.no_progress, seed=args.seed,
