@@ -2,6 +2,7 @@
 paired with the encoder that reads them back (``vae_mark``).
 
     python -m trustgain.watermark.mark_vae --model trustgain-mini-sd -o vae_mark --minutes 30
+    python -m trustgain.watermark.mark_vae -o vae_mark2 --init vae_mark --minutes 0 --e2e-minutes 20
 
 Why: the latent mark lives in the signs of the initial latent z_T, and the detector gets z_T
 back by VAE-encoding the image and DDIM-inverting. On trustgain-mini-sd the sampler's own final
@@ -25,6 +26,9 @@ differentiable JPEG codec, bicubic resize, a Gaussian kernel, the kept centre bo
 straight-through estimator, so training sees exactly what detection will meet. Continuing
 from ``--init``, the learning rate warms up linearly over ``--warmup`` steps, so that the
 fresh Adam moments do not undo the starting point.
+
+A second phase (``--e2e-minutes``, :mod:`trustgain.watermark.mark_vae_e2e`) then tunes the
+encoder alone on the loss detection meets, the error of z_T after the DDIM inversion.
 
 Generation uses the new decoder (``pipe.vae = mark VAE``), detection its encoder
 (:func:`trustgain.models.mark_vae_for`). The initial latents, the key stream and so the exact
@@ -424,8 +428,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                      progress=not args.no_progress, seed=args.seed,
                      command=f"{PROG} {shlex.join(sys.argv[1:] if argv is None else argv)}",
                      log=lambda line: print(line, file=sys.stderr))
-        held = report["held_out"]
-        print(f"wrote {args.output}: {report['training']['steps']} steps, held-out PSNR to "
+        held, e2e = report["held_out"], report["training"].get("end_to_end")
+        print(f"wrote {args.output}: {report['training']['steps']} steps"
+              + (f" and {e2e['steps']} end to end" if e2e else "")
+              + ", held-out PSNR to "
               f"the pipeline decoder {held['psnr_db']} dB"
               + (f", judge agreement {held['judge_agreement']}" if "judge_agreement" in held
                  else ""))
