@@ -138,7 +138,10 @@ def _read_one(image, pipe, key, params, index, *, steps, fpr, encoder, prompt, r
               help="The generating model: trustgain-mini-sd or a diffusers folder / hub id.")
 @click.option("--steps", type=click.IntRange(1, 1000), default=25, show_default=True,
               help="Inversion steps when the record does not give the generation's.")
-@click.option("--prompt", default="", help="The generation prompt, if known: a stronger test.")
+@click.option("--prompt", default="",
+              help="The generation prompt, if known: a stronger test with the detector encoder. "
+              "With --mark-vae the shipped encoder, tuned for the empty prompt, reads better "
+              "without it or with --guess-prompt.")
 @click.option("--guess-prompt", is_flag=True,
               help="Without the prompt: guess it from each image (trustgain-mini-sd: its judge "
               "names the digit) and read both ways, under the guess and under the empty "
