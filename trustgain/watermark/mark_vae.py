@@ -61,6 +61,7 @@ from trustgain.watermark.detector_train_data import generate, to_pixels, to_uint
 from trustgain.watermark.detector_train_phases import encode_mean
 from trustgain.watermark.detector_train_setup import DetectorTrainError, Settings
 from trustgain.watermark.latent_invert import unzoom
+from trustgain.watermark.mark_vae_e2e import E2E_LR
 
 PROG = "python -m trustgain.watermark.mark_vae"
 #: The benchmark's conditions, each trained on one share of every batch.
@@ -306,8 +307,9 @@ def run(model: str, out: str | os.PathLike, *, samples: int = 6000, minutes: flo
     ``training.json`` and, unless ``reliability_samples`` is 0, the detector's
     ``reliability.json`` fitted with this pair); returns the report. ``warmup``: learning-rate
     warm-up steps, by default :data:`WARMUP` when continuing from ``init`` and none otherwise.
-    ``e2e_minutes`` (or ``e2e_steps``) > 0: then fine-tune the encoder alone end to end through
-    the DDIM inversion (:mod:`trustgain.watermark.mark_vae_e2e`) at ``e2e_lr``."""
+    ``e2e_minutes`` > 0: then fine-tune the encoder alone end to end through the DDIM inversion
+    (:mod:`trustgain.watermark.mark_vae_e2e`) for that long or ``e2e_steps`` steps, at
+    ``e2e_lr``."""
     from trustgain.fileio import write_atomic
     from trustgain.models import MINI_SD_ID
     from trustgain.watermark.detector_train_output import check_output, save_output
@@ -331,7 +333,7 @@ def run(model: str, out: str | os.PathLike, *, samples: int = 6000, minutes: flo
                              focus=focus,
                              progress=progress, log=log)
     if e2e_minutes > 0 and e2e_steps != 0:
-        from trustgain.watermark.mark_vae_e2e import E2E_LR, run_e2e
+        from trustgain.watermark.mark_vae_e2e import run_e2e
 
         trained["end_to_end"] = run_e2e(
             pipe, vae, data.x0, data.z, minutes=e2e_minutes, steps=e2e_steps,
@@ -405,7 +407,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--e2e-steps", type=COUNT, default=None,
                    help="stop the end-to-end phase after this many steps")
     p.add_argument("--e2e-lr", type=RATE, default=None,
-                   help="its learning rate (default: 3e-05)")
+                   help=f"its learning rate (default: {E2E_LR})")
     p.add_argument("--reliability-samples", type=CAP, default=1000,
                    help="samples for the detector's reliability.json; 0: none (%(default)s)")
     p.add_argument("--prompts", help="prompts file, one a line (required for other models)")
