@@ -218,8 +218,9 @@ def test_shipped_mark_vae_has_a_fit_for_reads_under_the_prompt():
     plain = reliability_for(None, "mark")
     prompted = reliability_for(None, "mark", prompted=True)
     assert plain.meta["encoder"] == prompted.meta["encoder"] == "mark"
-    assert "inversion" not in plain.meta and prompted.meta["inversion"].startswith("prompt")
+    assert plain.meta["inversion"].startswith("empty")
+    assert prompted.meta["inversion"].startswith("prompt")
     assert prompted.size == plain.size == 4 * 8 * 8 and prompted.meta["samples"] >= 1000
-    # the sampler's own prompt and guidance undo more of it: every element reads better on
-    # the whole, so the median correlation rises
-    assert float(np.median(prompted.rho)) > float(np.median(plain.rho)) + 0.03
+    # the shipped encoder was trained end to end through the empty-prompt inversion (vae_mark
+    # README, step 7), so that read is the better one: its median correlation is the higher
+    assert float(np.median(plain.rho)) > float(np.median(prompted.rho)) + 0.01
