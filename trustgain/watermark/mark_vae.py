@@ -61,7 +61,7 @@ from trustgain.watermark.detector_train_data import generate, to_pixels, to_uint
 from trustgain.watermark.detector_train_phases import encode_mean
 from trustgain.watermark.detector_train_setup import DetectorTrainError, Settings
 from trustgain.watermark.latent_invert import unzoom
-from trustgain.watermark.mark_vae_e2e import E2E_LR
+from trustgain.watermark.mark_vae_e2e import E2E_LR, decode_u8
 
 PROG = "python -m trustgain.watermark.mark_vae"
 #: The benchmark's conditions, each trained on one share of every batch.
@@ -282,9 +282,7 @@ def fidelity_report(vae: Any, x0: torch.Tensor, reference: np.ndarray, *, digits
     """PSNR of the mark decoder's 8-bit images to the pipeline decoder's (``reference``, uint8
     NHWC) on the same final latents and, for the digits model (``digits``), the judge's
     agreement on the digit."""
-    sf = vae.config.scaling_factor
-    u8 = torch.cat([to_uint8(vae.decode(x0[i : i + batch].to(vae.device) / sf).sample)
-                    for i in range(0, len(x0), batch)]).numpy()
+    u8 = decode_u8(vae, x0, batch)
     mse = float(((u8.astype(np.float64) - reference.astype(np.float64)) ** 2).mean())
     report = {"psnr_db": round(10 * math.log10(255**2 / max(mse, 1e-12)), 2)}
     if digits:

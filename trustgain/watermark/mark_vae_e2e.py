@@ -38,15 +38,21 @@ E2E_LR = 3e-5
 
 
 @torch.no_grad()
+def decode_u8(vae: Any, x0: torch.Tensor, batch: int = 100) -> np.ndarray:
+    """``vae``'s 8-bit images (uint8 NHWC) of final latents ``x0``, decoded in batches."""
+    sf = vae.config.scaling_factor
+    return torch.cat([to_uint8(vae.decode(x0[i : i + batch].to(vae.device, vae.dtype) / sf)
+                               .sample) for i in range(0, len(x0), batch)]).numpy()
+
+
+@torch.no_grad()
 def attacked_views(vae: Any, x0: torch.Tensor, conditions: Sequence[str], *, seed: int,
                    batch: int = 100) -> dict[str, torch.Tensor]:
     """The decoder's 8-bit images of ``x0`` under each condition's real attack (float [-1, 1]
     NCHW on the CPU, a crop un-zoomed as detection does), one draw per image and condition."""
     from trustgain.watermark.mark_vae import real_attack
 
-    sf = vae.config.scaling_factor
-    u8 = torch.cat([to_uint8(vae.decode(x0[i : i + batch].to(vae.device, vae.dtype) / sf).sample)
-                    for i in range(0, len(x0), batch)]).numpy()
+    u8 = decode_u8(vae, x0, batch)
     rng = np.random.default_rng(seed)
     return {name: torch.cat([real_attack(u8[i : i + batch], name, rng)
                              for i in range(0, len(u8), batch)]) for name in conditions}
@@ -65,7 +71,8 @@ def train_encoder_e2e(vae: Any, views: Mapping[str, torch.Tensor], x0: torch.Ten
               if name.startswith(("encoder.", "quant_conv."))]
     if not params:
         raise DetectorTrainError("the VAE has no encoder weights to tune")
-    frozen = [p for p in vae.parameters() if all(p is not q for q in params)]
+    tuned = {id(p) for p in params}
+    frozen = [p for p in vae.parameters() if id(p) not in tuned and p.requires_grad]
     for p in frozen:
         p.requires_grad_(False)
     names = list(views)
@@ -129,4 +136,4 @@ def run_e2e(pipe: Any, vae: Any, x0: torch.Tensor, z: torch.Tensor, *, minutes: 
                              seed=seed, progress=progress, log=log)
 
 
-__all__ = ["E2E_LR", "attacked_views", "run_e2e", "train_encoder_e2e"]
+__all__ = ["E2E_LR", "attacked_views", "decode_u8", "run_e2e", "train_encoder_e2e"]
