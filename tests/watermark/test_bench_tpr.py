@@ -3,8 +3,7 @@ tiny pipeline with stand-in detectors."""
 
 from __future__ import annotations
 
-from types import SimpleNamespace
-
+import pytest
 import torch
 
 from trustgain.bench import watermark_latent_tpr as tpr
@@ -35,7 +34,7 @@ def test_rows_count_every_sample_once_and_name_the_misses(sd_pipe, monkeypatch):
         assert len(cands[0][1]) == len(nonces) == len(payloads)
         reads.append(len(nonces))
         # the first attack of the first chunk misses its first image, nothing else is missed
-        return [SimpleNamespace(detected=not (len(reads) == 1 and i == 0))
+        return [_reading(1.0 if len(reads) == 1 and i == 0 else 1e-9)
                 for i in range(len(nonces))]
 
     rows = tpr.tpr_rows(sd_pipe, latent_key(KeyRing.generate()), invert, read, shape, steps=2,
@@ -46,16 +45,17 @@ def test_rows_count_every_sample_once_and_name_the_misses(sd_pipe, monkeypatch):
     family = set(prompts_for(3)[0])
     assert all(len(p) == 10 and set(p) <= family for p in prompted_by_invert[1::2])
     by = {r.metric.removeprefix("TPR@1e-6 "): r for r in rows}
-    assert len(by) == 2 * len(ATTACKS)
+    assert len(by) == 3 * len(ATTACKS)
     first = by[f"record mode, {ATTACKS[0]}"]
-    rest = [by[f"{m}, {a}"] for m in ("record mode", "record mode + prompt") for a in ATTACKS
-            if (m, a) != ("record mode", ATTACKS[0])]
+    rest = [by[f"{m}, {a}"] for m in ("record mode", "record mode + prompt", tpr.BOTH_GIVEN)
+            for a in ATTACKS if (m, a) != ("record mode", ATTACKS[0])]
     assert abs(first.value - 29 / 30) < 1e-12 and first.ok is False
     assert "n=30" in first.note and "misses by digit: " in first.note
     assert "none" not in first.note.split("misses by digit: ")[1]
     assert all(r.value == 1 and "misses by digit: none" in r.note for r in rest)
     # the target is the default detector's; the prompted read is reported beside it
-    assert {by[f"record mode + prompt, {a}"].ok for a in ATTACKS} == {None}
+    assert {by[f"{m}, {a}"].ok for m in ("record mode + prompt", tpr.BOTH_GIVEN)
+            for a in ATTACKS} == {None}
     # zero latents read every element as negative: about half the signs agree
     assert "mean 0." in first.note
 
@@ -87,7 +87,7 @@ def test_a_guess_adds_a_third_read_and_the_better_of_two(sd_pipe, monkeypatch):
     assert guessed_from == [10] * len(ATTACKS)  # once per attack, from the attacked images
     assert told[2::3] == [["a guess"] * 10] * len(ATTACKS)  # three inversions, not four
     by = {r.metric.removeprefix("TPR@1e-6 "): r for r in rows}
-    assert len(by) == 4 * len(ATTACKS)
+    assert len(by) == 5 * len(ATTACKS)
     for a in ATTACKS:
         assert by[f"record mode, {a}"].value == 0.5
         assert by[f"record mode + guessed prompt, {a}"].value == 0.4
@@ -95,3 +95,34 @@ def test_a_guess_adds_a_third_read_and_the_better_of_two(sd_pipe, monkeypatch):
         search = by[f"{tpr.SEARCH}, {a}"]
         assert search.value == 0.9 and search.ok is False and "n=10" in search.note
         assert by[f"record mode + guessed prompt, {a}"].ok is None
+
+
+def _seeded_draws(sd_pipe, monkeypatch, seed: int) -> tuple[list, list]:
+    """The prompts and the first attack's images' nonces that one ``seed`` reads."""
+    monkeypatch.setattr(tpr, "CHUNK", 10)
+    shape = latent_shape(sd_pipe)
+    told, nonces_read = [], []
+
+    def read(cands, nonces, payloads, prompted):
+        nonces_read.append(list(nonces))
+        return [_reading(1.0) for _ in nonces]
+
+    tpr.tpr_rows(sd_pipe, latent_key(KeyRing.generate()), _stand_in_inverter(shape, told),
+                 read, shape, steps=2, n=10, seed=seed)
+    return told[1], nonces_read[0]
+
+
+def test_a_seed_draws_another_sample_set_and_the_default_is_reproducible(sd_pipe, monkeypatch):
+    prompts0, nonces0 = _seeded_draws(sd_pipe, monkeypatch, 0)
+    again0, _ = _seeded_draws(sd_pipe, monkeypatch, 0)
+    prompts1, nonces1 = _seeded_draws(sd_pipe, monkeypatch, 1)
+    assert prompts0 == again0
+    assert sorted(prompts0) == sorted(prompts1) and prompts0 != prompts1  # other order
+    assert not set(map(bytes, nonces0)) & set(map(bytes, nonces1))
+
+
+def test_a_negative_seed_is_refused(sd_pipe):
+    shape = latent_shape(sd_pipe)
+    with pytest.raises(ValueError, match="seed must be 0 or more, got -1"):
+        tpr.tpr_rows(sd_pipe, latent_key(KeyRing.generate()), _stand_in_inverter(shape, []),
+                     lambda *a: [], shape, steps=2, n=10, seed=-1)

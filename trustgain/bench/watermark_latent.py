@@ -17,8 +17,9 @@
    with the fit for such reads where the model ships one (``reliability_prompted.json``).
    ``--tpr N`` (standalone entry point only): the record-mode rows, both ways and (where the
    judge is there) a third, under a prompt the judge guesses from each image, and a fourth,
-   the better of the empty and the guessed read (``detect-latent --guess-prompt``), on N
-   fresh samples, with both new reads' nulls (:mod:`~trustgain.bench.watermark_latent_tpr`).
+   the better of the empty and the guessed read (``detect-latent --guess-prompt``), and the
+   better of the empty and the given-prompt read, on N fresh samples (``--seed`` draws another
+   set, to pool runs), with the new reads' nulls (:mod:`~trustgain.bench.watermark_latent_tpr`).
 2. Null: clean (unmarked) samples, inverted, times independent keys (and their random
    nonce/payload in record mode): at least 10,000 clean-inversion x key reads, count at 1e-6 and
    observed rates at 1e-3 / 1e-2 against the analytic ones; wrong keys on marked samples.
@@ -112,7 +113,7 @@ from .watermark_latent_marks import (
     to_pil,
     wilson,
 )
-from .watermark_latent_tpr import SEARCH, tpr_rows
+from .watermark_latent_tpr import BOTH_GIVEN, SEARCH, tpr_rows
 
 __all__ = [
     "ATTACKS", "ENCODER", "FPR", "JUDGE_PER_DIGIT", "NONCE_SPACE", "PAYLOAD_BITS", "REFINE",
@@ -310,7 +311,7 @@ class _Seq(list):
 def run(quick: bool = False, device: str = "cpu", *, model: str | None = None,
         refine: int | None = None, scales: tuple[float, ...] | None = None,
         encoder: str = "detector", weights: str = "reliability",
-        averaging: bool = False, tpr: int = 0) -> list[Row]:
+        averaging: bool = False, tpr: int = 0, tpr_seed: int = 0) -> list[Row]:
     """All figures of the area; ``quick`` shrinks every count to run in about a minute.
 
     ``model`` (a pipeline folder) replaces trustgain-mini-sd, for development only; ``refine``
@@ -322,7 +323,7 @@ def run(quick: bool = False, device: str = "cpu", *, model: str | None = None,
     ``averaging``: only the replicated pixel-averaging rows
     (:mod:`~trustgain.bench.watermark_latent_averaging`); ``tpr`` > 0: only the six
     record-mode TPR rows, on that many fresh samples
-    (:mod:`~trustgain.bench.watermark_latent_tpr`).
+    (:mod:`~trustgain.bench.watermark_latent_tpr`), drawn with ``tpr_seed``.
     """
     global REFINE, SCALES, ENCODER
     saved = (REFINE, SCALES, ENCODER, marks.RELIABILITY, marks.PROMPTED_RELIABILITY)
@@ -382,13 +383,19 @@ def run(quick: bool = False, device: str = "cpu", *, model: str | None = None,
                             lambda images, prompt="": _invert(pipe, images, steps, prompt),
                             lambda cands, nonces, payloads, prompted=False: _read(
                                 cands, key, nonces, payloads, prompted=prompted),
-                            latent_shape(pipe), steps=steps, n=tpr, guess=guess)
-            if guess is not None:  # the guessed read's null: clean images, guessed prompts
-                clean = to_pil(generate(pipe, prompts_for(per_digit)[0], seed=61, steps=steps))
+                            latent_shape(pipe), steps=steps, n=tpr, guess=guess,
+                            seed=tpr_seed)
+            # the both-ways reads' nulls: clean images, read under their own (or a guessed)
+            # prompt and the empty one
+            clean_prompts = prompts_for(per_digit)[0]
+            clean = to_pil(generate(pipe, clean_prompts, seed=61, steps=steps))
+            unprompted = _invert(pipe, clean, steps)
+            rows += prompt_null_rows(_invert(pipe, clean, steps, prompt=clean_prompts), n_keys,
+                                     BOTH_GIVEN, unprompted_inv=unprompted)
+            if guess is not None:
                 guessed = _invert(pipe, clean, steps, prompt=guess(clean))
                 rows += prompt_null_rows(guessed, n_keys, "record mode + guessed prompt")
-                rows += prompt_null_rows(guessed, n_keys, SEARCH,
-                                         unprompted_inv=_invert(pipe, clean, steps))
+                rows += prompt_null_rows(guessed, n_keys, SEARCH, unprompted_inv=unprompted)
             return [Row("setup", -(-tpr // 10) * 10, "marked samples", "", None,
                         f"TPR rows only: fresh samples, {steps} steps, guidance {GUIDANCE}; "
                         f"encoder {encoder}, {used_weights} weights"), *rows]
@@ -448,7 +455,8 @@ def main(argv: list[str] | None = None) -> int:
                "  python -m trustgain.bench.watermark_latent --json out.json\n"
                "  python -m trustgain.bench.watermark_latent --model DIR --encoder pipeline\n"
                "  python -m trustgain.bench.watermark_latent --encoder mark --averaging\n"
-               "  python -m trustgain.bench.watermark_latent --encoder mark --tpr 500",
+               "  python -m trustgain.bench.watermark_latent --encoder mark --tpr 500\n"
+               "  python -m trustgain.bench.watermark_latent --encoder mark --tpr 1000 --seed 1",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true",
                    help="every count shrunk (about a minute on 2 cores); figures are rough")
@@ -472,10 +480,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tpr", type=int, default=0, metavar="N",
                    help="only the six record-mode TPR rows, on N fresh marked samples (tighter "
                         "intervals than the full run's 100; about 2 s a sample on 2 cores)")
+    p.add_argument("--seed", type=int, default=0,
+                   help="with --tpr: another sample set, disjoint from the default (0), so "
+                        "that runs can be pooled")
     p.add_argument("--threads", type=int, default=None, help="torch threads for --ideas (1)")
     args = p.parse_args(argv)
     if args.tpr < 0:
         p.error(f"--tpr takes a number of samples, got {args.tpr}")
+    if args.seed < 0:
+        p.error(f"--seed takes 0 or more, got {args.seed}")
+    if args.seed and not args.tpr:
+        p.error("--seed only applies to --tpr runs")
     if args.tpr and (args.averaging or args.ideas):
         p.error("--tpr, --averaging and --ideas are separate runs: give one")
     t0 = time.time()
@@ -490,7 +505,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     rows = run(args.quick, args.device, model=args.model, refine=args.refine,
                scales=None if args.scales is None else tuple(args.scales), encoder=args.encoder,
-               weights=args.weights, averaging=args.averaging, tpr=args.tpr)
+               weights=args.weights, averaging=args.averaging, tpr=args.tpr,
+               tpr_seed=args.seed)
     print(format_table(rows))
     print(f"\n{time.time() - t0:.0f} s, {os.cpu_count()} CPUs visible, device {args.device}")
     if args.json:

@@ -10,7 +10,12 @@ comes twice: read as the detector does by default (empty prompt), and with the g
 prompt known to the verifier (inverted under it at the sampler's guidance); with a ``guess``,
 a third time, under a prompt guessed from each attacked image, and a fourth, the better of the
 empty-prompt and the guessed read at twice its p-value (what ``detect-latent --guess-prompt``
-does: ``detect_latent(also_unprompted=True)``; no further inversion).
+does: ``detect_latent(also_unprompted=True)``; no further inversion). The same both-ways
+read with the given prompt comes always (:data:`BOTH_GIVEN`): what a verifier who knows the
+prompt gets by reading the empty-prompt inversion as well, again with no further inversion.
+
+``seed`` draws another, disjoint sample set (other prompts order, latents, nonces, attack
+randomness and generation seeds), so that runs can be pooled; 0 is the historical set.
 """
 
 from __future__ import annotations
@@ -32,43 +37,56 @@ from .watermark_latent_marks import ATTACKS, FPR, _marked_set, _tpr_rows, to_pil
 CHUNK = 100
 #: The mode that reads each image both ways, empty and guessed prompt.
 SEARCH = "record mode, empty or guessed prompt"
+#: The mode that reads each image both ways, empty and given prompt.
+BOTH_GIVEN = "record mode, empty or given prompt"
+#: Generation seeds of one ``seed`` lie in their own block of this size.
+SEED_BLOCK = 100_000
 
 
 def tpr_rows(pipe, key, invert: Callable, read: Callable, shape: tuple[int, ...], *,
-             steps: int, n: int, guess: Callable | None = None) -> list[Row]:
+             steps: int, n: int, guess: Callable | None = None, seed: int = 0) -> list[Row]:
     """``invert(images, prompt="")`` gives the detector's candidates (``prompt``: one per
     image), ``read(candidates, nonces, payloads, prompted)`` its record-mode readings (with the
     weights for inversions under the prompt where ``prompted``); ``n`` is rounded up to whole
-    digits (10 prompts); ``guess(images)``: a prompt per image, from the image alone."""
+    digits (10 prompts); ``guess(images)``: a prompt per image, from the image alone;
+    ``seed`` > 0: another sample set, disjoint from seed 0's."""
+    if seed < 0:
+        raise ValueError(f"seed must be 0 or more, got {seed}")
+
+    def rng(base: int) -> np.random.Generator:
+        return np.random.default_rng(base if seed == 0 else (seed, base))
+
     prompts, digits = prompts_for(-(-n // 10))
-    order = np.random.default_rng(21).permutation(len(prompts))  # chunks mix the digits
+    order = rng(21).permutation(len(prompts))  # chunks mix the digits
     prompts, digits = [prompts[i] for i in order], [digits[i] for i in order]
-    latents, nonces, payloads = _marked_set(key, len(prompts), np.random.default_rng(22), shape)
+    latents, nonces, payloads = _marked_set(key, len(prompts), rng(22), shape)
     modes = ("record mode", "record mode + prompt") + (
         ("record mode + guessed prompt",) if guess is not None else ())
     readings = {(m, a): [] for m in modes for a in ATTACKS}
     accuracy = {(m, a): [] for m in modes for a in ATTACKS}
-    rng = np.random.default_rng(23)
+    attack_rng = rng(23)
     for i in tqdm(range(0, len(prompts), CHUNK), desc="tpr chunks", unit="chunk"):
         s = slice(i, i + CHUNK)
-        images = to_pil(generate(pipe, prompts[s], seed=60 + i, steps=steps,
+        images = to_pil(generate(pipe, prompts[s], seed=60 + i + SEED_BLOCK * seed,
+                                 steps=steps,
                                  latents=latents[s]))
         for name in ATTACKS:
-            attacked = [SUITE[name](im, rng) for im in images]
+            attacked = [SUITE[name](im, attack_rng) for im in images]
             told = ("", prompts[s], *([list(guess(attacked))] if guess is not None else []))
             for mode, prompt in zip(modes, told, strict=True):
                 cands = invert(attacked, prompt)
                 agree = (cands[0][1] > 0) == (latents[s] > 0)  # scale 1: the uncropped read
                 accuracy[mode, name] += agree.flatten(1).float().mean(1).tolist()
                 readings[mode, name] += read(cands, nonces[s], payloads[s], bool(prompt))
-    if guess is not None:  # the better of the empty and the guessed read, per image
+    both = ((BOTH_GIVEN, 1),) + (((SEARCH, 2),) if guess is not None else ())
+    for mode, j in both:  # the better of the empty and the prompted read, per image
         for name in ATTACKS:
-            empty, guessed = (readings[m, name] for m in (modes[0], modes[2]))
-            guessed = [dataclasses.replace(r, prompted=True) for r in guessed]
-            readings[SEARCH, name] = best_of([empty, guessed], FPR)
-            accuracy[SEARCH, name] = [
-                accuracy[modes[2 if r.prompted else 0], name][i]
-                for i, r in enumerate(readings[SEARCH, name])]
+            empty, other = readings[modes[0], name], readings[modes[j], name]
+            other = [dataclasses.replace(r, prompted=True) for r in other]
+            readings[mode, name] = best_of([empty, other], FPR)
+            accuracy[mode, name] = [
+                accuracy[modes[j if r.prompted else 0], name][i]
+                for i, r in enumerate(readings[mode, name])]
     rows = []
     for mode, name in readings:
         acc = np.array(accuracy[mode, name])
