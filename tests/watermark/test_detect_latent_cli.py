@@ -68,13 +68,14 @@ def test_detect_latent_reads_the_record_and_falls_back_to_blind(tmp_path, capsys
     ranked = json.loads(res.out)
     assert code == 0 and ranked["weights"] == "rank"
     assert ranked["files"][0]["p_value"] != files["marked.png"]["p_value"]
-    # the prompt known: inverted under it at the record's guidance (4), or at a given one
+    # the prompt known, read under it alone: inverted at the record's guidance (4), or at a
+    # given one
     code, res = run(str(out / "marked.png"), "--keyring", str(tmp_path / "ring.json"),
-                    "--prompt", "a handwritten seven")
+                    "--prompt", "a handwritten seven", "--prompt-only")
     prompted = json.loads(res.out)["files"][0]
-    assert code == 0 and prompted["detected"]
+    assert code == 0 and prompted["detected"] and not json.loads(res.out)["both_ways"]
     code, res = run(str(out / "marked.png"), "--keyring", str(tmp_path / "ring.json"),
-                    "--prompt", "a handwritten seven", "--guidance", "1")
+                    "--prompt", "a handwritten seven", "--prompt-only", "--guidance", "1")
     unguided = json.loads(res.out)["files"][0]
     assert code == 0 and unguided["p_value"] != prompted["p_value"]
     # the prompt guessed from the image (the judge names the digit: the same prompt here),
@@ -87,6 +88,12 @@ def test_detect_latent_reads_the_record_and_falls_back_to_blind(tmp_path, capsys
     assert empty_p != prompted["p_value"]
     assert guessed["files"][0]["p_value"] == 2 * min(empty_p, prompted["p_value"])
     assert guessed["files"][0]["prompted"] == (prompted["p_value"] < empty_p)
+    # the prompt given, read both ways (the default): the same two reads as the guess here
+    code, res = run(str(out / "marked.png"), "--keyring", str(tmp_path / "ring.json"),
+                    "--prompt", "a handwritten seven")
+    both = json.loads(res.out)
+    assert code == 0 and both["prompt"] == "given" and both["both_ways"]
+    assert both["files"][0]["p_value"] == guessed["files"][0]["p_value"]
     assert files["marked.png"]["prompted"] is False and prompted["prompted"] is True
     # the stripped copy read against the record given by hand: record mode again
     sidecar = out / "marked.png.trustgain.json"
@@ -128,6 +135,7 @@ def test_mark_vae_and_pipeline_encoder_exclude_each_other(tmp_path, capsys, monk
 @pytest.mark.parametrize(("args", "message"), [
     (["--guidance", "4"], "--guidance needs --prompt"),
     (["--prompt", "a 7", "--guess-prompt"], "exclude each other"),
+    (["--prompt-only"], "--prompt-only needs --prompt"),
     (["--guess-prompt", "--model", "./other-sd"], "trustgain-mini-sd only"),
 ])
 def test_prompt_options_are_checked_first(args, message, tmp_path, capsys, monkeypatch):
@@ -204,3 +212,41 @@ def test_a_record_without_the_latent_stage_or_under_another_key_gives_no_params(
     assert params is None and why == "marked under k1, not under this keyring's k2"
     params, why = _latent_params({"stages": [{"name": "watermark.pixel", "params": {}}]}, "k1")
     assert params is None and "no 'watermark.latent' stage" in why
+
+
+def test_a_record_of_several_outputs_is_read_with_one_inversion(tmp_path, capsys, monkeypatch):
+    from trustgain.watermark import latent_invert
+    from trustgain.watermark.latent_stats import sidak
+
+    ring = _fixed_draws(tmp_path, monkeypatch)
+    monkeypatch.setattr("trustgain.watermark.latent.random.SystemRandom",
+                        lambda: random.Random(3))  # second output's p about 5e-12
+    art = wrap(load_mini_sd(), [LatentMark()], keyring=ring)(
+        "a handwritten seven", seed=9, num_inference_steps=25, guidance_scale=4.0,
+        num_images_per_prompt=2)
+    art.save(tmp_path / "second.png", index=1)
+    Image.open(tmp_path / "second.png").convert("RGB").save(tmp_path / "stripped.png")
+    doc = json.loads((tmp_path / "second.png.trustgain.json").read_text())
+    assert doc.pop("output_index") == 1  # unsigned: a copy of the record may have lost it
+    (tmp_path / "bare.json").write_text(json.dumps(doc))
+    calls, invert = [], latent_invert.invert_candidates
+
+    def spy(*args, **kwargs):
+        calls.append(len(args[1]))
+        return invert(*args, **kwargs)
+
+    monkeypatch.setattr(latent_invert, "invert_candidates", spy)
+
+    def read(record):
+        code = main(["watermark", "detect-latent", str(tmp_path / "stripped.png"), "--model",
+                     "trustgain-mini-sd", "--keyring", str(tmp_path / "ring.json"), "--record",
+                     str(tmp_path / record), "--no-progress", "--json"])
+        assert code == 0
+        return json.loads(capsys.readouterr().out)["files"][0]
+
+    known, unknown = read("second.png.trustgain.json"), read("bare.json")
+    assert calls == [1, 1]  # one inversion each, not one per output of the record
+    assert known["mode"] == unknown["mode"] == "record" and known["detected"]
+    # which output it is unknown: both nonces tried, the best kept at its Sidak-corrected p
+    assert unknown["p_value"] == pytest.approx(sidak(known["p_value"], 2), rel=1e-9)
+    assert unknown["detected"] and unknown["payload"] == known["payload"]

@@ -78,6 +78,26 @@ def test_reads_its_own_latents_perfectly(key):
     assert all(r.p_value < 1e-30 and r.tries == 256 for r in blind)
 
 
+def test_an_image_may_be_read_against_each_nonce_of_its_record(key):
+    from trustgain.watermark.latent_stats import sidak
+
+    z, nonces, payload = _marked(key, 3, start=10)
+    alone = read_latent_mark(z, key, nonces=nonces, expected_payload=payload, levels=1)
+    # each image against all three nonces of a three-output record: its own one wins
+    each = read_latent_mark(z, key, nonces=[nonces] * 3, expected_payload=payload, levels=1)
+    assert [r.nonce_index for r in each] == [0, 1, 2]
+    assert all(r.tries == 3 and r.detected for r in each)
+    assert all(e.p_value == sidak(a.p_value, 3) and e.matches == a.matches
+               for a, e in zip(alone, each, strict=True))
+    # a clean latent against several nonces: the correction keeps it a p-value
+    clean = torch.from_numpy(np.random.default_rng(5).standard_normal((200, *SHAPE)))
+    p = np.array([r.p_value for r in read_latent_mark(
+        clean, key, nonces=[nonces] * 200, expected_payload=payload, levels=1)])
+    assert (p <= 0.2).mean() <= 0.2 + 3 * np.sqrt(0.2 / 200) and (p <= 0.5).mean() > 0.3
+    with pytest.raises(ValueError, match="list of recorded nonces is empty"):
+        read_latent_mark(z[:1], key, nonces=[[]], expected_payload=payload)
+
+
 def test_mark_survives_the_tiny_pipelines_own_denoise_and_inversion(sd_pipe, key):
     z, nonces, payload = _marked(key, 4)
     out = sd_pipe(

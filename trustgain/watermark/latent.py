@@ -51,6 +51,7 @@ import hashlib
 import hmac
 import os
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import ClassVar
@@ -245,7 +246,7 @@ def read_latent_mark(
     key: DerivedKey,
     *,
     payload_bits: int = 64,
-    nonces: list[bytes] | None = None,
+    nonces: Sequence[bytes | Sequence[bytes]] | None = None,
     nonce_space: int = 256,
     expected_payload: str | None = None,
     fpr: float = 1e-6,
@@ -256,7 +257,11 @@ def read_latent_mark(
     """Read the mark from (inverted) latents, one :class:`LatentReading` per batch entry.
 
     ``nonces``: the nonce of each image (from its record), or ``None`` to try the
-    ``nonce_space`` counter nonces. ``expected_payload`` (hex, from the record) selects the
+    ``nonce_space`` counter nonces. An image's entry may also be a list of nonces, each tried
+    (a record of several outputs, the image being one of them, which one unknown): the best is
+    kept, its p-value Sidak-corrected for their number, as the counter nonces are (keystreams
+    of distinct nonces are independent, so are the reads under the null); ``nonce_index`` then
+    says which one matched. ``expected_payload`` (hex, from the record) selects the
     matches statistic, otherwise the fold statistic; ``levels`` is the number of |z|-rank
     weight levels (1: the unweighted binomial and fold tests); see
     :mod:`trustgain.watermark.latent_stats`. ``mask`` (boolean, one per latent element of an
@@ -282,6 +287,10 @@ def read_latent_mark(
         raise ValueError(f"{len(nonces)} nonces for a batch of {batch}")
     if nonces is None and nonce_space < 1:
         raise ValueError("without recorded nonces, nonce_space must be at least 1")
+    own = None if nonces is None else [[x] if isinstance(x, (bytes, bytearray)) else list(x)
+                              for x in nonces]
+    if own is not None and not all(own):
+        raise ValueError("an image's list of recorded nonces is empty")
     valid = np.ones(n, dtype=bool) if mask is None else np.asarray(mask, dtype=bool).ravel()
     if valid.shape != (n,):
         raise ValueError(f"mask has {valid.size} entries for {n} latent elements")
@@ -295,7 +304,8 @@ def read_latent_mark(
     for i in range(batch):
         w = (rank_weights(np.abs(z[i]), valid, levels) if reliability is None
              else reliability.weights(z[i], valid))
-        ks = _stream_bits(key.material, nonces[i], n)[None] if nonces is not None else streams
+        ks = (streams if own is None
+              else np.stack([_stream_bits(key.material, x, n) for x in own[i]]))
         decrypted = signs[i][None] ^ ks  # (tries, n)
         if expected is not None:
             scores = ((decrypted == expected[bit_of][None]) * w[None]).sum(axis=1)

@@ -203,7 +203,7 @@ def read_candidates(
     key: DerivedKey,
     *,
     payload_bits: int = 64,
-    nonces: Sequence[bytes] | None = None,
+    nonces: Sequence[bytes | Sequence[bytes]] | None = None,
     nonce_space: int = 256,
     expected_payloads: Sequence[str] | None = None,
     fpr: float = 1e-6,
@@ -250,7 +250,7 @@ def detect_latent(
     *,
     num_inference_steps: int,
     payload_bits: int = 64,
-    nonces: Sequence[bytes] | None = None,
+    nonces: Sequence[bytes | Sequence[bytes]] | None = None,
     nonce_space: int = 256,
     expected_payloads: Sequence[str] | None = None,
     fpr: float = 1e-6,
@@ -268,7 +268,10 @@ def detect_latent(
     """Detect the latent mark in ``images`` generated (or not) by ``pipe``.
 
     ``nonces`` and ``expected_payloads`` come from each image's provenance record (the stage's
-    ``nonces`` and ``payload`` params) when it has one; without them the detector tries the
+    ``nonces`` and ``payload`` params) when it has one (an image's entry may list several
+    nonces, all of a record of several outputs when which one it is is unknown: one inversion,
+    each tried, see :func:`~trustgain.watermark.latent.read_latent_mark`); without them the
+    detector tries the
     ``nonce_space`` counter nonces and decodes the payload blind (see
     :func:`trustgain.watermark.latent.read_latent_mark` for both statistics).
     ``scales`` < 1 also try undoing a centre crop to that side ratio (:func:`unzoom`), at one
