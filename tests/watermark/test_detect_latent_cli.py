@@ -162,6 +162,18 @@ def test_mark_vae_round_trip(tmp_path, capsys, monkeypatch):
     got = doc["files"][0]
     assert got["mode"] == "record" and got["detected"] and got["p_value"] <= 1e-6
     assert "its record says" not in res.err
+    # the default on the mini model with its mark VAE: guessed prompt and empty, both ways
+    assert doc["prompt"] == "guessed" and doc["both_ways"]
+    code = main(["watermark", "detect-latent", str(tmp_path / "marked.png"), "--model",
+                 "trustgain-mini-sd", "--mark-vae", "--no-guess-prompt", "--keyring",
+                 str(tmp_path / "ring.json"), "--no-progress", "--json"])
+    empty = json.loads(capsys.readouterr().out)
+    assert code == 0 and empty["prompt"] == "none" and not empty["both_ways"]
+    assert empty["files"][0]["prompted"] is False and empty["files"][0]["detected"]
+    # the both-ways read is the better of two at twice its p-value
+    empty_p = empty["files"][0]["p_value"]
+    assert (got["p_value"] == 2 * empty_p) if not got["prompted"] else (
+        got["p_value"] < 2 * empty_p)
     code = main(["watermark", "detect-latent", str(tmp_path / "marked.png"), "--model",
                  "trustgain-mini-sd", "--keyring", str(tmp_path / "ring.json"), "--no-progress",
                  "--json"])
