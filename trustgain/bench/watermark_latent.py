@@ -17,9 +17,10 @@
    with the fit for such reads where the model ships one (``reliability_prompted.json``).
    ``--tpr N`` (standalone entry point only): the record-mode rows, both ways and (where the
    judge is there) a third, under a prompt the judge guesses from each image, and a fourth,
-   the better of the empty and the guessed read (``detect-latent --guess-prompt``), and the
-   better of the empty and the given-prompt read, on N fresh samples (``--seed`` draws another
-   set, to pool runs), with the new reads' nulls (:mod:`~trustgain.bench.watermark_latent_tpr`).
+   the better of the empty and the guessed read (``detect-latent --mark-vae``'s default on
+   trustgain-mini-sd, ``--guess-prompt``), and the better of the empty and the given-prompt
+   read, on N fresh samples (``--seed`` draws another set, to pool runs), with the new reads'
+   nulls (:mod:`~trustgain.bench.watermark_latent_tpr`).
 2. Null: clean (unmarked) samples, inverted, times independent keys (and their random
    nonce/payload in record mode): at least 10,000 clean-inversion x key reads, count at 1e-6 and
    observed rates at 1e-3 / 1e-2 against the analytic ones; wrong keys on marked samples.

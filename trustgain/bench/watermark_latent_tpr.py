@@ -1,18 +1,19 @@
 """The latent mark's six TPR rows on a larger marked set (``--tpr N`` of the standalone bench).
 
-A full run reads 100 marked samples per attack, where one miss moves a row by a whole point
-and the Wilson interval around 0.98 spans 0.93-0.99: two candidate models cannot be told apart
+A full run reads 100 marked samples per attack, where one miss moves a row by a whole point and
+the Wilson interval around 0.98 spans 0.93-0.99: two candidate models cannot be told apart
 there. This reads ``n`` fresh samples (the same prompt family, other seeds, so no image of the
 full run recurs), in chunks of 100 with a progress bar, and reports per attack the record-mode
-TPR at FPR 1e-6 with its interval, the per-image sign accuracy (mean, 5th percentile,
-minimum) and the digits of the misses: detection fails in the tail, not at the mean. Each row
-comes twice: read as the detector does by default (empty prompt), and with the generation
-prompt known to the verifier (inverted under it at the sampler's guidance); with a ``guess``,
-a third time, under a prompt guessed from each attacked image, and a fourth, the better of the
-empty-prompt and the guessed read at twice its p-value (what ``detect-latent --guess-prompt``
-does: ``detect_latent(also_unprompted=True)``; no further inversion). The same both-ways
-read with the given prompt comes always (:data:`BOTH_GIVEN`): what a verifier who knows the
-prompt gets by reading the empty-prompt inversion as well, again with no further inversion.
+TPR at FPR 1e-6 with its interval, the per-image sign accuracy (mean, 5th percentile, minimum)
+and the digits of the misses: detection fails in the tail, not at the mean. Each row comes
+twice: read under the empty prompt (``detect-latent --no-guess-prompt``), and with the
+generation prompt known to the verifier (inverted under it at the sampler's guidance); with a
+``guess``, a third time, under a prompt guessed from each attacked image, and a fourth, the
+better of the empty-prompt and the guessed read at twice its p-value (what ``detect-latent
+--guess-prompt`` does: ``detect_latent(also_unprompted=True)``, the default of ``detect-latent
+--mark-vae`` on trustgain-mini-sd; no further inversion). The same both-ways read with the
+given prompt comes always (:data:`BOTH_GIVEN`): what a verifier who knows the prompt gets by
+reading the empty-prompt inversion as well, again with no further inversion.
 
 ``seed`` draws another, disjoint sample set (other prompts order, latents, nonces, attack
 randomness and generation seeds), so that runs can be pooled; 0 is the historical set.

@@ -294,9 +294,12 @@ def detect_latent(
     ``also_unprompted`` (with a ``prompt``): invert both ways, under the empty prompt (read
     with ``reliability``) and under the prompt (read with ``prompted_reliability``, default
     ``reliability``), and keep the better read at twice its p-value (:func:`best_of`). Meant
-    for a guessed prompt: when the guess is wrong the empty read still stands. On 1,000
-    trustgain-mini-sd samples with the mark VAE (record mode, scales 1 and 0.7071), TPR at
-    1e-6 under JPEG 50 was 0.964 with the empty prompt alone, 0.981 with the judge's guess
+    for a guessed prompt (when the guess is wrong the empty read still stands), and for a
+    given one when the encoder was tuned for the empty-prompt inversion (the mark VAE's since
+    its end-to-end phase: on 2,000 samples TPR at 1e-6 under JPEG 50 0.957 under the true
+    prompt alone, 0.9885 empty, 0.9925 empty or guessed; BENCHMARKS.md). Earlier, on 1,000
+    trustgain-mini-sd samples with the previous mark VAE (record mode, scales 1 and 0.7071),
+    TPR at 1e-6 under JPEG 50 was 0.964 with the empty prompt alone, 0.981 with the judge's guess
     alone, 0.982 both ways (0.989 with the true prompt); under noise 0.05, 0.982, 0.967 (the
     judge misnames 6.9% of noisy digits), 0.995 both ways (0.997 with the true prompt).
     The null stays exact whatever the encoder, prompt and weights, because the keystream is
