@@ -296,8 +296,8 @@ def detect_latent(
     ``reliability``), and keep the better read at twice its p-value (:func:`best_of`). Meant
     for a guessed prompt (when the guess is wrong the empty read still stands), and for a
     given one when the encoder was tuned for the empty-prompt inversion (the mark VAE's since
-    its end-to-end phase: on 2,000 samples TPR at 1e-6 under JPEG 50 0.957 under the true
-    prompt alone, 0.9885 empty, 0.9925 empty or guessed; BENCHMARKS.md). Earlier, on 1,000
+    its end-to-end phase: on 3,000 samples TPR at 1e-6 under JPEG 50 0.951 under the true
+    prompt alone, 0.986 empty, 0.991 empty or guessed; BENCHMARKS.md). Earlier, on 1,000
     trustgain-mini-sd samples with the previous mark VAE (record mode, scales 1 and 0.7071),
     TPR at 1e-6 under JPEG 50 was 0.964 with the empty prompt alone, 0.981 with the judge's guess
     alone, 0.982 both ways (0.989 with the true prompt); under noise 0.05, 0.982, 0.967 (the
