@@ -140,8 +140,9 @@ def _read_one(image, pipe, key, params, index, *, steps, fpr, encoder, prompt, r
               help="Inversion steps when the record does not give the generation's.")
 @click.option("--prompt", default="",
               help="The generation prompt, if known: read both ways, under it and under the "
-              "empty prompt, keeping the better read at twice its p-value (twice the work; "
-              "the stronger read whichever encoder was tuned for which).")
+              "empty prompt, keeping the better read at twice its p-value (twice the work; with "
+              "--mark-vae, whose encoder suits the empty prompt, far stronger than the prompt "
+              "alone under JPEG and noise).")
 @click.option("--prompt-only", is_flag=True,
               help="With --prompt: read under it alone, not also under the empty prompt (half "
               "the work, p-value not doubled).")
