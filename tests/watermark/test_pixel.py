@@ -309,6 +309,27 @@ def test_strict_rows_count_released_payloads():
     assert rows["TPR@1e-6 payload required, none"].value == 0.25
 
 
+def test_bench_marks_with_the_checked_embed_and_reports_the_strength(monkeypatch):
+    from trustgain.bench import watermark as bench
+    from trustgain.watermark.pixel_check import CheckedMark
+
+    image = Image.fromarray(skdata.astronaut()).resize((256, 256), Image.Resampling.BICUBIC)
+    calls = []
+
+    def fake(im, key, payload, **kw):  # the CLI's checked embed, raising this image's strength
+        calls.append(payload)
+        out, _ = pixel.embed(im, key, payload, strength=1.5 * pixel.STRENGTH, nonce=3)
+        return CheckedMark(out, None, 3, 1.5 * pixel.STRENGTH, 1e-9)
+
+    monkeypatch.setattr(bench, "embed_checked", fake)
+    strengths: list[float] = []
+    marked = bench.ours([KEY], checked=True, strengths=strengths).embed(image, 0)
+    assert len(calls) == 1 and strengths == [1.5 * pixel.STRENGTH]
+    assert pixel.detect(marked, KEY).nonce == 3
+    bench.ours([KEY], checked=False, strengths=strengths).embed(image, 1)
+    assert len(calls) == 1 and strengths[-1] == pixel.STRENGTH
+
+
 def test_checked_embed_raises_strength_only_where_the_mark_is_not_found():
     from trustgain.watermark.pixel_check import WeakMarkError, embed_checked
 
@@ -335,3 +356,20 @@ def test_stage_refuses_what_it_cannot_mark_before_generating(keyring):
     with pytest.raises(StageError, match="output_type is 'np'"):
         trust("x", output_type="np")
     assert generator.calls == []  # refused from the request alone: no generation was spent
+
+
+def test_detect_lines_say_when_the_mark_is_there_without_its_payload():
+    from trustgain.cli.watermark import _human_line
+
+    base = {"file": "x.jpg", "status": "ok", "p_value": 1e-9}
+    with_payload = _human_line({**base, "detected": True, "present": True, "payload": "0badc0de"})
+    assert with_payload == "x.jpg: DETECTED p=1e-09 payload 0badc0de"
+    weak = _human_line({**base, "detected": True, "present": True, "payload": None})
+    assert weak.endswith("DETECTED p=1e-09 (mark present; payload not recovered)")
+    required = _human_line({**base, "detected": False, "present": True, "payload": None})
+    assert required.startswith("x.jpg: not detected") and "payload not recovered" in required
+    absent = _human_line({**base, "p_value": 0.4, "detected": False, "present": False,
+                          "payload": None})
+    assert absent == "x.jpg: not detected p=0.4"
+    assert _human_line({"file": "y.png", "status": "error", "reason": "not an image"}) == (
+        "y.png: error (not an image)")

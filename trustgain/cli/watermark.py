@@ -197,6 +197,19 @@ def _embed_one(
             "check_p_value": mark.p_value, "psnr_db": psnr(image, mark.image)}
 
 
+def _human_line(r: dict) -> str:
+    """One file's detection for people: the decision, the p-value, and the payload, or why
+    there is none (the mark is weaker than its payload needs: see ``--require-payload``)."""
+    if r["status"] == "error":
+        return f"{r['file']}: error ({r['reason']})"
+    line = f"{r['file']}: {'DETECTED' if r['detected'] else 'not detected'} p={r['p_value']:.3g}"
+    if r["payload"] and r["detected"]:
+        return line + f" payload {r['payload']}"
+    if r["present"] and not r["payload"]:
+        return line + " (mark present; payload not recovered)"
+    return line
+
+
 def _reason(exc: Exception, src: Path) -> str:
     """The error without the file name the line already starts with."""
     return str(exc).removeprefix(f"{src}: ")
@@ -261,13 +274,7 @@ def detect(
                 "angle": d.angle and round(d.angle, 2),
             }
         )
-    human = "\n".join(
-        f"{r['file']}: error ({r['reason']})"
-        if r["status"] == "error"
-        else f"{r['file']}: {'DETECTED' if r['detected'] else 'not detected'} p={r['p_value']:.3g}"
-        + (f" payload {r['payload']}" if r["detected"] and r["payload"] else "")
-        for r in results
-    )
+    human = "\n".join(_human_line(r) for r in results)
     emit({"key_id": key_id, "fpr": fpr, "files": results}, as_json, human)
     if failed:
         note(f"{failed} file(s) could not be read")
