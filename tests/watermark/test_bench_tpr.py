@@ -65,14 +65,22 @@ def _reading(p: float) -> LatentReading:
                          statistic="matches", nonce_index=0, tries=1)
 
 
-def test_a_guess_adds_a_third_read_and_the_better_of_two(sd_pipe, monkeypatch):
+def test_a_guess_adds_a_third_read_the_better_of_two_and_their_mean(sd_pipe, monkeypatch):
     monkeypatch.setattr(tpr, "CHUNK", 10)
     shape = latent_shape(sd_pipe)
-    told, guessed_from = [], []
-    invert = _stand_in_inverter(shape, told)
+    told, guessed_from, averaged = [], [], []
+
+    def invert(images, prompt=""):  # latents 1 under the empty prompt, 3 under any other
+        told.append(prompt)
+        return [(1.0, torch.full((len(images), *shape), 3.0 if prompt else 1.0), None)]
 
     def read(cands, nonces, payloads, prompted):
-        assert prompted == bool(told[-1])
+        level = float(cands[0][1].mean())
+        if level == 2.0:  # the mean of the two inversions, read once with the empty weights
+            assert not prompted
+            averaged.append(len(nonces))
+            return [_reading(1e-8 if i < 8 else 1.0) for i in range(len(nonces))]
+        assert prompted == bool(told[-1]) == (level == 3.0)
         # the empty read finds images 0-4 (p 4e-7), the guessed one 5-8 (p 1e-7); none finds 9
         if prompted:
             return [_reading(1e-7 if 5 <= i < 9 else 1.0) for i in range(len(nonces))]
@@ -85,9 +93,10 @@ def test_a_guess_adds_a_third_read_and_the_better_of_two(sd_pipe, monkeypatch):
     rows = tpr.tpr_rows(sd_pipe, latent_key(KeyRing.generate()), invert, read, shape, steps=2,
                         n=10, guess=guess)
     assert guessed_from == [10] * len(ATTACKS)  # once per attack, from the attacked images
-    assert told[2::3] == [["a guess"] * 10] * len(ATTACKS)  # three inversions, not four
+    assert told[2::3] == [["a guess"] * 10] * len(ATTACKS)  # three inversions, not five
+    assert averaged == [10] * len(ATTACKS)
     by = {r.metric.removeprefix("TPR@1e-6 "): r for r in rows}
-    assert len(by) == 5 * len(ATTACKS)
+    assert len(by) == 6 * len(ATTACKS)
     for a in ATTACKS:
         assert by[f"record mode, {a}"].value == 0.5
         assert by[f"record mode + guessed prompt, {a}"].value == 0.4
@@ -95,6 +104,11 @@ def test_a_guess_adds_a_third_read_and_the_better_of_two(sd_pipe, monkeypatch):
         search = by[f"{tpr.SEARCH}, {a}"]
         assert search.value == 0.9 and search.ok is False and "n=10" in search.note
         assert by[f"record mode + guessed prompt, {a}"].ok is None
+        mean = by[f"{tpr.AVERAGED}, {a}"]
+        assert mean.value == 0.8 and mean.ok is False
+        # the mean (2) has the signs of both inversions (1 and 3), so the same sign accuracy
+        acc = by[f"record mode, {a}"].note.split("sign acc")[1].split(";")[0]
+        assert mean.note.split("sign acc")[1].split(";")[0] == acc
 
 
 def _seeded_draws(sd_pipe, monkeypatch, seed: int) -> tuple[list, list]:

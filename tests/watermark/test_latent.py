@@ -426,6 +426,42 @@ def test_also_unprompted_reads_both_ways_and_keeps_the_better_at_twice_p(sd_pipe
     assert [r.p_value for r in alone] == [r.p_value for r in empty]
 
 
+def test_averaged_both_ways_reads_the_mean_inversion_once(sd_pipe, monkeypatch):
+    from trustgain.watermark import latent_invert
+
+    ring = _ring(9)
+    art = wrap(sd_pipe, [LatentMark()], keyring=ring)(
+        "a cat", seed=4, num_inference_steps=3, height=16, width=16, num_images_per_prompt=2,
+        guidance_scale=3.0)
+    key, record = latent_key(ring), art.record.record
+    inverted, invert = [], latent_invert.invert_candidates
+
+    def spy(*args, **kwargs):
+        inverted.append(invert(*args, **kwargs))
+        return inverted[-1]
+
+    monkeypatch.setattr(latent_invert, "invert_candidates", spy)
+    plain = object()
+    monkeypatch.setattr(latent_invert, "read_latent_mark",
+                        _rank_reader(latent_invert.read_latent_mark))
+    mean = latent_invert.detect_with_record(
+        art.images, sd_pipe, key, record, prompt="a cat", also_unprompted=True,
+        combine="average", reliability=plain)
+    assert len(inverted) == 2  # the same two inversions as the best-of read, one read
+    (_, empty, _), (_, under, _) = inverted[0][0], inverted[1][0]
+    assert not torch.equal(empty, under)
+    direct = latent_invert.read_candidates(
+        latent_invert.average_candidates(inverted[0], inverted[1]), key,
+        nonces=[bytes.fromhex(n) for n in record["stages"][0]["params"]["nonces"]],
+        expected_payloads=[record["stages"][0]["params"]["payload"]] * 2)
+    assert [r.p_value for r in mean] == [r.p_value for r in direct]  # no correction
+    assert all(r.prompted for r in mean)
+    with pytest.raises(ValueError, match="combine must be 'best' or 'average'"):
+        latent_invert.detect_with_record(art.images, sd_pipe, key, record, combine="mean")
+    with pytest.raises(ValueError, match="same images"):
+        latent_invert.average_candidates(inverted[0], [(0.5, empty, None)])
+
+
 def _rank_reader(read):
     """``read_latent_mark`` with |z|-rank weights whatever reliability it is given."""
 

@@ -114,7 +114,7 @@ from .watermark_latent_marks import (
     to_pil,
     wilson,
 )
-from .watermark_latent_tpr import BOTH_GIVEN, SEARCH, tpr_rows
+from .watermark_latent_tpr import AVERAGED, BOTH_GIVEN, SEARCH, tpr_rows
 
 __all__ = [
     "ATTACKS", "ENCODER", "FPR", "JUDGE_PER_DIGIT", "NONCE_SPACE", "PAYLOAD_BITS", "REFINE",
@@ -397,6 +397,8 @@ def run(quick: bool = False, device: str = "cpu", *, model: str | None = None,
                 guessed = _invert(pipe, clean, steps, prompt=guess(clean))
                 rows += prompt_null_rows(guessed, n_keys, "record mode + guessed prompt")
                 rows += prompt_null_rows(guessed, n_keys, SEARCH, unprompted_inv=unprompted)
+                rows += prompt_null_rows(guessed, n_keys, AVERAGED, unprompted_inv=unprompted,
+                                         average=True)
             return [Row("setup", -(-tpr // 10) * 10, "marked samples", "", None,
                         f"TPR rows only: fresh samples, {steps} steps, guidance {GUIDANCE}; "
                         f"encoder {encoder}, {used_weights} weights"), *rows]

@@ -27,7 +27,7 @@ from ..watermark.latent import (
     marked_latents,
     payload_from_record_id,
 )
-from ..watermark.latent_invert import Candidate, best_of, read_candidates
+from ..watermark.latent_invert import Candidate, average_candidates, best_of, read_candidates
 from . import Row
 
 FPR = 1e-6
@@ -143,18 +143,23 @@ def null_rows(clean_inv, marked_inv, n_keys: int) -> list[Row]:
 
 
 def prompt_null_rows(clean_inv, n_keys: int, mode: str = "record mode + prompt",
-                     unprompted_inv=None) -> list[Row]:
+                     unprompted_inv=None, average: bool = False) -> list[Row]:
     """Record-mode false positives on clean images inverted under their own prompts (or under
     prompts guessed from them: ``mode`` names the row); with ``unprompted_inv`` (the same
     images inverted under the empty prompt) each image is read both ways and the better read
-    kept at twice its p-value, as ``detect_latent(also_unprompted=True)`` does."""
+    kept at twice its p-value, as ``detect_latent(also_unprompted=True)`` does, or with
+    ``average`` the mean of the two inversions read once (``combine="average"``)."""
+    if average:
+        if unprompted_inv is None:
+            raise ValueError("average needs the unprompted inversions")
+        clean_inv, unprompted_inv = average_candidates(unprompted_inv, clean_inv), None
     rng = np.random.default_rng(12)
     p = []
     for _ in range(n_keys):
         key = latent_key(KeyRing.generate())
         _, nonces, payloads = _marked_set(key, len(clean_inv[0][1]), rng,
                                        tuple(clean_inv[0][1].shape[1:]))
-        reads = _read(clean_inv, key, nonces, payloads, prompted=True)
+        reads = _read(clean_inv, key, nonces, payloads, prompted=not average)
         if unprompted_inv is not None:
             reads = best_of([_read(unprompted_inv, key, nonces, payloads), reads], FPR)
         p += [r.p_value for r in reads]

@@ -13,7 +13,10 @@ better of the empty-prompt and the guessed read at twice its p-value (what ``det
 --guess-prompt`` does: ``detect_latent(also_unprompted=True)``, the default of ``detect-latent
 --mark-vae`` on trustgain-mini-sd; no further inversion). The same both-ways read with the
 given prompt comes always (:data:`BOTH_GIVEN`): what a verifier who knows the prompt gets by
-reading the empty-prompt inversion as well, again with no further inversion.
+reading the empty-prompt inversion as well, again with no further inversion. With a ``guess``,
+also :data:`AVERAGED`: the element-wise mean of the empty-prompt and the guessed inversion,
+read once with the empty-prompt weights and no correction (``detect_latent(also_unprompted=True,
+combine="average")``; no further inversion either).
 
 ``seed`` draws another, disjoint sample set (other prompts order, latents, nonces, attack
 randomness and generation seeds), so that runs can be pooled; 0 is the historical set.
@@ -29,7 +32,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from ..watermark.attacks import SUITE
-from ..watermark.latent_invert import best_of
+from ..watermark.latent_invert import average_candidates, best_of
 from . import Row
 from .models import generate, prompts_for
 from .watermark_latent_marks import ATTACKS, FPR, _marked_set, _tpr_rows, to_pil
@@ -38,6 +41,8 @@ from .watermark_latent_marks import ATTACKS, FPR, _marked_set, _tpr_rows, to_pil
 CHUNK = 100
 #: The mode that reads each image both ways, empty and guessed prompt.
 SEARCH = "record mode, empty or guessed prompt"
+#: The mode that reads the mean of the empty-prompt and the guessed inversion, once.
+AVERAGED = "record mode, empty and guessed averaged"
 #: The mode that reads each image both ways, empty and given prompt.
 BOTH_GIVEN = "record mode, empty or given prompt"
 #: Generation seeds of one ``seed`` lie in their own block of this size.
@@ -63,8 +68,9 @@ def tpr_rows(pipe, key, invert: Callable, read: Callable, shape: tuple[int, ...]
     latents, nonces, payloads = _marked_set(key, len(prompts), rng(22), shape)
     modes = ("record mode", "record mode + prompt") + (
         ("record mode + guessed prompt",) if guess is not None else ())
-    readings = {(m, a): [] for m in modes for a in ATTACKS}
-    accuracy = {(m, a): [] for m in modes for a in ATTACKS}
+    every = modes + ((AVERAGED,) if guess is not None else ())
+    readings = {(m, a): [] for m in every for a in ATTACKS}
+    accuracy = {(m, a): [] for m in every for a in ATTACKS}
     attack_rng = rng(23)
     for i in tqdm(range(0, len(prompts), CHUNK), desc="tpr chunks", unit="chunk"):
         s = slice(i, i + CHUNK)
@@ -74,11 +80,17 @@ def tpr_rows(pipe, key, invert: Callable, read: Callable, shape: tuple[int, ...]
         for name in ATTACKS:
             attacked = [SUITE[name](im, attack_rng) for im in images]
             told = ("", prompts[s], *([list(guess(attacked))] if guess is not None else []))
+            kept = {}
             for mode, prompt in zip(modes, told, strict=True):
-                cands = invert(attacked, prompt)
+                kept[mode] = cands = invert(attacked, prompt)
                 agree = (cands[0][1] > 0) == (latents[s] > 0)  # scale 1: the uncropped read
                 accuracy[mode, name] += agree.flatten(1).float().mean(1).tolist()
                 readings[mode, name] += read(cands, nonces[s], payloads[s], bool(prompt))
+            if guess is not None:
+                mean = average_candidates(kept[modes[0]], kept[modes[2]])
+                agree = (mean[0][1] > 0) == (latents[s] > 0)
+                accuracy[AVERAGED, name] += agree.flatten(1).float().mean(1).tolist()
+                readings[AVERAGED, name] += read(mean, nonces[s], payloads[s], False)
     both = ((BOTH_GIVEN, 1),) + (((SEARCH, 2),) if guess is not None else ())
     for mode, j in both:  # the better of the empty and the prompted read, per image
         for name in ATTACKS:
@@ -98,5 +110,5 @@ def tpr_rows(pipe, key, invert: Callable, read: Callable, shape: tuple[int, ...]
             f"TPR@1e-6 {mode}, {name}", readings[mode, name],
             f"sign acc per image (scale-1 read) mean {acc.mean():.3f}, "
             f"5th pct {np.percentile(acc, 5):.3f}, min {acc.min():.3f}; "
-            f"misses by digit: {misses}", mode in (modes[0], SEARCH))
+            f"misses by digit: {misses}", mode in (modes[0], SEARCH, AVERAGED))
     return rows
