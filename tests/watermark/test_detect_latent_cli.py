@@ -60,7 +60,8 @@ def test_detect_latent_reads_the_record_and_falls_back_to_blind(tmp_path, capsys
     assert doc["encoder"] == "detector" and doc["weights"] == "reliability"
     files = {f["file"].rsplit("/", 1)[-1]: f for f in doc["files"]}
     assert files["marked.png"]["mode"] == "record"
-    assert files["stripped.png"]["mode"] == "blind"
+    stripped = files["stripped.png"]
+    assert stripped["mode"] == "blind" and stripped["output_index"] is None
     assert files["marked.png"]["detected"]  # fixed key, seed, record id and nonce
     assert files["marked.png"]["p_value"] <= 1e-6
     code, res = run(str(out / "marked.png"), "--keyring", str(tmp_path / "ring.json"),
@@ -262,3 +263,5 @@ def test_a_record_of_several_outputs_is_read_with_one_inversion(tmp_path, capsys
     # which output it is unknown: both nonces tried, the best kept at its Sidak-corrected p
     assert unknown["p_value"] == pytest.approx(sidak(known["p_value"], 2), rel=1e-9)
     assert unknown["detected"] and unknown["payload"] == known["payload"]
+    # and the best nonce names the output: the second, as the signed sidecar says
+    assert known["output_index"] == unknown["output_index"] == 1

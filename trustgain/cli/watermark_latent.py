@@ -122,14 +122,17 @@ def _read_one(image, pipe, key, params, index, *, steps, fpr, encoder, prompt, r
               "also_unprompted": also_unprompted,
               "guidance_scale": inversion_guidance(prompt, guidance, params)}
     if params is None:
-        return "blind", detect_latent([image], pipe, key, num_inference_steps=steps, **common)[0]
+        reading = detect_latent([image], pipe, key, num_inference_steps=steps, **common)[0]
+        return "blind", reading, None
     run_steps = params.get("num_inference_steps") or steps
     nonces = [bytes.fromhex(n) for n in params["nonces"]]
     # a record of several outputs, which one this is unknown: one inversion, each nonce tried
     own = nonces if index is None else nonces[index]
-    return "record", detect_latent(
+    reading = detect_latent(
         [image], pipe, key, num_inference_steps=run_steps, payload_bits=params["payload_bits"],
         nonces=[own], expected_payloads=[params["payload"]], **common)[0]
+    # which output of the record: the one named, or the nonce that matched best
+    return "record", reading, reading.nonce_index if index is None else index
 
 
 @click.command("detect-latent")
@@ -180,7 +183,9 @@ def detect_latent_cmd(inputs, model, steps, prompt, prompt_only, guess_prompt, g
                       rank_weights, device, keyring_path, as_json, no_progress):
     """Look for your key's in-generation (latent) mark; p-value and payload per file.
 
-    Exit code 1 if any file could not be read.
+    In record mode the JSON's output_index says which output of the record the file is: the
+    one the sidecar names, or, for a record of several outputs read without it, the output
+    whose nonce matched best. Exit code 1 if any file could not be read.
 
     \b
     Examples:
@@ -254,17 +259,17 @@ def detect_latent_cmd(inputs, model, steps, prompt, prompt_only, guess_prompt, g
                 note(f"{src}: its record says it was drawn with the "
                      f"{'mark VAE' if drawn_with_mark else 'pipeline VAE'}; read it "
                      f"{'with' if drawn_with_mark else 'without'} --mark-vae")
-            mode, r = _read_one(image, pipe, key, params, index, steps=steps, fpr=fpr,
-                                encoder=encoder, prompt=prompt, reliability=reliability,
-                                guidance=guidance, prompted_reliability=prompted_reliability,
-                                also_unprompted=both_ways)
+            mode, r, output = _read_one(
+                image, pipe, key, params, index, steps=steps, fpr=fpr, encoder=encoder,
+                prompt=prompt, reliability=reliability, guidance=guidance,
+                prompted_reliability=prompted_reliability, also_unprompted=both_ways)
         except (TrustgainError, ValueError) as exc:
             failed += 1
             results.append({"file": str(src), "status": "error", "reason": str(exc)})
             continue
         results.append({"file": str(src), "status": "ok", "mode": mode, "detected": r.detected,
                         "p_value": r.p_value, "payload": r.payload, "scale": r.scale,
-                        "prompted": r.prompted})
+                        "prompted": r.prompted, "output_index": output})
     human = "\n".join(
         f"{r['file']}: error ({r['reason']})" if r["status"] == "error" else
         f"{r['file']}: {'DETECTED' if r['detected'] else 'not detected'} p={r['p_value']:.3g} "
