@@ -137,6 +137,8 @@ def test_mark_vae_and_pipeline_encoder_exclude_each_other(tmp_path, capsys, monk
     (["--guidance", "4"], "--guidance needs --prompt"),
     (["--prompt", "a 7", "--guess-prompt"], "exclude each other"),
     (["--prompt-only"], "--prompt-only needs --prompt"),
+    (["--combine", "average"], "--combine applies to reading both ways"),
+    (["--prompt", "a 7", "--prompt-only", "--combine", "best"], "--combine applies"),
     (["--guess-prompt", "--model", "./other-sd"], "trustgain-mini-sd only"),
 ])
 def test_prompt_options_are_checked_first(args, message, tmp_path, capsys, monkeypatch):
@@ -175,6 +177,15 @@ def test_mark_vae_round_trip(tmp_path, capsys, monkeypatch):
     empty_p = empty["files"][0]["p_value"]
     assert (got["p_value"] == 2 * empty_p) if not got["prompted"] else (
         got["p_value"] < 2 * empty_p)
+    assert doc["combine"] == "best" and empty["combine"] is None
+    # or the mean of the same two inversions, read once
+    code = main(["watermark", "detect-latent", str(tmp_path / "marked.png"), "--model",
+                 "trustgain-mini-sd", "--mark-vae", "--combine", "average", "--keyring",
+                 str(tmp_path / "ring.json"), "--no-progress", "--json"])
+    mean = json.loads(capsys.readouterr().out)
+    assert code == 0 and mean["combine"] == "average" and mean["both_ways"]
+    assert mean["files"][0]["detected"] and mean["files"][0]["p_value"] <= 1e-6
+    assert mean["files"][0]["p_value"] not in (got["p_value"], empty_p)
     code = main(["watermark", "detect-latent", str(tmp_path / "marked.png"), "--model",
                  "trustgain-mini-sd", "--keyring", str(tmp_path / "ring.json"), "--no-progress",
                  "--json"])

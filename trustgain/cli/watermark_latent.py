@@ -114,12 +114,13 @@ def _given_record(path: str, key_id: str, trusted: list) -> tuple[dict, int | No
 
 
 def _read_one(image, pipe, key, params, index, *, steps, fpr, encoder, prompt, reliability,
-              guidance=None, prompted_reliability=None, also_unprompted=False):
+              guidance=None, prompted_reliability=None, also_unprompted=False,
+              combine="best"):
     from trustgain.watermark.latent_invert import detect_latent, inversion_guidance
 
     common = {"fpr": fpr, "encoder": encoder, "prompt": prompt, "scales": (1.0, CROP_SCALE),
               "reliability": reliability, "prompted_reliability": prompted_reliability,
-              "also_unprompted": also_unprompted,
+              "also_unprompted": also_unprompted, "combine": combine,
               "guidance_scale": inversion_guidance(prompt, guidance, params)}
     if params is None:
         reading = detect_latent([image], pipe, key, num_inference_steps=steps, **common)[0]
@@ -156,6 +157,10 @@ def _read_one(image, pipe, key, params, index, *, steps, fpr, encoder, prompt, r
               "stronger than either alone under JPEG and noise). Default: on for "
               "trustgain-mini-sd with --mark-vae, off otherwise; --no-guess-prompt reads under "
               "the empty prompt alone.")
+@click.option("--combine", type=click.Choice(["best", "average"]), default=None,
+              help="Reading both ways (--prompt or --guess-prompt): keep the better of the two "
+              "reads at twice its p-value (best, the default), or read the mean of the two "
+              "inversions once (average; the same inversions, no correction).")
 @click.option("--guidance", type=click.FloatRange(0, 100), default=None,
               help="With --prompt or --guess-prompt: the generation's classifier-free guidance "
               "scale, inverted with it (default: the record's where it has one, else 1).")
@@ -177,7 +182,7 @@ def _read_one(image, pipe, key, params, index, *, steps, fpr, encoder, prompt, r
 @keyring_option
 @json_option
 @progress_option
-def detect_latent_cmd(inputs, model, steps, prompt, prompt_only, guess_prompt, guidance,
+def detect_latent_cmd(inputs, model, steps, prompt, prompt_only, guess_prompt, combine, guidance,
                       record_path, fpr,
                       pipeline_encoder, mark_vae,
                       rank_weights, device, keyring_path, as_json, no_progress):
@@ -215,6 +220,10 @@ def detect_latent_cmd(inputs, model, steps, prompt, prompt_only, guess_prompt, g
     if guess_prompt and model not in (MINI_SD_ID, None):
         raise click.UsageError(f"--guess-prompt knows how to guess for trustgain-mini-sd only, "
                                f"not {model} (give --prompt)")
+    if combine is not None and not ((prompt or guess_prompt) and not prompt_only):
+        raise click.UsageError("--combine applies to reading both ways (--prompt or "
+                               "--guess-prompt, without --prompt-only)")
+    combine = combine or "best"
     if mark_vae and pipeline_encoder:
         raise click.UsageError("--mark-vae and --pipeline-encoder exclude each other")
     from trustgain.cli.audit import _load_pipe
@@ -262,7 +271,8 @@ def detect_latent_cmd(inputs, model, steps, prompt, prompt_only, guess_prompt, g
             mode, r, output = _read_one(
                 image, pipe, key, params, index, steps=steps, fpr=fpr, encoder=encoder,
                 prompt=prompt, reliability=reliability, guidance=guidance,
-                prompted_reliability=prompted_reliability, also_unprompted=both_ways)
+                prompted_reliability=prompted_reliability, also_unprompted=both_ways,
+                combine=combine)
         except (TrustgainError, ValueError) as exc:
             failed += 1
             results.append({"file": str(src), "status": "error", "reason": str(exc)})
@@ -277,7 +287,7 @@ def detect_latent_cmd(inputs, model, steps, prompt, prompt_only, guess_prompt, g
         for r in results)
     emit({"key_id": key.key_id, "fpr": fpr, "model": model,
           "prompt": "guessed" if guess_prompt else "given" if prompt else "none",
-          "both_ways": both_ways,
+          "both_ways": both_ways, "combine": combine if both_ways else None,
           "encoder": "pipeline" if encoder is None else used,
           "weights": "rank" if reliability is None else "reliability", "files": results},
          as_json, human)
