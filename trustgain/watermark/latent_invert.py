@@ -312,15 +312,18 @@ def detect_latent(
     ``reliability``), and keep the better read at twice its p-value (:func:`best_of`). Meant
     for a guessed prompt (when the guess is wrong the empty read still stands), and for a
     given one when the encoder was tuned for the empty-prompt inversion (the mark VAE's since
-    its end-to-end phase: on 3,000 samples TPR at 1e-6 under JPEG 50 0.951 under the true
-    prompt alone, 0.986 empty, 0.991 empty or guessed; BENCHMARKS.md). Earlier, on 1,000
+    its end-to-end phase: TPR at 1e-6 under JPEG 50 0.952 under the true prompt alone on 3,000
+    samples; 0.990 empty, 0.993 empty or guessed on 6,000; BENCHMARKS.md). Earlier, on 1,000
     trustgain-mini-sd samples with the previous mark VAE (record mode, scales 1 and 0.7071),
     TPR at 1e-6 under JPEG 50 was 0.964 with the empty prompt alone, 0.981 with the judge's guess
     alone, 0.982 both ways (0.989 with the true prompt); under noise 0.05, 0.982, 0.967 (the
     judge misnames 6.9% of noisy digits), 0.995 both ways (0.997 with the true prompt).
     ``combine`` (with ``also_unprompted``): ``"best"``, the better of the two reads at twice
     its p-value, or ``"average"``, one read of the two inversions' element-wise mean
-    (:func:`average_candidates`, with ``reliability``), no correction.
+    (:func:`average_candidates`, with ``reliability``), no correction. With the judge's guess
+    on trustgain-mini-sd (mark VAE, 3,000 samples): JPEG 50 0.997 averaged against 0.995 best,
+    noise 0.05 0.994 against 0.995 (the mean cannot fall back on the empty read when the guess
+    is wrong), so ``"best"`` stays the default.
     The null stays exact whatever the encoder, prompt and weights, because the keystream is
     independent of the image and of all three (a guessed prompt depends on the image alone).
     """
