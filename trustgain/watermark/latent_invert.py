@@ -313,7 +313,7 @@ def detect_latent(
     for a guessed prompt (when the guess is wrong the empty read still stands), and for a
     given one when the encoder was tuned for the empty-prompt inversion (the mark VAE's since
     its end-to-end phase: TPR at 1e-6 under JPEG 50 0.952 under the true prompt alone on 3,000
-    samples; 0.990 empty, 0.993 empty or guessed on 6,000; BENCHMARKS.md). Earlier, on 1,000
+    samples; 0.9895 empty, 0.993 empty or guessed on 6,000; BENCHMARKS.md). Earlier, on 1,000
     trustgain-mini-sd samples with the previous mark VAE (record mode, scales 1 and 0.7071),
     TPR at 1e-6 under JPEG 50 was 0.964 with the empty prompt alone, 0.981 with the judge's guess
     alone, 0.982 both ways (0.989 with the true prompt); under noise 0.05, 0.982, 0.967 (the
