@@ -390,15 +390,20 @@ def test_detect_latent_inverts_under_a_guessed_prompt(sd_pipe, monkeypatch):
     assert used == [["guess 0", "guess 1"]] and len(readings) == 2
 
 
+def _guided_cats(sd_pipe, n: int):
+    """``n`` marked outputs of "a cat" at guidance 3, their latent key and record."""
+    ring = _ring(9)
+    art = wrap(sd_pipe, [LatentMark()], keyring=ring)(
+        "a cat", seed=4, num_inference_steps=3, height=16, width=16, num_images_per_prompt=n,
+        guidance_scale=3.0)
+    return art, latent_key(ring), art.record.record
+
+
 def test_also_unprompted_reads_both_ways_and_keeps_the_better_at_twice_p(sd_pipe,
                                                                          monkeypatch):
     from trustgain.watermark import latent_invert
 
-    ring = _ring(9)
-    art = wrap(sd_pipe, [LatentMark()], keyring=ring)(
-        "a cat", seed=4, num_inference_steps=3, height=16, width=16, num_images_per_prompt=3,
-        guidance_scale=3.0)
-    key, record = latent_key(ring), art.record.record
+    art, key, record = _guided_cats(sd_pipe, 3)
     weights_used, read = [], latent_invert.read_candidates
 
     def spy(*args, **kwargs):
@@ -429,11 +434,7 @@ def test_also_unprompted_reads_both_ways_and_keeps_the_better_at_twice_p(sd_pipe
 def test_averaged_both_ways_reads_the_mean_inversion_once(sd_pipe, monkeypatch):
     from trustgain.watermark import latent_invert
 
-    ring = _ring(9)
-    art = wrap(sd_pipe, [LatentMark()], keyring=ring)(
-        "a cat", seed=4, num_inference_steps=3, height=16, width=16, num_images_per_prompt=2,
-        guidance_scale=3.0)
-    key, record = latent_key(ring), art.record.record
+    art, key, record = _guided_cats(sd_pipe, 2)
     inverted, invert = [], latent_invert.invert_candidates
 
     def spy(*args, **kwargs):

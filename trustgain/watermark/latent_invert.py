@@ -346,6 +346,7 @@ def detect_latent(
     prompted = bool(prompt) if isinstance(prompt, str) else any(prompt)
     ways = [("", 1.0, False)] if also_unprompted and prompted else []
     ways.append((prompt, guidance_scale, prompted))
+
     def read(candidates: list[Candidate], weights: Reliability | None) -> list[LatentReading]:
         return read_candidates(
             candidates, key, payload_bits=payload_bits, nonces=nonces,
