@@ -132,3 +132,19 @@ def test_bench_reads_a_retrained_family_as_the_mean_over_its_trainings():
     base = float(row.note.rsplit(": ", 1)[1].split(" / ")[0])
     assert row.value == pytest.approx((2 * base + 0.0) / 3, abs=0.06)  # oracle never fooled
     assert "every training: none" in by["[t] held-out models with transfer ASR >= 70%"].note
+    assert "interval of the mean above 70%: none" in by[
+        "[t] held-out models with transfer ASR >= 70%"].note
+    lo, hi = (float(v) for v in row.note.split("95% interval [")[1].split("]")[0].split(", "))
+    assert lo <= row.value <= hi
+
+
+def test_mean_interval_is_the_student_t_interval():
+    from trustgain.bench.protection_measures import mean_interval
+
+    # n = 4: half-width t(0.975, 3) * sd / sqrt(4)
+    lo, hi = mean_interval([60.0, 70.0, 70.0, 80.0])
+    sd = np.std([60.0, 70.0, 70.0, 80.0], ddof=1)
+    assert (lo + hi) / 2 == pytest.approx(70.0)
+    assert (hi - lo) / 2 == pytest.approx(3.182446 * sd / 2, rel=1e-5)
+    with pytest.raises(ValueError, match="at least two"):
+        mean_interval([70.0])

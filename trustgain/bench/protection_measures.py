@@ -161,3 +161,16 @@ def _ratio(after: list[float], before: dict[str, float]) -> float:
     """Mean ASR after a purifier over mean ASR before (NaN when nothing was fooled)."""
     base = np.nanmean(list(before.values()))
     return float(np.nanmean(after) / base) if base > 0 else float("nan")
+
+
+def mean_interval(values: list[float], level: float = 0.95) -> tuple[float, float]:
+    """Student-t interval for the mean of ``values`` (several trainings of one family): one
+    training's transfer ASR swings by up to 30 points with its seed, so a family's mean over
+    a few trainings is read with its interval (BENCHMARKS.md, protection, 2026-12-08)."""
+    from scipy import stats
+
+    v = np.asarray(values, dtype=float)
+    if len(v) < 2:
+        raise ValueError("an interval needs at least two values")
+    half = stats.t.ppf(0.5 + level / 2, len(v) - 1) * v.std(ddof=1) / np.sqrt(len(v))
+    return float(v.mean() - half), float(v.mean() + half)

@@ -24,6 +24,7 @@ from trustgain.bench.protection_measures import (
     blur,
     jpeg,
     linear_ceiling,
+    mean_interval,
     psnr_ssim,
 )
 from trustgain.bench.protection_setup import ENSEMBLE, EPS, RETRAIN_SEEDS, SKLEARN, _target
@@ -152,19 +153,23 @@ def _attack_rows(rows: list[Row], label: str, quick: bool, models: dict[str, Any
     for k, vals in runs.items():
         note = "never seen by the attack"
         if len(vals) > 1:
-            note += (f"; mean of {len(vals)} trainings (bench seed, then seeds "
-                     f"{', '.join(map(str, RETRAIN_SEEDS))}): "
+            lo, hi = mean_interval([100 * v for v in vals])
+            note += (f"; mean of {len(vals)} trainings, 95% interval [{lo:.1f}, {hi:.1f}] "
+                     f"(bench seed, then seeds {', '.join(map(str, RETRAIN_SEEDS))}): "
                      + " / ".join(f"{100 * v:.1f}" for v in vals))
         rows.append(Row(f"{tag}transfer ASR {k} @{EPS}/255", 100 * float(np.mean(vals)), "%",
                         "", None, note))
     hits = [k for k, vals in runs.items() if np.mean(vals) >= 0.70]
     every = [k for k, vals in runs.items() if min(vals) >= 0.70]
+    above = [k for k, vals in runs.items() if len(vals) > 1
+             and mean_interval([100 * v for v in vals])[0] >= 70]
     t, ok = _target(quick, ">= 3 incl. sklearn",
                     len(hits) >= 3 and any(k in SKLEARN for k in hits))
     rows.append(Row(f"{tag}held-out models with transfer ASR >= 70%", len(hits), "models", t,
                     ok, f"{', '.join(hits) or 'none'} (of {len(tr)} held out; torch families: "
                     "mean over trainings); >= 70% in every training: "
-                    f"{', '.join(every) or 'none'}"))
+                    f"{', '.join(every) or 'none'}; 95% interval of the mean above 70%: "
+                    f"{', '.join(above) or 'none'}"))
     purifiers = {"jpeg50": jpeg, "blur1": blur}
     ddpm = _ddpm_purifier()
     if ddpm is not None:
