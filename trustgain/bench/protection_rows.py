@@ -150,10 +150,12 @@ def _attack_rows(rows: list[Row], label: str, quick: bool, models: dict[str, Any
     tr = {k: asr(models[k], xte, xp, yte) for k in others}
     runs = {k: [v] + [asr(m, xte, xp, yte) for m in (retrained or {}).get(k, [])]
             for k, v in tr.items()}
+    intervals = {k: mean_interval([100 * v for v in vals]) for k, vals in runs.items()
+                 if len(vals) > 1}
     for k, vals in runs.items():
         note = "never seen by the attack"
-        if len(vals) > 1:
-            lo, hi = mean_interval([100 * v for v in vals])
+        if k in intervals:
+            lo, hi = intervals[k]
             note += (f"; mean of {len(vals)} trainings, 95% interval [{lo:.1f}, {hi:.1f}] "
                      f"(bench seed, then seeds {', '.join(map(str, RETRAIN_SEEDS))}): "
                      + " / ".join(f"{100 * v:.1f}" for v in vals))
@@ -161,8 +163,7 @@ def _attack_rows(rows: list[Row], label: str, quick: bool, models: dict[str, Any
                         "", None, note))
     hits = [k for k, vals in runs.items() if np.mean(vals) >= 0.70]
     every = [k for k, vals in runs.items() if min(vals) >= 0.70]
-    above = [k for k, vals in runs.items() if len(vals) > 1
-             and mean_interval([100 * v for v in vals])[0] >= 70]
+    above = [k for k, (lo, _) in intervals.items() if lo >= 70]
     t, ok = _target(quick, ">= 3 incl. sklearn",
                     len(hits) >= 3 and any(k in SKLEARN for k in hits))
     rows.append(Row(f"{tag}held-out models with transfer ASR >= 70%", len(hits), "models", t,
