@@ -172,5 +172,5 @@ def mean_interval(values: list[float], level: float = 0.95) -> tuple[float, floa
     v = np.asarray(values, dtype=float)
     if len(v) < 2:
         raise ValueError("an interval needs at least two values")
-    half = stats.t.ppf(0.5 + level / 2, len(v) - 1) * v.std(ddof=1) / np.sqrt(len(v))
-    return float(v.mean() - half), float(v.mean() + half)
+    lo, hi = stats.t.interval(level, len(v) - 1, loc=v.mean(), scale=stats.sem(v))
+    return float(lo), float(hi)
