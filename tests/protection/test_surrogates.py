@@ -129,6 +129,7 @@ def test_bench_reads_a_retrained_family_as_the_mean_over_its_trainings():
     by = {r.metric: r for r in rows}
     row = by[f"[t] transfer ASR rf @{B.EPS}/255"]
     assert "mean of 3 trainings" in row.note
+    assert "(bench seed, then seeds 100, 101)" in row.note
     base = float(row.note.rsplit(": ", 1)[1].split(" / ")[0])
     assert row.value == pytest.approx((2 * base + 0.0) / 3, abs=0.06)  # oracle never fooled
     assert "every training: none" in by["[t] held-out models with transfer ASR >= 70%"].note
@@ -148,3 +149,21 @@ def test_mean_interval_is_the_student_t_interval():
     assert (hi - lo) / 2 == pytest.approx(3.182446 * sd / 2, rel=1e-5)
     with pytest.raises(ValueError, match="at least two"):
         mean_interval([70.0])
+
+
+def test_bench_trainings_name_their_seeds_and_refuse_a_bad_count():
+    """``--trainings N``: the bench seed plus N - 1 seeds from 100; a bad N fails at once."""
+    from trustgain.bench import protection as B
+    from trustgain.bench.protection_rows import seed_text
+
+    assert B.retrain_seeds(B.TRAININGS) == B.RETRAIN_SEEDS == (100, 101)
+    assert B.retrain_seeds(15) == tuple(range(100, 114))
+    assert B.retrain_seeds(1) == ()
+    assert seed_text(B.retrain_seeds(15)) == "100-113"
+    assert seed_text((100, 101)) == "100, 101"
+    assert seed_text((100, 105, 106)) == "100, 105, 106"
+    for bad in (0, -3, 2.5, True):
+        with pytest.raises(ValueError, match="positive integer"):
+            B.retrain_seeds(bad)
+    with pytest.raises(ValueError, match="positive integer"):
+        B.run(quick=True, trainings=0)  # before any model is trained

@@ -53,7 +53,13 @@ from trustgain.bench.protection_measures import (
     linear_ceiling,
     psnr_ssim,
 )
-from trustgain.bench.protection_rows import _attack_rows, ceiling_rows, cost_rows, recovery_rows
+from trustgain.bench.protection_rows import (
+    _attack_rows,
+    ceiling_rows,
+    cost_rows,
+    recovery_rows,
+    seed_text,
+)
 from trustgain.bench.protection_setup import (
     ENSEMBLE,
     EPS,
@@ -61,33 +67,40 @@ from trustgain.bench.protection_setup import (
     RETRAIN_SEEDS,
     SKLEARN,
     STEPS,
+    TRAININGS,
     _log,
     _retrain_held_out,
     _train_all,
     config,
+    retrain_seeds,
 )
 from trustgain.protection import patches as P
 from trustgain.protection import surrogates as S
 
 __all__ = [
-    "ENSEMBLE", "EPS", "HELD_OUT", "RETRAIN_SEEDS", "SKLEARN", "STEPS", "asr", "blur",
-    "ceiling_rows", "config", "cost_rows", "digits_images", "jpeg", "linear_ceiling",
-    "psnr_ssim", "recovery_rows", "run",
+    "ENSEMBLE", "EPS", "HELD_OUT", "RETRAIN_SEEDS", "SKLEARN", "STEPS", "TRAININGS", "asr",
+    "blur", "ceiling_rows", "config", "cost_rows", "digits_images", "jpeg", "linear_ceiling",
+    "psnr_ssim", "recovery_rows", "retrain_seeds", "run",
 ]
 
 
-def run(quick: bool = False, device: str = "cpu", data: Path | None = None) -> list[Row]:
-    """All rows. ``quick``: tiny models and sets, no targets on attack figures."""
+def run(quick: bool = False, device: str = "cpu", data: Path | None = None,
+        trainings: int = TRAININGS) -> list[Row]:
+    """All rows. ``quick``: tiny models and sets, no targets on attack figures.
+    ``trainings``: how many trainings of each held-out torch family its transfer row
+    averages (more narrows the interval printed beside it; each extra one is trained once
+    and cached with ``$TRUSTGAIN_BENCH_CACHE``)."""
     del device, data  # CPU figures by design (the cost targets are for 2 CPU threads)
+    seeds = retrain_seeds(trainings)  # a bad count fails before any training
     threads = torch.get_num_threads()
     torch.set_num_threads(1 if quick else 2)
     try:
-        return _run(quick)
+        return _run(quick, seeds)
     finally:
         torch.set_num_threads(threads)
 
 
-def _run(quick: bool) -> list[Row]:
+def _run(quick: bool, seeds: tuple[int, ...] = RETRAIN_SEEDS) -> list[Row]:
     rows: list[Row] = []
     steps = 4 if quick else STEPS
     cfg = config(steps)
@@ -95,7 +108,7 @@ def _run(quick: bool) -> list[Row]:
     xte, yte, _ = P.load("test", 2 if quick else 30)
     t0 = time.perf_counter()
     models = _train_all(quick, xtr, ytr)
-    retrained = _retrain_held_out(quick, xtr, ytr)
+    retrained = _retrain_held_out(quick, xtr, ytr, seeds)
     train_s = time.perf_counter() - t0
     ens_names = [a for a in ENSEMBLE if a in models]
     ensemble = [models[a] for a in ens_names]
@@ -110,7 +123,7 @@ def _run(quick: bool) -> list[Row]:
     key = os.urandom(32)
     for name, runs in retrained.items():
         accs = [float((S.predict(m, xte) == yte).mean()) for m in runs]
-        rows.append(Row(f"clean accuracy {name}, seeds {', '.join(map(str, RETRAIN_SEEDS))}",
+        rows.append(Row(f"clean accuracy {name}, seeds {seed_text(seeds)}",
                         float(np.mean(accs)), "", "", None,
                         "unauthorized (held out), retrained; "
                         + " / ".join(f"{a:.2f}" for a in accs)))
@@ -173,13 +186,27 @@ if __name__ == "__main__":  # pragma: no cover
     ap = argparse.ArgumentParser(
         prog="python -m trustgain.bench.protection",
         description="The protection benchmark (issue 5). Cache trained models with "
-                    "TRUSTGAIN_BENCH_CACHE=DIR.")
+                    "TRUSTGAIN_BENCH_CACHE=DIR.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="examples:\n"
+               "  TRUSTGAIN_BENCH_CACHE=~/.cache/tg python -m trustgain.bench.protection\n"
+               "  TRUSTGAIN_BENCH_CACHE=~/.cache/tg python -m trustgain.bench.protection "
+               "--trainings 15\n"
+               "  python -m trustgain.bench.protection --ceiling-only\n"
+               "  python -m trustgain.bench protection --json out.json   # default setting, "
+               "figures saved")
     ap.add_argument("--quick", action="store_true", help="small version")
+    ap.add_argument("--trainings", type=int, default=TRAININGS, metavar="N",
+                    help="trainings of each held-out torch family that its transfer row "
+                    "averages, with a 95%% interval (default %(default)s; BENCHMARKS.md reads "
+                    "15; extra trainings are cached with TRUSTGAIN_BENCH_CACHE)")
     part = ap.add_mutually_exclusive_group()
     part.add_argument("--ceiling-only", action="store_true",
                       help="only the single-model APGD-T ceiling rows")
     part.add_argument("--cost-only", action="store_true", help="only the cost rows")
     args = ap.parse_args()
+    if args.trainings < 1:
+        ap.error(f"--trainings must be at least 1, got {args.trainings}")
     if args.ceiling_only:  # the APGD-T reference rows alone (cached surrogates)
         xtr, ytr, _ = P.load("train", 300)
         xte, yte, _ = P.load("test", 30)
@@ -195,4 +222,4 @@ if __name__ == "__main__":  # pragma: no cover
         print(format_table(cost_rows(False, config(STEPS), [found[a] for a in ENSEMBLE],
                                      xte, os.urandom(32))))
     else:
-        print(format_table(run(quick=args.quick)))
+        print(format_table(run(quick=args.quick, trainings=args.trainings)))

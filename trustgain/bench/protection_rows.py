@@ -27,7 +27,7 @@ from trustgain.bench.protection_measures import (
     mean_interval,
     psnr_ssim,
 )
-from trustgain.bench.protection_setup import ENSEMBLE, EPS, RETRAIN_SEEDS, SKLEARN, _target
+from trustgain.bench.protection_setup import ENSEMBLE, EPS, SKLEARN, _target, retrain_seeds
 from trustgain.protection import ProtectConfig, protect, protect_batch, recover
 from trustgain.protection import patches as P
 from trustgain.protection import residual as R
@@ -131,6 +131,13 @@ def recovery_rows(images: list[tuple[str, np.ndarray]], surrogates: dict[str, li
     ], sizes
 
 
+def seed_text(seeds: tuple[int, ...]) -> str:
+    """``100, 101`` for two seeds, ``100-113`` for a longer run of consecutive ones."""
+    if len(seeds) > 2 and seeds == tuple(range(seeds[0], seeds[-1] + 1)):
+        return f"{seeds[0]}-{seeds[-1]}"
+    return ", ".join(map(str, seeds))
+
+
 def _attack_rows(rows: list[Row], label: str, quick: bool, models: dict[str, Any],
                  ens_names: list[str], others: list[str], xte: np.ndarray, yte: np.ndarray,
                  cfg: ProtectConfig, key: bytes, retrained: dict[str, list[Any]] | None = None
@@ -157,7 +164,7 @@ def _attack_rows(rows: list[Row], label: str, quick: bool, models: dict[str, Any
         if k in intervals:
             lo, hi = intervals[k]
             note += (f"; mean of {len(vals)} trainings, 95% interval [{lo:.1f}, {hi:.1f}] "
-                     f"(bench seed, then seeds {', '.join(map(str, RETRAIN_SEEDS))}): "
+                     f"(bench seed, then seeds {seed_text(retrain_seeds(len(vals)))}): "
                      + " / ".join(f"{100 * v:.1f}" for v in vals))
         rows.append(Row(f"{tag}transfer ASR {k} @{EPS}/255", 100 * float(np.mean(vals)), "%",
                         "", None, note))

@@ -23,10 +23,22 @@ STEPS = 20
 ENSEMBLE = ("cnn", "wide", "mlp")
 HELD_OUT = ("resnet", "narrow", "vgg", "mobile", "vit")
 SKLEARN = ("lr", "svc", "rf")
-#: Each held-out torch family is trained again with these seeds: its transfer row is the mean
-#: over its trainings, since one training's transfer ASR swings by up to 30 points with the
-#: seed alone (BENCHMARKS.md, protection, eleventh pass).
-RETRAIN_SEEDS = (100, 101)
+#: Trainings per held-out torch family by default (its bench seed, then :data:`RETRAIN_SEEDS`).
+TRAININGS = 3
+
+
+def retrain_seeds(trainings: int) -> tuple[int, ...]:
+    """Seeds of a held-out torch family's extra trainings when it is read over ``trainings``
+    trainings in all: the family's bench seed, then 100, 101, ... Its transfer row is the
+    mean over them, since one training's transfer ASR swings by up to 30 points with the seed
+    alone (BENCHMARKS.md, protection, eleventh and twenty-ninth sessions)."""
+    if isinstance(trainings, bool) or not isinstance(trainings, int) or trainings < 1:
+        raise ValueError(f"trainings must be a positive integer, got {trainings!r}")
+    return tuple(range(100, 99 + trainings))
+
+
+#: Each held-out torch family is trained again with these seeds by default.
+RETRAIN_SEEDS = retrain_seeds(TRAININGS)
 
 
 def config(steps: int = STEPS, block: int = 2) -> ProtectConfig:
@@ -64,8 +76,9 @@ def _train_all(quick: bool, x: np.ndarray, y: np.ndarray) -> dict[str, Any]:
     return models
 
 
-def _retrain_held_out(quick: bool, x: np.ndarray, y: np.ndarray) -> dict[str, list[Any]]:
-    """Per held-out torch family, its models trained with :data:`RETRAIN_SEEDS` (cached)."""
+def _retrain_held_out(quick: bool, x: np.ndarray, y: np.ndarray,
+                      seeds: tuple[int, ...] = RETRAIN_SEEDS) -> dict[str, list[Any]]:
+    """Per held-out torch family, its models trained with ``seeds`` (cached)."""
     if quick:
         return {}
     cache = os.environ.get("TRUSTGAIN_BENCH_CACHE")
@@ -73,7 +86,7 @@ def _retrain_held_out(quick: bool, x: np.ndarray, y: np.ndarray) -> dict[str, li
     models: dict[str, Any] = {}
     if folder is not None and (folder / S.CONFIG_NAME).is_file():
         models = S.load_named(folder)
-    names = [f"{a}-s{seed}" for seed in RETRAIN_SEEDS for a in HELD_OUT]
+    names = [f"{a}-s{seed}" for seed in seeds for a in HELD_OUT]
     missing = [n for n in names if n not in models]
     for name in missing:
         arch, seed = name.split("-s")
@@ -82,7 +95,7 @@ def _retrain_held_out(quick: bool, x: np.ndarray, y: np.ndarray) -> dict[str, li
     if folder is not None and missing:
         S.save(models, folder, meta={"n_classes": int(y.max()) + 1, "channels": 3},
                overwrite=True)
-    return {a: [models[f"{a}-s{seed}"] for seed in RETRAIN_SEEDS] for a in HELD_OUT}
+    return {a: [models[f"{a}-s{seed}"] for seed in seeds] for a in HELD_OUT}
 
 
 def _target(quick: bool, text: str, ok: bool) -> tuple[str, bool | None]:
