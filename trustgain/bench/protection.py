@@ -196,7 +196,14 @@ if __name__ == "__main__":  # pragma: no cover
                "  python -m trustgain.bench protection --json out.json   # default setting, "
                "figures saved")
     ap.add_argument("--quick", action="store_true", help="small version")
-    ap.add_argument("--trainings", type=int, default=TRAININGS, metavar="N",
+    def trainings_arg(text: str) -> int:  # retrain_seeds() holds the rule
+        try:
+            retrain_seeds(int(text) if text.strip().lstrip("-").isdigit() else text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+        return int(text)
+
+    ap.add_argument("--trainings", type=trainings_arg, default=TRAININGS, metavar="N",
                     help="trainings of each held-out torch family that its transfer row "
                     "averages, with a 95%% interval (default %(default)s; BENCHMARKS.md reads "
                     "15; extra trainings are cached with TRUSTGAIN_BENCH_CACHE)")
@@ -205,8 +212,6 @@ if __name__ == "__main__":  # pragma: no cover
                       help="only the single-model APGD-T ceiling rows")
     part.add_argument("--cost-only", action="store_true", help="only the cost rows")
     args = ap.parse_args()
-    if args.trainings < 1:
-        ap.error(f"--trainings must be at least 1, got {args.trainings}")
     if args.ceiling_only:  # the APGD-T reference rows alone (cached surrogates)
         xtr, ytr, _ = P.load("train", 300)
         xte, yte, _ = P.load("test", 30)
