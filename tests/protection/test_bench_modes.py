@@ -67,3 +67,22 @@ def test_the_stated_budget_keeps_its_verdicts(monkeypatch):
     monkeypatch.setattr(victim, "accuracy", lambda model, images, labels: 0.3)
     rows = pm.poison_rows(True, ("grating",))
     assert [(r.target, r.ok) for r in rows if r.target] == [("<= 0.35", True), ("<= 0.55", True)]
+
+
+@pytest.mark.parametrize("eps", [3, 12])
+def test_bench_attack_rounds_to_the_configured_budget(eps):
+    """The bench's attack helper keeps each image within the config's budget, not the
+    bench's 8: a sweep over budgets measures what it says."""
+    import dataclasses
+
+    import torch
+
+    from trustgain.bench import protection_setup
+    from trustgain.bench.protection_measures import _attack_batches
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 32 * 32, 3)).eval()
+    x = np.random.default_rng(0).integers(40, 216, (4, 32, 32, 3), dtype=np.uint8)
+    cfg = dataclasses.replace(protection_setup.config(steps=3), eps=eps, eot=())
+    out, _ = _attack_batches(x, np.zeros(4, dtype=np.int64), [model], cfg)
+    assert int(np.abs(out.astype(int) - x.astype(int)).max()) == eps

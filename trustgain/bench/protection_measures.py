@@ -31,10 +31,11 @@ class _Mean(torch.nn.Module):
         return torch.stack([m(x) for m in self.models]).mean(0)
 
 
-def _quantize_batch(x: np.ndarray, adv: torch.Tensor) -> np.ndarray:
+def _quantize_batch(x: np.ndarray, adv: torch.Tensor, eps: int = EPS) -> np.ndarray:
+    """Round to uint8 within ``eps`` pixel units of ``x``, as ``protect`` does."""
     a = np.rint(adv.detach().numpy().transpose(0, 2, 3, 1) * 255)
     base = x.astype(np.int16)
-    return np.clip(np.clip(a, base - EPS, base + EPS), 0, 255).astype(np.uint8)
+    return np.clip(np.clip(a, base - eps, base + eps), 0, 255).astype(np.uint8)
 
 
 def _attack_batches(x: np.ndarray, y: np.ndarray, models: list[torch.nn.Module],
@@ -44,7 +45,7 @@ def _attack_batches(x: np.ndarray, y: np.ndarray, models: list[torch.nn.Module],
         xt = S.to_tensor(x[i:i + batch])
         adv = pgd.perturb(xt, key=b"", config=cfg, surrogates=models,
                           labels=y[i:i + batch].tolist(), image_id=f"batch-{i}")
-        out.append(_quantize_batch(x[i:i + batch], adv))
+        out.append(_quantize_batch(x[i:i + batch], adv, cfg.eps))
     return np.concatenate(out), (time.perf_counter() - t0) / len(x)
 
 
@@ -60,7 +61,7 @@ def _peer_batches(x: np.ndarray, y: np.ndarray, models: list[torch.nn.Module],
     out, t0 = [], time.perf_counter()
     for i in range(0, len(x), batch):
         adv = atk(S.to_tensor(x[i:i + batch]), torch.as_tensor(y[i:i + batch]))
-        out.append(_quantize_batch(x[i:i + batch], adv))
+        out.append(_quantize_batch(x[i:i + batch], adv, cfg.eps))
     return np.concatenate(out), (time.perf_counter() - t0) / len(x)
 
 
