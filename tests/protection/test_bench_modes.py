@@ -48,7 +48,7 @@ def test_another_budget_reaches_poison_and_adversarial_trainer_without_a_verdict
     monkeypatch.setattr(poison, "protect_dataset", spy_protect)
     monkeypatch.setattr(victim, "train_victim", fake_train)
     monkeypatch.setattr(victim, "accuracy", lambda model, images, labels: 0.5)
-    rows = pm.poison_rows(True, ("grating",), eps=16)
+    rows = pm.poison_rows(False, ("grating",), eps=16, victim_seeds=(7,))
     assert budgets == [16]
     adversarial = [kw["adversarial_eps"] for kw in trainings if kw.get("adversarial_eps")]
     assert len(adversarial) == 2 and set(adversarial) == {16}  # clean reference and poisoned
@@ -60,13 +60,15 @@ def test_another_budget_reaches_poison_and_adversarial_trainer_without_a_verdict
     assert all("16/255" in r.note for r in rows if "adversarial" in r.metric)
 
 
-def test_the_stated_budget_keeps_its_verdicts(monkeypatch):
+def test_the_stated_budget_keeps_its_verdicts_and_a_quick_run_gives_none(monkeypatch):
     from trustgain.protection import victim
 
     monkeypatch.setattr(victim, "train_victim", lambda images, labels, **kw: images)
     monkeypatch.setattr(victim, "accuracy", lambda model, images, labels: 0.3)
-    rows = pm.poison_rows(True, ("grating",))
+    rows = pm.poison_rows(False, ("grating",), victim_seeds=(7,))
     assert [(r.target, r.ok) for r in rows if r.target] == [("<= 0.35", True), ("<= 0.55", True)]
+    quick = pm.poison_rows(True, ("grating",))
+    assert [r.ok for r in quick] == [None] * len(quick) and not any(r.target for r in quick)
 
 
 @pytest.mark.parametrize("eps", [3, 12])
