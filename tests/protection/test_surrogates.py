@@ -167,3 +167,45 @@ def test_bench_trainings_name_their_seeds_and_refuse_a_bad_count():
             B.retrain_seeds(bad)
     with pytest.raises(ValueError, match="positive integer"):
         B.run(quick=True, trainings=0)  # before any model is trained
+
+
+def test_bench_retrained_cache_reads_only_what_is_asked_and_keeps_the_rest(tmp_path, monkeypatch):
+    """Fewer trainings read only their models back; more train only the missing seeds, and
+    the cache still lists every model it held."""
+    import json
+
+    from trustgain.bench import protection_setup as PS
+    from trustgain.protection import surrogates as S
+
+    real_train, trained, loaded = S.train, [], []
+    real_load = S.load_named
+
+    def quick_train(arch, x, y, *, epochs, seed):
+        trained.append(f"{arch}-s{seed}")
+        return real_train(arch, x, y, epochs=1, seed=seed)
+
+    def spy_load(folder, names=None):
+        out = real_load(folder, names)
+        loaded.append(sorted(out))
+        return out
+
+    monkeypatch.setattr(S, "train", quick_train)
+    monkeypatch.setattr(S, "load_named", spy_load)
+    monkeypatch.setenv("TRUSTGAIN_BENCH_CACHE", str(tmp_path))
+    from trustgain.protection import patches
+
+    x, y, _ = patches.load("train", 2)
+    first = PS._retrain_held_out(False, x, y, seeds=(100, 101))
+    assert sorted(trained) == sorted(f"{a}-s{s}" for a in PS.HELD_OUT for s in (100, 101))
+    assert {a: len(v) for a, v in first.items()} == {a: 2 for a in PS.HELD_OUT}
+
+    trained.clear()
+    loaded.clear()
+    fewer = PS._retrain_held_out(False, x, y, seeds=(101,))
+    assert not trained and {a: len(v) for a, v in fewer.items()} == {a: 1 for a in PS.HELD_OUT}
+    assert loaded == [sorted(f"{a}-s101" for a in PS.HELD_OUT)]
+
+    PS._retrain_held_out(False, x, y, seeds=(100, 102))
+    assert sorted(trained) == sorted(f"{a}-s102" for a in PS.HELD_OUT)
+    listed = json.loads((tmp_path / "seeds" / S.CONFIG_NAME).read_text())["models"]
+    assert sorted(listed) == sorted(f"{a}-s{s}" for a in PS.HELD_OUT for s in (100, 101, 102))

@@ -10,6 +10,7 @@ from __future__ import annotations
 import errno
 import json
 import secrets
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -127,8 +128,10 @@ def load(folder: str | Path) -> list[Classifier]:
     return list(load_named(folder).values())
 
 
-def load_named(folder: str | Path) -> dict[str, Classifier]:
-    """Like :func:`load`, keyed by the names they were saved under. A folder whose files do
+def load_named(folder: str | Path, names: Iterable[str] | None = None
+               ) -> dict[str, Classifier]:
+    """Like :func:`load`, keyed by the names they were saved under; with ``names``, only
+    those of them the folder holds (the other files are not read). A folder whose files do
     not fit its ``surrogates.json`` raises :class:`~trustgain.errors.InputError`."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
@@ -145,6 +148,9 @@ def load_named(folder: str | Path) -> dict[str, Classifier]:
     except (KeyError, TypeError, ValueError, AttributeError):
         raise InputError(f"{folder / CONFIG_NAME} is not a surrogates file (it needs models "
                          "and n_classes)", hint=hint) from None
+    if names is not None:
+        wanted = set(names)
+        entries = [e for e in entries if e[0] in wanted]
     models = {}
     for name, arch, file in entries:
         net = make_net(arch, n_classes, channels)
