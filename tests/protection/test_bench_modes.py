@@ -16,9 +16,9 @@ from trustgain.bench import protection_modes as pm
     (["--kinds", ","], "no poison kind in ','"),
     (["--victim-seeds", "a,b"], "victim seeds must be distinct non-negative integers"),
     (["--victim-seeds", "7,7"], "got '7,7'"),
-    (["--eps", "0"], "--eps: must be an integer in [1, 64], got '0'"),
-    (["--eps", "2.5"], "got '2.5'"),
-    (["--poison-steps", "0"], "--poison-steps: must be an integer in [1, 10000]"),
+    (["--eps", "0"], "--eps: 0 is out of range (must be >= 1 and <= 64)"),
+    (["--eps", "2.5"], "--eps: '2.5' is not an integer"),
+    (["--poison-steps", "0"], "--poison-steps: 0 is out of range (must be >= 1 and <= 10000)"),
 ])
 def test_bad_arguments_are_refused_before_any_work(args, message, capsys, monkeypatch):
     monkeypatch.setattr(pm, "poison_rows", lambda *a, **k: pytest.fail("work started"))

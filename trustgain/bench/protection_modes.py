@@ -222,20 +222,13 @@ def _seeds_arg(text: str) -> tuple[int, ...]:
     return tuple(int(p) for p in parts)
 
 
-def _range_arg(low: int, high: int):
-    def check(text: str) -> int:
-        if not text.strip().isdigit() or not low <= int(text) <= high:
-            raise argparse.ArgumentTypeError(f"must be an integer in [{low}, {high}], got {text!r}")
-        return int(text)
-    return check
-
-
 def main(argv: list[str] | None = None) -> int:
     """``python -m trustgain.bench.protection_modes``: print the table; 0, or 2 on bad
     arguments (refused before any training)."""
+    from trustgain.argtypes import OneLineParser, number
     from trustgain.bench import format_table
 
-    ap = argparse.ArgumentParser(
+    ap = OneLineParser(
         prog="python -m trustgain.bench.protection_modes",
         description="The protection bench's ddpm mode (digits) and dataset (poison) mode "
                     "(natural 32x32 patches): self-recovery, and accuracy of fresh victims "
@@ -253,11 +246,11 @@ def main(argv: list[str] | None = None) -> int:
                     help="one mode only (default: both)")
     ap.add_argument("--kinds", type=_kinds_arg, default=POISON_KINDS, metavar="K[,K...]",
                     help=f"poison kinds to measure (default: {','.join(POISON_KINDS)})")
-    ap.add_argument("--poison-steps", type=_range_arg(1, 10000), default=None, metavar="N",
+    ap.add_argument("--poison-steps", type=number(int, 1, high=10000), default=None, metavar="N",
                     help="PGD steps of the crafted poisons (default 10; 5 with --quick)")
     ap.add_argument("--victim-seeds", type=_seeds_arg, default=None, metavar="S[,S...]",
                     help="training seeds of the fresh victims (default 7,8,9)")
-    ap.add_argument("--eps", type=_range_arg(1, 64), default=EPS_POISON, metavar="N",
+    ap.add_argument("--eps", type=number(int, 1, high=64), default=EPS_POISON, metavar="N",
                     help="the poison's and the adversarial trainer's budget in pixel units "
                          "(default %(default)s, where the targets are stated; at another "
                          "budget the rows are reported without a verdict)")
