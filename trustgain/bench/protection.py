@@ -181,9 +181,10 @@ if __name__ == "__main__":  # pragma: no cover
     import argparse
     import sys
 
+    from trustgain.argtypes import COUNT, OneLineParser
     from trustgain.bench import format_table
 
-    ap = argparse.ArgumentParser(
+    ap = OneLineParser(
         prog="python -m trustgain.bench.protection",
         description="The protection benchmark (issue 5). Cache trained models with "
                     "TRUSTGAIN_BENCH_CACHE=DIR.",
@@ -196,14 +197,7 @@ if __name__ == "__main__":  # pragma: no cover
                "  python -m trustgain.bench protection --json out.json   # default setting, "
                "figures saved")
     ap.add_argument("--quick", action="store_true", help="small version")
-    def trainings_arg(text: str) -> int:  # retrain_seeds() holds the rule
-        try:
-            retrain_seeds(int(text) if text.strip().lstrip("-").isdigit() else text)
-        except ValueError as exc:
-            raise argparse.ArgumentTypeError(str(exc)) from None
-        return int(text)
-
-    ap.add_argument("--trainings", type=trainings_arg, default=TRAININGS, metavar="N",
+    ap.add_argument("--trainings", type=COUNT, default=TRAININGS, metavar="N",
                     help="trainings of each held-out torch family that its transfer row "
                     "averages, with a 95%% interval (default %(default)s; BENCHMARKS.md reads "
                     "15; extra trainings are cached with TRUSTGAIN_BENCH_CACHE)")
